@@ -1,0 +1,3 @@
+from intake_cli.cli import main
+
+main()

@@ -1,0 +1,297 @@
+"""The `intake` command: parse, call the module that owns the job, print."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from intake_cli import __version__, claims, config, lifecycle
+from intake_cli.db import connect, endpoints
+from intake_cli.errors import IntakeError, UnknownPool, UsageError
+
+app = typer.Typer(
+    help=(
+        "Burst-to-Queue intake engine: buyers claim units in an ephemeral Postgres (DB1), "
+        "drain workers validate and commit each intent once into the core ledger (DB2)."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+_config_path = config.DEFAULT_CONFIG
+
+
+@app.callback()
+def _global_options(
+    config_path: str = typer.Option(
+        config.DEFAULT_CONFIG,
+        "--config",
+        "-c",
+        envvar="INTAKE_CONFIG",
+        help="Path to intake.yaml (env: INTAKE_CONFIG).",
+    ),
+) -> None:
+    global _config_path
+    _config_path = config_path
+
+
+def _settings() -> config.Settings:
+    return config.load(_config_path)
+
+
+JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON instead of tables.")
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+@app.command()
+def init(
+    path: Path = typer.Argument(Path(config.DEFAULT_CONFIG), help="Where to write the file."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
+) -> None:
+    """Write a starter intake.yaml (the commented example) to PATH."""
+    if path.exists() and not force:
+        raise UsageError(f"{path} exists; pass --force to overwrite it")
+    example = Path(__file__).resolve().parents[2] / "examples" / "intake.yaml"
+    packaged = Path(__file__).parent / "example.yaml"
+    source = example if example.exists() else packaged
+    path.write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
+    out.print(f"wrote {path}; edit it, then run: intake -c {path} up")
+
+
+@app.command()
+def up(as_json: bool = JsonOption) -> None:
+    """Provision the event: DB1 schema, queues and inventory (idempotent).
+
+    With no DSNs configured, local PostgreSQL clusters for DB1 and DB2 are
+    started under the state directory. Running it again changes nothing;
+    after editing intake.yaml it applies the difference.
+    """
+    settings = _settings()
+    progress = Progress(
+        TextColumn("seeding {task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:,}/{task.total:,} units"),
+        TimeElapsedColumn(),
+        console=err,
+        disable=as_json,
+    )
+    tasks: dict[str, Any] = {}
+
+    def on_seed(pool: config.PoolSettings, done: int, total: int) -> None:
+        if pool.pool_id not in tasks:
+            tasks[pool.pool_id] = progress.add_task(pool.pool_id, total=total)
+        progress.update(tasks[pool.pool_id], completed=done)
+
+    with progress:
+        report = lifecycle.up(settings, on_seed)
+    s = report.schema
+    if as_json:
+        _print_json(
+            {
+                "embedded": report.endpoints.embedded,
+                "schema_version": s.schema_version,
+                "migrations_applied": list(s.migrations_applied),
+                "pgmq": {
+                    "source": s.pgmq.source,
+                    "version": s.pgmq.version,
+                    "installed_now": s.pgmq_installed_now,
+                },
+                "queues_created": list(s.queues_created),
+                "pools": [
+                    {"pool_id": c.pool_id, "action": c.action, "fields": list(c.fields)}
+                    for c in report.pools
+                ],
+                "seeded": [
+                    {
+                        "pool_id": r.pool_id,
+                        "added": r.added,
+                        "total": r.total,
+                        "seconds": round(r.seconds, 3),
+                    }
+                    for r in report.seeds
+                ],
+                "recovered_units": report.recovered,
+            }
+        )
+        return
+    where = (
+        "embedded clusters in " + str(settings.state_dir)
+        if report.endpoints.embedded
+        else ("configured servers")
+    )
+    out.print(f"[bold]DB1/DB2[/]: {where}")
+    pgmq_note = " (installed now)" if s.pgmq_installed_now else ""
+    out.print(f"[bold]pgmq[/]: {s.pgmq.source} {s.pgmq.version or ''}{pgmq_note}")
+    applied = ", ".join(s.migrations_applied) or "none (up to date)"
+    out.print(f"[bold]schema[/]: version {s.schema_version}; migrations applied: {applied}")
+    if s.queues_created:
+        out.print(f"[bold]queues created[/]: {', '.join(s.queues_created)}")
+    for change in report.pools:
+        detail = f" ({', '.join(change.fields)})" if change.fields else ""
+        out.print(f"[bold]pool {change.pool_id}[/]: {change.action}{detail}")
+    for seed in report.seeds:
+        if seed.added:
+            rate = seed.added / seed.seconds if seed.seconds else 0
+            out.print(
+                f"  seeded {seed.added:,} units into {seed.pool_id} in {seed.seconds:.2f} s "
+                f"({rate:,.0f}/s); {seed.total:,} in all"
+            )
+    for pool_id, count in report.recovered.items():
+        out.print(f"  {count} units skipped by aborted claims put back on sale in {pool_id}")
+
+
+@app.command()
+def status(as_json: bool = JsonOption) -> None:
+    """One-shot state of the event: units per pool, queue and DLQ depth, pgmq in use."""
+    settings = _settings()
+    data = lifecycle.status(settings)
+    if as_json:
+        _print_json(data)
+        return
+    table = Table(title="pools")
+    for column in ("pool", "inventory", "available", "locked", "consumed", "paused"):
+        table.add_column(column, justify="left" if column == "pool" else "right")
+    for pool in data["pools"]:
+        table.add_row(
+            pool["pool_id"],
+            f"{pool['inventory']:,}",
+            f"{pool['available']:,}",
+            f"{pool['locked']:,}",
+            f"{pool['consumed']:,}",
+            "yes" if pool["paused"] else "no",
+        )
+    out.print(table)
+    q, d = data["queue"], data["dlq"]
+    age = f", oldest {q['oldest_age_s']} s" if q["oldest_age_s"] is not None else ""
+    out.print(f"queue [bold]{q['name']}[/]: {q['depth']:,} waiting{age}")
+    out.print(f"dead letters [bold]{d['name']}[/]: {d['depth']:,}")
+    out.print(f"pgmq: {data['pgmq']['source']} {data['pgmq']['version'] or ''}")
+    out.print(f"pg_cron: {data['pg_cron'] or 'not installed'}")
+
+
+@app.command()
+def claim(
+    pool_id: str = typer.Argument(..., help="The pool to claim from."),
+    user_id: str = typer.Argument(..., help="The buyer (trusted backends name the user)."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Claim one unit for USER_ID, as a trusted backend would (exit 0 only when held)."""
+    settings = _settings()
+    if reason := config.check_pool_id(pool_id):
+        raise UsageError(f"pool id: {reason}")
+    with connect(endpoints(settings).db1, "DB1") as conn:
+        result = claims.claim(conn, pool_id, user_id)
+    if result.outcome == "unknown_pool":
+        raise UnknownPool(f"pool {pool_id!r} is not provisioned in DB1")
+    if as_json:
+        _print_json(result.as_json())
+    else:
+        out.print(
+            f"{result.outcome}: "
+            + " ".join(
+                f"{k}={v}" for k, v in result.as_json().items() if v is not None and k != "outcome"
+            )
+        )
+    if not result.holds_unit:
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def burst(
+    pool_id: str = typer.Argument(..., help="The pool to claim from."),
+    users: int = typer.Option(2000, "--users", min=1, max=1_000_000, help="Distinct buyers."),
+    concurrency: int = typer.Option(
+        64, "--concurrency", min=1, max=1000, help="Simultaneous connections."
+    ),
+    as_json: bool = JsonOption,
+) -> None:
+    """A small herd: USERS distinct buyers each claim once, CONCURRENCY at a time."""
+    settings = _settings()
+    if reason := config.check_pool_id(pool_id):
+        raise UsageError(f"pool id: {reason}")
+    db1 = endpoints(settings).db1
+    with connect(db1, "DB1") as conn:
+        if not claims.pool_exists(conn, pool_id):
+            raise UnknownPool(f"pool {pool_id!r} is not provisioned in DB1")
+    run = time.time_ns()
+    buyers = [f"buyer-{run}-{n}" for n in range(users)]
+    report = asyncio.run(claims.burst(db1, pool_id, buyers, concurrency))
+    outcomes = report.outcomes
+    data = {
+        "pool_id": pool_id,
+        "users": users,
+        "concurrency": concurrency,
+        "outcomes": outcomes,
+        "seconds": round(report.seconds, 3),
+        "claims_per_sec": round(report.claims_per_sec, 1),
+        "latency_ms": {
+            "p50": round(report.percentile(0.5), 2),
+            "p99": round(report.percentile(0.99), 2),
+        },
+    }
+    if as_json:
+        _print_json(data)
+        return
+    shown = ", ".join(f"{k} {v:,}" for k, v in sorted(outcomes.items()))
+    out.print(
+        f"{users:,} buyers on {pool_id} in {report.seconds:.2f} s "
+        f"({report.claims_per_sec:,.0f} claims/s, p50 {data['latency_ms']['p50']} ms, "
+        f"p99 {data['latency_ms']['p99']} ms): {shown}"
+    )
+
+
+@app.command()
+def down(
+    force: bool = typer.Option(False, "--force", help="Discard queued and dead-lettered intents."),
+    export: Path | None = typer.Option(
+        None, "--export", help="Write queued and dead-lettered intents to FILE (JSON lines) first."
+    ),
+    as_json: bool = JsonOption,
+) -> None:
+    """Tear the event down (embedded clusters are stopped and removed).
+
+    Refuses while intents are queued or dead-lettered, unless they are
+    exported first (--export FILE) or knowingly discarded (--force).
+    """
+    settings = _settings()
+    report = lifecycle.down(settings, force=force, export=export)
+    if as_json:
+        _print_json(report.__dict__)
+        return
+    if report.exported is not None:
+        out.print(f"exported {report.exported} intents to {export}")
+    elif report.undrained or report.dead:
+        out.print(f"discarded {report.undrained} queued and {report.dead} dead-lettered intents")
+    out.print(
+        "event torn down" + (" (embedded clusters removed)" if report.stopped_embedded else "")
+    )
+
+
+@app.command()
+def version() -> None:
+    """Print intake's version."""
+    out.print(__version__)
+
+
+def main() -> None:
+    try:
+        app()
+    except IntakeError as exc:
+        err.print("[bold red]error:[/]", escape(str(exc)), highlight=False)
+        sys.exit(exc.exit_code)

@@ -1,0 +1,64 @@
+"""Every failure an operator can act on is an IntakeError.
+
+The CLI prints the message and exits with the class's exit code; nothing else
+reaches the terminal as a traceback. A subclass's docstring is its default
+message, so the text an operator reads sits next to the class it belongs to.
+"""
+
+from __future__ import annotations
+
+
+class IntakeError(Exception):
+    """intake could not complete the operation."""
+
+    exit_code = 1
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+
+class ConfigError(IntakeError):
+    """The configuration file is not valid."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[str] | str, source: str | None = None) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        head = f"{source}: invalid configuration" if source else "invalid configuration"
+        super().__init__("\n".join([head, *(f"  {p}" for p in self.problems)]))
+
+
+class UsageError(IntakeError):
+    """The command was given an argument it cannot use."""
+
+    exit_code = 2
+
+
+class ConnectionFailed(IntakeError):
+    """A database could not be reached."""
+
+    exit_code = 3
+
+
+class EmbeddedClusterError(IntakeError):
+    """The embedded PostgreSQL cluster could not be started or stopped."""
+
+    exit_code = 4
+
+
+class NotProvisioned(IntakeError):
+    """DB1 has no intake schema yet: run `intake up` first."""
+
+    exit_code = 5
+
+
+class UnknownPool(IntakeError):
+    """No pool with that id is provisioned in DB1."""
+
+    exit_code = 2
+
+
+class RefusedTeardown(IntakeError):
+    """The event still holds intents; `intake down` will not throw them away."""
+
+    exit_code = 6

@@ -1,0 +1,177 @@
+"""An event's life: `up` provisions it, `status` reports it, `down` tears it down."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from intake_cli import pools, queue, schema
+from intake_cli.config import PoolSettings, Settings
+from intake_cli.db import Endpoints, connect, endpoints
+from intake_cli.embedded import EmbeddedClusters
+from intake_cli.errors import NotProvisioned, RefusedTeardown
+from intake_cli.sqlfiles import queries
+
+
+@dataclass
+class UpReport:
+    endpoints: Endpoints
+    schema: schema.SchemaReport
+    pools: list[pools.PoolChange]
+    seeds: list[pools.SeedResult] = field(default_factory=list)
+    recovered: dict[str, int] = field(default_factory=dict)
+
+
+def up(
+    settings: Settings,
+    on_seed_progress: Callable[[PoolSettings, int, int], None] | None = None,
+) -> UpReport:
+    where = endpoints(settings, start=True)
+    with connect(where.db1, "DB1") as conn:
+        if schema.is_provisioned(conn):
+            pools.check_inventory(conn, settings.pools)
+        with conn.transaction():
+            report = schema.apply_db1(conn, settings.queue_name, settings.dlq_name)
+            changes = pools.reconcile(conn, settings.pools)
+        result = UpReport(where, report, changes)
+        for pool in settings.pools:
+
+            def progress(done: int, total: int, pool: PoolSettings = pool) -> None:
+                if on_seed_progress:
+                    on_seed_progress(pool, done, total)
+
+            result.seeds.append(pools.seed(conn, pool, progress))
+            recovered = conn.execute(
+                queries("db1")["recover_skipped_units"], {"pool_id": pool.pool_id}
+            ).fetchone()[0]  # type: ignore[index]
+            if recovered:
+                result.recovered[pool.pool_id] = int(recovered)
+    # DB2 must at least answer; the ledger contract is checked by the drain.
+    with connect(where.db2, "DB2"):
+        pass
+    return result
+
+
+def _require_provisioned(conn: psycopg.Connection) -> None:
+    if not schema.is_provisioned(conn):
+        raise NotProvisioned()
+
+
+def status(settings: Settings) -> dict[str, Any]:
+    where = endpoints(settings)
+    with connect(where.db1, "DB1") as conn:
+        _require_provisioned(conn)
+        with conn.cursor(row_factory=dict_row) as cur:
+            pool_rows = cur.execute(queries("db1")["unit_counts"]).fetchall()
+        version = conn.execute(queries("db1")["schema_version"]).fetchone()[0]  # type: ignore[index]
+        install = schema.pgmq_install(conn)
+        queues = {
+            name: queue.metrics(conn, name) for name in (settings.queue_name, settings.dlq_name)
+        }
+        cron = conn.execute(queries("db1")["pg_cron_version"]).fetchone()
+    intents = queues[settings.queue_name]
+    dead = queues[settings.dlq_name]
+    return {
+        "embedded": where.embedded,
+        "state_dir": str(settings.state_dir) if where.embedded else None,
+        "schema_version": version,
+        "pgmq": {"source": install.source, "version": install.version},
+        "pg_cron": cron[0] if cron else None,
+        "queue": {
+            "name": settings.queue_name,
+            "depth": intents.queue_length,
+            "oldest_age_s": intents.oldest_msg_age_sec,
+            "total_enqueued": intents.total_messages,
+        },
+        "dlq": {"name": settings.dlq_name, "depth": dead.queue_length},
+        "pools": [
+            {
+                "pool_id": row["pool_id"],
+                "inventory": int(row["inventory"]),
+                "available": int(row["available"]),
+                "locked": int(row["locked"]),
+                "consumed": int(row["consumed"]),
+                "paused": row["paused"],
+            }
+            for row in pool_rows
+        ],
+    }
+
+
+def _export(conn: psycopg.Connection, queue_names: tuple[str, ...], target: Path) -> int:
+    """Write every message still queued or dead-lettered, one JSON object per line."""
+    count = 0
+    with target.open("w", encoding="utf-8") as out:
+        for name in queue_names:
+            query = sql.SQL(
+                "select msg_id, read_ct, enqueued_at, message from {} order by msg_id"
+            ).format(sql.Identifier("pgmq", f"q_{name}"))
+            for msg_id, read_ct, enqueued_at, message in conn.execute(query):
+                record = {
+                    "queue": name,
+                    "msg_id": msg_id,
+                    "read_ct": read_ct,
+                    "enqueued_at": enqueued_at.isoformat(),
+                    "message": message,
+                }
+                out.write(json.dumps(record, sort_keys=True) + "\n")
+                count += 1
+    return count
+
+
+@dataclass
+class DownReport:
+    exported: int | None
+    undrained: int
+    dead: int
+    stopped_embedded: bool
+
+
+def down(settings: Settings, *, force: bool = False, export: Path | None = None) -> DownReport:
+    """Tear the event down, refusing while intents would be lost."""
+    clusters = EmbeddedClusters(settings.state_dir, settings.embedded)
+    if (settings.db1.embedded or settings.db2.embedded) and not clusters.load():
+        return DownReport(None, 0, 0, stopped_embedded=False)
+    where = endpoints(settings)
+    undrained = dead = 0
+    exported = None
+    with connect(where.db1, "DB1") as conn:
+        if schema.is_provisioned(conn):
+            names = set(queue.queue_names(conn))
+            undrained = (
+                queue.metrics(conn, settings.queue_name).queue_length
+                if settings.queue_name in names
+                else 0
+            )
+            dead = (
+                queue.metrics(conn, settings.dlq_name).queue_length
+                if settings.dlq_name in names
+                else 0
+            )
+            if (undrained or dead) and export is not None:
+                present = tuple(n for n in (settings.queue_name, settings.dlq_name) if n in names)
+                exported = _export(conn, present, export)
+            elif (undrained or dead) and not force:
+                raise RefusedTeardown(
+                    f"{undrained} intents are still queued and {dead} are dead-lettered. "
+                    "Drain them (`intake drain`), export them (`intake down --export FILE`), "
+                    "or discard them (`intake down --force`)"
+                )
+            if not settings.db1.embedded:
+                with conn.transaction():
+                    for name in (settings.queue_name, settings.dlq_name):
+                        queue.drop_queue(conn, name)
+                    conn.execute("drop function if exists public.claim_resource(text)")
+                    conn.execute("drop schema if exists intake cascade")
+    stopped = False
+    if where.embedded:
+        clusters.stop()
+        stopped = True
+    return DownReport(exported, undrained, dead, stopped)

@@ -1,0 +1,126 @@
+"""Shared fixtures: one embedded PostgreSQL cluster for the session (the same
+code `intake up` uses), a template database holding DB1's schema, and a fresh
+copy of it per test (CREATE DATABASE … TEMPLATE, as procrastinate does)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import yaml
+
+from intake_cli import schema
+from intake_cli.config import EmbeddedSettings
+from intake_cli.embedded import Cluster, EmbeddedClusters
+
+ROOT = Path(__file__).resolve().parents[1]
+INTAKE = [sys.executable, "-m", "intake_cli"]
+TEMPLATE_DB = "intake_template"
+_counter = itertools.count()
+
+
+def _dsn(cluster: Cluster, dbname: str) -> str:
+    return f"host=127.0.0.1 port={cluster.port} user=intake dbname={dbname}"
+
+
+@pytest.fixture(scope="session")
+def workdir() -> Iterator[Path]:
+    # Not pytest's tmp_path: under root that lives in a 0700 directory the
+    # unprivileged server user cannot enter.
+    path = Path(tempfile.mkdtemp(prefix="intake-tests-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def cluster(workdir: Path) -> Iterator[Cluster]:
+    clusters = EmbeddedClusters(
+        workdir / "clusters",
+        # Tests check correctness, not durability: skip the fsync wait.
+        EmbeddedSettings(max_connections=400, synchronous_commit=False),
+    )
+    started = clusters.ensure(("db1", "db2"))
+    yield started["db1"]
+    clusters.stop()
+
+
+@pytest.fixture(scope="session")
+def db2_cluster(cluster: Cluster, workdir: Path) -> Cluster:
+    return EmbeddedClusters(workdir / "clusters").load()["db2"]
+
+
+@pytest.fixture(scope="session")
+def template_db(cluster: Cluster) -> str:
+    with psycopg.connect(_dsn(cluster, "postgres"), autocommit=True) as conn:
+        conn.execute(f"create database {TEMPLATE_DB}")
+    with psycopg.connect(_dsn(cluster, TEMPLATE_DB), autocommit=True) as conn:
+        schema.apply_db1(conn, "intents", "intents_dlq")
+    return TEMPLATE_DB
+
+
+def new_database(cluster: Cluster, template: str = "template0") -> str:
+    name = f"t{os.getpid()}_{next(_counter)}"
+    with psycopg.connect(_dsn(cluster, "postgres"), autocommit=True) as conn:
+        conn.execute(f"create database {name} template {template}")
+    return _dsn(cluster, name)
+
+
+@pytest.fixture
+def db1_dsn(cluster: Cluster, template_db: str) -> str:
+    """A fresh DB1 with the intake schema and pgmq, no pools yet."""
+    return new_database(cluster, template_db)
+
+
+@pytest.fixture
+def empty_db_dsn(cluster: Cluster) -> str:
+    """A fresh, empty database (pgmq not installed)."""
+    return new_database(cluster)
+
+
+@pytest.fixture
+def db2_dsn(db2_cluster: Cluster) -> str:
+    return new_database(db2_cluster)
+
+
+def pool_spec(pool_id: str = "p1", inventory: int = 100, **extra: object) -> dict:
+    spec = {
+        "pool_id": pool_id,
+        "inventory": inventory,
+        "validation_webhook_url": "http://127.0.0.1:9/validate",
+    }
+    spec.update(extra)
+    return spec
+
+
+def write_config(directory: Path, db1: str, db2: str, pools: list[dict], **top: object) -> Path:
+    data = {"db1": {"dsn": db1}, "db2": {"dsn": db2}, "pools": pools, **top}
+    path = directory / f"intake-{next(_counter)}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def run_intake(
+    *args: str, config: Path | None = None, check: bool = False, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The real CLI, in a subprocess, as an operator runs it."""
+    argv = [*INTAKE, *(["-c", str(config)] if config else []), *args]
+    proc = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{argv} exited {proc.returncode}: {proc.stderr}{proc.stdout}")
+    return proc
