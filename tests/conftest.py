@@ -124,3 +124,36 @@ def run_intake(
     if check and proc.returncode != 0:
         raise AssertionError(f"{argv} exited {proc.returncode}: {proc.stderr}{proc.stdout}")
     return proc
+
+
+def snapshot(dsn: str) -> dict[str, object]:
+    """Everything about DB1 a bad command must not change."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        relations = conn.execute(
+            "select n.nspname, c.relname, c.relkind, c.relpersistence from pg_class c"
+            " join pg_namespace n on n.oid = c.relnamespace"
+            " where n.nspname in ('intake', 'pgmq', 'public', 'auth') order by 1, 2"
+        ).fetchall()
+        functions = conn.execute(
+            "select p.oid::regprocedure::text, md5(p.prosrc), p.proacl::text from pg_proc p"
+            " join pg_namespace n on n.oid = p.pronamespace"
+            " where n.nspname in ('intake', 'public', 'auth') order by 1"
+        ).fetchall()
+        state: dict[str, object] = {"relations": relations, "functions": functions}
+        if any(r[:2] == ("intake", "engine_config") for r in relations):
+            state["config"] = conn.execute(
+                "select to_jsonb(c) - 'updated_at' - 'created_at' from intake.engine_config c"
+                " order by pool_id"
+            ).fetchall()
+            state["units"] = conn.execute(
+                "select pool_id, status::text, count(*), md5(string_agg(unit_no::text || ':'"
+                " || coalesce(locked_by, ''), ',' order by unit_no))"
+                " from intake.allocations group by 1, 2 order by 1, 2"
+            ).fetchall()
+            state["queue"] = conn.execute(
+                "select msg_id, read_ct, message from pgmq.q_intents order by msg_id"
+            ).fetchall()
+            state["versions"] = conn.execute(
+                "select version, name from intake.schema_version order by 1"
+            ).fetchall()
+        return state

@@ -29,7 +29,7 @@ app = typer.Typer(
     add_completion=False,
 )
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 _config_path = config.DEFAULT_CONFIG
 

@@ -63,7 +63,8 @@ def connect(dsn: str, label: str, *, autocommit: bool = True) -> Iterator[psycop
     try:
         conn = psycopg.connect(dsn, autocommit=autocommit, connect_timeout=CONNECT_TIMEOUT_S)
     except psycopg.OperationalError as exc:
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        reason = lines[0].removeprefix("connection failed: ") if lines else type(exc).__name__
         raise ConnectionFailed(f"cannot connect to {label} ({_describe(dsn)}): {reason}") from None
     except psycopg.ProgrammingError as exc:
         raise ConnectionFailed(f"{label}: invalid connection string: {exc}") from None

@@ -33,6 +33,12 @@ def up(
     settings: Settings,
     on_seed_progress: Callable[[PoolSettings, int, int], None] | None = None,
 ) -> UpReport:
+    # A configured server that does not answer stops `up` before anything,
+    # embedded clusters included, is created.
+    for label, db in (("DB1", settings.db1), ("DB2", settings.db2)):
+        if not db.embedded:
+            with connect(db.dsn or "", label):
+                pass
     where = endpoints(settings, start=True)
     with connect(where.db1, "DB1") as conn:
         if schema.is_provisioned(conn):
@@ -53,9 +59,6 @@ def up(
             ).fetchone()[0]  # type: ignore[index]
             if recovered:
                 result.recovered[pool.pool_id] = int(recovered)
-    # DB2 must at least answer; the ledger contract is checked by the drain.
-    with connect(where.db2, "DB2"):
-        pass
     return result
 
 

@@ -1,0 +1,73 @@
+"""The embedded default end to end: clusters started from the installed binaries."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import yaml
+
+from tests.conftest import pool_spec, run_intake
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_embedded_up_claim_status_down(workdir):
+    event = workdir / "event"
+    event.mkdir(mode=0o755)
+    cfg = event / "intake.yaml"
+    cfg.write_text(yaml.safe_dump({"pools": [pool_spec("emb", 300)]}))
+
+    first = json.loads(run_intake("up", "--json", config=cfg, check=True).stdout)
+    assert first["embedded"] is True and first["pgmq"]["source"] == "bundled-sql"
+    clusters = json.loads((event / ".intake" / "clusters.json").read_text())
+    ports = {name: spec["port"] for name, spec in clusters.items()}
+    assert set(ports) == {"db1", "db2"} and all(port_open(p) for p in ports.values())
+
+    again = json.loads(run_intake("up", "--json", config=cfg, check=True).stdout)
+    assert again["migrations_applied"] == [] and again["seeded"][0]["added"] == 0
+    assert json.loads((event / ".intake" / "clusters.json").read_text()) == clusters
+
+    herd = json.loads(
+        run_intake(
+            "burst",
+            "emb",
+            "--users",
+            "400",
+            "--concurrency",
+            "40",
+            "--json",
+            config=cfg,
+            check=True,
+        ).stdout
+    )
+    assert herd["outcomes"] == {"claimed": 300, "sold_out": 100}
+
+    status = json.loads(run_intake("status", "--json", config=cfg, check=True).stdout)
+    assert status["pools"] == [
+        {
+            "pool_id": "emb",
+            "inventory": 300,
+            "available": 0,
+            "locked": 300,
+            "consumed": 0,
+            "paused": False,
+        }
+    ]
+    assert status["queue"]["depth"] == 300 and status["dlq"]["depth"] == 0
+    assert status["pgmq"] == {"source": "bundled-sql", "version": "1.13.0"}
+
+    refused = run_intake("down", config=cfg)
+    assert refused.returncode == 6 and all(port_open(p) for p in ports.values())
+
+    run_intake("down", "--force", config=cfg, check=True)
+    assert not (event / ".intake").exists()
+    assert not any(port_open(p) for p in ports.values())
+    # Nothing left to tear down is not an error.
+    assert run_intake("down", config=cfg).returncode == 0
+    gone = run_intake("status", config=cfg)
+    assert gone.returncode == 5 and "run `intake up` first" in gone.stderr

@@ -1,0 +1,159 @@
+"""intake.yaml validation: every problem named by its field path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from intake_cli import config
+from intake_cli.errors import ConfigError
+
+BASE_POOL = {
+    "pool_id": "drop-1",
+    "inventory": 10,
+    "validation_webhook_url": "https://pay.example/validate",
+}
+
+
+def parse(data: object) -> config.Settings:
+    return config.parse(data, Path("/srv/event/intake.yaml"))
+
+
+def problems_of(data: object) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        parse(data)
+    return caught.value.problems
+
+
+def test_minimal_file_gets_defaults():
+    settings = parse({"pools": [BASE_POOL]})
+    pool = settings.pools[0]
+    assert settings.db1.embedded and settings.db2.embedded
+    assert settings.state_dir == Path("/srv/event/.intake")
+    assert settings.queue_name == "intents" and settings.dlq_name == "intents_dlq"
+    assert (pool.per_user_limit, pool.batch_size, pool.visibility_timeout) == (1, 100, 45)
+    assert pool.commit_rpc_name == "public.finalize_transaction"
+    assert pool.max_retries == 10 and pool.webhook_secret is None
+
+
+def test_wrong_type_names_the_path_and_value():
+    assert problems_of({"pools": [{**BASE_POOL, "batch_size": "ten"}]}) == [
+        'pools[0].batch_size: expected an integer from 1 to 10000, got "ten"'
+    ]
+
+
+def test_all_problems_reported_at_once():
+    found = problems_of(
+        {
+            "colour": "blue",
+            "pools": [
+                {**BASE_POOL, "visibility_timeout": 0, "max_retries": True},
+                {**BASE_POOL, "inventory": -5, "surprise": 1},
+            ],
+        }
+    )
+    assert found == [
+        "colour: unknown key (known: db1, db2, embedded, event, pools, queue_name, state_dir)",
+        "pools[0].visibility_timeout: expected an integer from 1 to 43200, got 0",
+        "pools[0].max_retries: expected an integer from 0 to 1000, got True",
+        "pools[1].surprise: unknown key (known: batch_size, commit_rate_per_sec, "
+        "commit_rpc_name, inventory, max_retries, per_user_limit, pool_id, "
+        "validation_webhook_url, visibility_timeout, webhook_secret)",
+        "pools[1].inventory: expected an integer from 1 to 50000000, got -5",
+    ]
+
+
+@pytest.mark.parametrize(
+    "rpc",
+    [
+        "x'); drop table tickets; --",
+        "public.finalize_transaction()",
+        'public."Finalize"',
+        "a.b.c",
+        "Finalize",
+        "fn; select 1",
+    ],
+)
+def test_rpc_names_carrying_sql_are_refused(rpc):
+    [problem] = problems_of({"pools": [{**BASE_POOL, "commit_rpc_name": rpc}]})
+    assert problem.startswith("pools[0].commit_rpc_name: expected [schema.]function")
+
+
+@pytest.mark.parametrize("pool_id", ["x'); drop table intake.allocations; --", "A", "", "-x"])
+def test_unsafe_pool_ids_are_refused(pool_id):
+    [problem, *_] = problems_of({"pools": [{**BASE_POOL, "pool_id": pool_id}]})
+    assert problem.startswith("pools[0].pool_id: expected")
+
+
+@pytest.mark.parametrize("url", ["ftp://pay.example/x", "pay.example/validate", "http://", 5])
+def test_webhook_url_must_be_http(url):
+    [problem] = problems_of({"pools": [{**BASE_POOL, "validation_webhook_url": url}]})
+    assert problem.startswith("pools[0].validation_webhook_url: expected")
+
+
+def test_queue_name_pattern_and_duplicate_pools():
+    found = problems_of({"queue_name": "Intents;", "pools": [BASE_POOL, BASE_POOL]})
+    assert found[0].startswith("queue_name: expected 1-40 characters")
+    assert found[1] == 'pools[1].pool_id: "drop-1" is used twice'
+
+
+def test_environment_interpolation(monkeypatch):
+    monkeypatch.setenv("DB1_URL", "host=db1.internal dbname=intake")
+    monkeypatch.setenv("HOOK_SECRET", "whsec_abc")
+    monkeypatch.delenv("DB2_URL", raising=False)
+    settings = parse(
+        {
+            "db1": {"dsn": "${DB1_URL}"},
+            "db2": {"dsn": "${DB2_URL:-}"},
+            "pools": [{**BASE_POOL, "webhook_secret": "${HOOK_SECRET}"}],
+        }
+    )
+    assert settings.db1.dsn == "host=db1.internal dbname=intake"
+    assert settings.db2.embedded
+    assert settings.pools[0].webhook_secret == "whsec_abc"
+
+
+def test_missing_environment_variable_is_an_error(monkeypatch):
+    monkeypatch.delenv("NOPE_DSN", raising=False)
+    assert problems_of({"db1": {"dsn": "${NOPE_DSN}"}, "pools": [BASE_POOL]}) == [
+        "db1.dsn: environment variable NOPE_DSN is not set"
+    ]
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("webhook_secret", "whsec_literal"),
+        ("dsn", "postgresql://app:hunter2@db.example/intake"),
+        ("dsn", "host=db.example password=hunter2"),
+    ],
+)
+def test_literal_secrets_are_refused(field, value):
+    data: dict = {"pools": [dict(BASE_POOL)]}
+    if field == "dsn":
+        data["db1"] = {"dsn": value}
+    else:
+        data["pools"][0][field] = value
+    [problem] = problems_of(data)
+    assert "environment" in problem
+
+
+def test_malformed_yaml_and_missing_file(tmp_path):
+    bad = tmp_path / "intake.yaml"
+    bad.write_text("pools:\n  - pool_id: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"line \d+, column \d+: malformed YAML"):
+        config.load(bad)
+    with pytest.raises(ConfigError, match="file not found"):
+        config.load(tmp_path / "absent.yaml")
+    bad.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="expected a mapping at the top level"):
+        config.load(bad)
+
+
+def test_example_file_is_valid(monkeypatch):
+    for name in ("INTAKE_DB1_DSN", "INTAKE_DB2_DSN", "INTAKE_WEBHOOK_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    example = Path(__file__).resolve().parents[2] / "examples" / "intake.yaml"
+    settings = config.load(example)
+    assert settings.db1.embedded and settings.pools[0].pool_id == "spring-drop"
