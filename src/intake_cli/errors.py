@@ -62,3 +62,15 @@ class RefusedTeardown(IntakeError):
     """The event still holds intents; `intake down` will not throw them away."""
 
     exit_code = 6
+
+
+class LedgerContractError(IntakeError):
+    """DB2 does not offer the commit RPC the configuration names."""
+
+    exit_code = 2
+
+
+class LedgerUnavailable(IntakeError):
+    """DB2 could not be reached or refused the commit; it will be retried."""
+
+    exit_code = 3

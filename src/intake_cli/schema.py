@@ -121,7 +121,7 @@ def apply_db1(conn: psycopg.Connection, queue_name: str, dlq_name: str) -> Schem
                 _q("record_migration"), {"version": migration.version, "name": migration.name}
             )
             applied.append(f"{migration.version:04d}_{migration.name}")
-        conn.execute(render("db1/supabase_compat.sql"))
+        conn.execute(render("common/supabase_compat.sql"))
         _ensure_pg_cron(conn)
         created = tuple(q for q in (queue_name, dlq_name) if queue.ensure_queue(conn, q))
         conn.execute(render("db1/functions.sql.j2", queue_table=queue_table(conn, queue_name)))
