@@ -102,7 +102,12 @@ def pool_spec(pool_id: str = "p1", inventory: int = 100, **extra: object) -> dic
 
 
 def write_config(directory: Path, db1: str, db2: str, pools: list[dict], **top: object) -> Path:
-    data = {"db1": {"dsn": db1}, "db2": {"dsn": db2}, "pools": pools, **top}
+    data = {
+        "db1": {"dsn": db1},
+        "db2": {"dsn": db2, "install_example_ledger": True},
+        "pools": pools,
+        **top,
+    }
     path = directory / f"intake-{next(_counter)}.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path

@@ -15,7 +15,10 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from intake_cli import __version__, claims, config, lifecycle
+from intake_cli import __version__, claims, config, lifecycle, logs, testhook
+from intake_cli import dlq as dead_letters
+from intake_cli import worker as drainer
+from intake_cli.bench import bench_app
 from intake_cli.db import connect, endpoints
 from intake_cli.errors import IntakeError, UnknownPool, UsageError
 
@@ -281,6 +284,167 @@ def down(
     out.print(
         "event torn down" + (" (embedded clusters removed)" if report.stopped_embedded else "")
     )
+
+
+@app.command()
+def drain(
+    concurrency: int = typer.Option(
+        4,
+        "--concurrency",
+        min=1,
+        max=64,
+        help="Batches in flight at once: one batch's webhook calls overlap another's commits.",
+    ),
+    once: bool = typer.Option(
+        False, "--once", help="Process one batch and exit (for cron or serverless callers)."
+    ),
+    pool: str | None = typer.Option(None, "--pool", help="Serve only this pool."),
+    log_level: str = typer.Option(
+        "info",
+        "--log-level",
+        help="debug | info | warning | error (info: one line per transition).",
+    ),
+    log_format: str = typer.Option("json", "--log-format", help="json | text"),
+    webhook_timeout: float = typer.Option(
+        10.0, "--webhook-timeout", min=0.1, help="Seconds before a webhook call counts as failed."
+    ),
+    shutdown_timeout: float = typer.Option(
+        30.0,
+        "--shutdown-timeout",
+        min=0,
+        help="On SIGINT/SIGTERM, seconds in-flight batches get to finish before being handed back.",
+    ),
+    as_json: bool = JsonOption,
+) -> None:
+    """Drain intents: validate with the webhook, commit to DB2, archive. Runs until stopped.
+
+    SIGINT/SIGTERM stop reading; in-flight batches finish (or are handed back
+    to the queue after --shutdown-timeout) and the worker exits 0. Changes to
+    engine_config (batch size, visibility timeout, webhook URL, commit rate,
+    pause) are picked up at the next batch.
+    """
+    if log_level not in ("debug", "info", "warning", "error"):
+        raise UsageError(f"--log-level: expected debug, info, warning or error, got {log_level!r}")
+    if log_format not in ("json", "text"):
+        raise UsageError(f"--log-format: expected json or text, got {log_format!r}")
+    settings = _settings()
+    if pool is not None and (reason := config.check_pool_id(pool)):
+        raise UsageError(f"--pool: {reason}")
+    where = endpoints(settings)
+    drainer.preflight(settings, where, pool)
+    logger = logs.configure(log_level, log_format)
+    worker = drainer.Worker(
+        settings,
+        where.db1,
+        where.db2,
+        logger,
+        concurrency=concurrency,
+        once=once,
+        pool_filter=pool,
+        webhook_timeout_s=webhook_timeout,
+        shutdown_timeout_s=shutdown_timeout,
+    )
+    stats = asyncio.run(worker.run())
+    if as_json:
+        _print_json(stats.as_json())
+
+
+dlq_app = typer.Typer(help="Inspect and recover dead-lettered intents.", no_args_is_help=True)
+app.add_typer(dlq_app, name="dlq")
+
+
+def _dlq_connection() -> tuple[config.Settings, Any]:
+    settings = _settings()
+    return settings, connect(endpoints(settings).db1, "DB1")
+
+
+@dlq_app.command("list")
+def dlq_list(
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Show at most this many."),
+    as_json: bool = JsonOption,
+) -> None:
+    """List dead letters: id, pool, user, state reached, attempts, last error."""
+    settings, connection = _dlq_connection()
+    with connection as conn:
+        letters = dead_letters.list_letters(conn, settings.dlq_name, limit)
+    if as_json:
+        _print_json([letter.as_json() for letter in letters])
+        return
+    table = Table(title=f"dead letters in {settings.dlq_name}")
+    for column in ("id", "pool", "user", "state", "attempts", "last error"):
+        table.add_column(column)
+    for letter in letters:
+        data = letter.as_json()
+        table.add_row(
+            str(letter.msg_id),
+            str(data["pool_id"]),
+            str(data["user_id"]),
+            letter.state,
+            str(letter.attempts),
+            escape(letter.last_error or ""),
+        )
+    out.print(table)
+
+
+@dlq_app.command("show")
+def dlq_show(msg_id: int = typer.Argument(..., help="Dead letter id (from `dlq list`).")) -> None:
+    """Show one dead letter in full, with what DB1 knows of its intent (JSON)."""
+    settings, connection = _dlq_connection()
+    with connection as conn:
+        _print_json(dead_letters.show(conn, settings.dlq_name, msg_id))
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    msg_ids: list[int] | None = typer.Argument(None, help="Dead letter ids to replay."),
+    replay_all: bool = typer.Option(False, "--all", help="Replay every dead letter."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be replayed."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Put dead letters back on the queue, with their idempotency key and state.
+
+    A validated intent is not sent to the webhook again: only its commit is
+    retried. Replay once downstream (webhook, DB2) has recovered.
+    """
+    if replay_all == bool(msg_ids):
+        raise UsageError("name dead letter ids to replay, or pass --all (not both)")
+    settings, connection = _dlq_connection()
+    with connection as conn:
+        replayed = dead_letters.replay(
+            conn,
+            settings.queue_name,
+            settings.dlq_name,
+            None if replay_all else msg_ids,
+            dry_run=dry_run,
+        )
+    if as_json:
+        _print_json(replayed)
+        return
+    verb = "would replay" if dry_run else "replayed"
+    out.print(f"{verb} {len(replayed)} intents")
+    for item in replayed:
+        after = f" → message {item['msg_id_after']}" if item["msg_id_after"] else ""
+        out.print(
+            f"  {item['msg_id']} {item['pool_id']} {item['idempotency_key']} "
+            f"({item['state']}){after}"
+        )
+
+
+@dlq_app.command("purge")
+def dlq_purge(
+    yes: bool = typer.Option(False, "--yes", help="Confirm: the dead letters are deleted."),
+) -> None:
+    """Delete every dead letter. Export them first: `intake dlq list --json > dead.json`."""
+    if not yes:
+        raise UsageError("purge deletes every dead letter: export them first, then pass --yes")
+    settings, connection = _dlq_connection()
+    with connection as conn:
+        purged = dead_letters.purge(conn, settings.dlq_name)
+    out.print(f"purged {purged} dead letters from {settings.dlq_name}")
+
+
+app.command("webhook-server")(testhook.webhook_server_command)
+app.add_typer(bench_app, name="bench", help="Benchmarks against baselines from the same run.")
 
 
 @app.command()

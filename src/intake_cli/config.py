@@ -41,10 +41,17 @@ class DatabaseSettings:
 
     dsn: str | None = None
     pgenv: bool = False
+    # DB2 only: install the example ledger when the commit RPC is missing.
+    # Unset means: yes for the embedded cluster, no for a configured server.
+    install_example_ledger: bool | None = None
 
     @property
     def embedded(self) -> bool:
         return self.dsn is None and not self.pgenv
+
+    @property
+    def installs_example_ledger(self) -> bool:
+        return self.embedded if self.install_example_ledger is None else self.install_example_ledger
 
 
 @dataclass(frozen=True)
@@ -67,6 +74,8 @@ class PoolSettings:
     visibility_timeout: int = 45
     max_retries: int = 10
     commit_rate_per_sec: int = 0
+    retry_base_seconds: float = 1.0
+    retry_max_seconds: float = 60.0
     webhook_secret: str | None = field(default=None, repr=False)
 
 
@@ -110,6 +119,15 @@ def _integer(problems: _Problems, path: str, value: Any, low: int, high: int) ->
         problems.add(path, f"expected an integer from {low} to {high}, got {_show(value)}")
         return None
     return value
+
+
+def _seconds(problems: _Problems, path: str, value: Any, high: float) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= high:
+        problems.add(
+            path, f"expected a number of seconds above 0 and at most {high:g}, got {_show(value)}"
+        )
+        return None
+    return float(value)
 
 
 def _string(problems: _Problems, path: str, value: Any) -> str | None:
@@ -196,15 +214,24 @@ def check_pool_id(value: str) -> str | None:
 _DSN_PASSWORD = re.compile(r"(password\s*=\s*[^\s$]|://[^/@\s]*:[^@/\s$][^@/\s]*@)")
 
 
-def _database(problems: _Problems, path: str, raw: Any) -> DatabaseSettings:
-    spec = _mapping(problems, path, raw, {"dsn", "pgenv"})
+def _database(
+    problems: _Problems, path: str, raw: Any, *, ledger: bool = False
+) -> DatabaseSettings:
+    keys = {"dsn", "pgenv", "install_example_ledger"} if ledger else {"dsn", "pgenv"}
+    spec = _mapping(problems, path, raw, keys)
     dsn_raw = spec.get("dsn")
     pgenv = spec.get("pgenv", False)
     if not isinstance(pgenv, bool):
         problems.add(f"{path}.pgenv", f"expected true or false, got {_show(pgenv)}")
         pgenv = False
+    install = spec.get("install_example_ledger")
+    if install is not None and not isinstance(install, bool):
+        problems.add(
+            f"{path}.install_example_ledger", f"expected true or false, got {_show(install)}"
+        )
+        install = None
     if dsn_raw is None:
-        return DatabaseSettings(pgenv=pgenv)
+        return DatabaseSettings(pgenv=pgenv, install_example_ledger=install)
     if not isinstance(dsn_raw, str):
         problems.add(f"{path}.dsn", f"expected a connection string, got {_show(dsn_raw)}")
         return DatabaseSettings()
@@ -218,7 +245,7 @@ def _database(problems: _Problems, path: str, raw: Any) -> DatabaseSettings:
     if pgenv and dsn:
         problems.add(path, "set either dsn or pgenv, not both")
     # An empty DSN after interpolation (${DB1_DSN:-}) means "not configured".
-    return DatabaseSettings(dsn=dsn or None, pgenv=pgenv)
+    return DatabaseSettings(dsn=dsn or None, pgenv=pgenv, install_example_ledger=install)
 
 
 _POOL_KEYS = {
@@ -231,6 +258,8 @@ _POOL_KEYS = {
     "visibility_timeout",
     "max_retries",
     "commit_rate_per_sec",
+    "retry_base_seconds",
+    "retry_max_seconds",
     "webhook_secret",
 }
 
@@ -273,6 +302,9 @@ def _pool(problems: _Problems, path: str, raw: Any) -> PoolSettings | None:
     for key, (low, high) in bounds.items():
         if key in raw:
             values[key] = _integer(problems, f"{path}.{key}", raw[key], low, high)
+    for key, high in (("retry_base_seconds", 3600.0), ("retry_max_seconds", 86400.0)):
+        if key in raw:
+            values[key] = _seconds(problems, f"{path}.{key}", raw[key], high)
     values["webhook_secret"] = _secret(
         problems, f"{path}.webhook_secret", raw.get("webhook_secret")
     )
@@ -302,7 +334,7 @@ def parse(data: Any, path: Path) -> Settings:
         )
 
     db1 = _database(problems, "db1", data.get("db1"))
-    db2 = _database(problems, "db2", data.get("db2"))
+    db2 = _database(problems, "db2", data.get("db2"), ledger=True)
 
     emb = _mapping(
         problems,

@@ -18,6 +18,7 @@ import socket
 import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from intake_cli.config import EmbeddedSettings
 from intake_cli.errors import EmbeddedClusterError
@@ -113,17 +114,15 @@ def _check_reachable(path: Path, account: pwd.struct_passwd) -> None:
             )
 
 
+def _as(account: pwd.struct_passwd | None) -> dict[str, Any]:
+    """subprocess arguments that run a command as the server's account."""
+    if account is None:
+        return {}
+    return {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
+
+
 def _run(args: list[str], account: pwd.struct_passwd | None, what: str) -> str:
-    kwargs: dict[str, object] = {}
-    if account is not None:
-        kwargs = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
-    proc = subprocess.run(
-        args,
-        capture_output=True,
-        text=True,
-        cwd="/",
-        **kwargs,  # type: ignore[arg-type]
-    )
+    proc = subprocess.run(args, capture_output=True, text=True, cwd="/", **_as(account))
     if proc.returncode != 0:
         detail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
         raise EmbeddedClusterError(f"{what} failed: " + " | ".join(detail))
@@ -241,10 +240,7 @@ class EmbeddedClusters:
 
     def running(self, cluster: Cluster, bindir: Path, account: pwd.struct_passwd | None) -> bool:
         args = [str(bindir / "pg_ctl"), "status", "-D", cluster.datadir]
-        kwargs: dict[str, object] = {}
-        if account is not None:
-            kwargs = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
-        proc = subprocess.run(args, capture_output=True, cwd="/", **kwargs)  # type: ignore[arg-type]
+        proc = subprocess.run(args, capture_output=True, cwd="/", **_as(account))
         return proc.returncode == 0
 
     def _start(self, cluster: Cluster, bindir: Path, account: pwd.struct_passwd | None) -> None:
@@ -298,28 +294,23 @@ class EmbeddedClusters:
         if not exists.strip():
             _run([*psql, "-c", f"create database {DATABASE}"], account, f"creating {DATABASE}")
 
+    def halt(self, names: tuple[str, ...] = ("db1", "db2")) -> None:
+        """Stop clusters but keep their data (`ensure` starts them again)."""
+        clusters = self.load()
+        bindir = pg_bindir()
+        account = _server_account()
+        for name in names:
+            cluster = clusters.get(name)
+            if cluster is None or not Path(cluster.datadir).exists():
+                continue
+            if self.running(cluster, bindir, account):
+                stop = ["stop", "-w", "-t", "60", "-m", "fast", "-D", cluster.datadir]
+                _run([str(bindir / "pg_ctl"), *stop], account, f"stopping {cluster.name}")
+
     def stop(self) -> None:
         """Stop every cluster and remove the state directory."""
         clusters = self.load()
         if clusters:
-            bindir = pg_bindir()
-            account = _server_account()
-            for cluster in clusters.values():
-                if Path(cluster.datadir).exists() and self.running(cluster, bindir, account):
-                    _run(
-                        [
-                            str(bindir / "pg_ctl"),
-                            "stop",
-                            "-w",
-                            "-t",
-                            "60",
-                            "-m",
-                            "fast",
-                            "-D",
-                            cluster.datadir,
-                        ],
-                        account,
-                        f"stopping {cluster.name}",
-                    )
+            self.halt(tuple(clusters))
         if self.state_dir.exists():
             shutil.rmtree(self.state_dir)

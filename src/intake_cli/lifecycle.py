@@ -12,7 +12,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from intake_cli import pools, queue, schema
+from intake_cli import ledger, pools, queue, schema
 from intake_cli.config import PoolSettings, Settings
 from intake_cli.db import Endpoints, connect, endpoints
 from intake_cli.embedded import EmbeddedClusters
@@ -27,6 +27,22 @@ class UpReport:
     pools: list[pools.PoolChange]
     seeds: list[pools.SeedResult] = field(default_factory=list)
     recovered: dict[str, int] = field(default_factory=dict)
+    ledger_installed: bool = False
+
+
+def prepare_ledger(settings: Settings, db2_dsn: str) -> bool:
+    """Install the example ledger where wanted and missing; check every pool's RPC.
+
+    Runs before DB1 is touched: a missing RPC stops `up` with nothing changed.
+    True when the example ledger was installed now.
+    """
+    installed = False
+    with connect(db2_dsn, "DB2") as conn:
+        if settings.db2.installs_example_ledger and not ledger.example_installed(conn):
+            installed = ledger.install_example(conn)
+        for rpc in {ledger.RpcName.parse(p.commit_rpc_name) for p in settings.pools}:
+            ledger.check_rpc(conn, rpc)
+    return installed
 
 
 def up(
@@ -40,13 +56,14 @@ def up(
             with connect(db.dsn or "", label):
                 pass
     where = endpoints(settings, start=True)
+    ledger_installed = prepare_ledger(settings, where.db2)
     with connect(where.db1, "DB1") as conn:
         if schema.is_provisioned(conn):
             pools.check_inventory(conn, settings.pools)
         with conn.transaction():
             report = schema.apply_db1(conn, settings.queue_name, settings.dlq_name)
             changes = pools.reconcile(conn, settings.pools)
-        result = UpReport(where, report, changes)
+        result = UpReport(where, report, changes, ledger_installed=ledger_installed)
         for pool in settings.pools:
 
             def progress(done: int, total: int, pool: PoolSettings = pool) -> None:

@@ -33,6 +33,8 @@ CONFIG_FIELDS = (
     "commit_rpc_name",
     "max_retries",
     "commit_rate_per_sec",
+    "retry_base_seconds",
+    "retry_max_seconds",
 )
 
 

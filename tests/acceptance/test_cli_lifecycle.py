@@ -14,7 +14,7 @@ def test_up_twice_changes_nothing(workdir, empty_db_dsn, db2_dsn):
     cfg = write_config(workdir, empty_db_dsn, db2_dsn, [pool_spec("a", 500), pool_spec("b", 20)])
     first = run_intake("up", "--json", config=cfg, check=True)
     report = json.loads(first.stdout)
-    assert report["migrations_applied"] == ["0001_engine"]
+    assert report["migrations_applied"] == ["0001_engine", "0002_drain"]
     assert [s["added"] for s in report["seeded"]] == [500, 20]
     before = snapshot(empty_db_dsn)
 
@@ -23,6 +23,25 @@ def test_up_twice_changes_nothing(workdir, empty_db_dsn, db2_dsn):
     assert [p["action"] for p in second["pools"]] == ["unchanged", "unchanged"]
     assert [s["added"] for s in second["seeded"]] == [0, 0]
     assert snapshot(empty_db_dsn) == before
+
+
+def test_up_upgrades_a_db1_left_at_an_older_schema_version(workdir, empty_db_dsn, db2_dsn):
+    from intake_cli import schema
+    from intake_cli.sqlfiles import render
+
+    with psycopg.connect(empty_db_dsn, autocommit=True) as conn, conn.transaction():
+        # DB1 as a release that only knew migration 0001 left it.
+        conn.execute(render("db1/bootstrap.sql"))
+        first = schema.migrations()[0]
+        conn.execute(render(first.template))
+        conn.execute(
+            "insert into intake.schema_version (version, name) values (%s, %s)",
+            (first.version, first.name),
+        )
+    cfg = write_config(workdir, empty_db_dsn, db2_dsn, [pool_spec("old", 5)])
+    report = json.loads(run_intake("up", "--json", config=cfg, check=True).stdout)
+    assert report["migrations_applied"] == ["0002_drain"]
+    assert report["schema_version"] == schema.latest_version() == 2
 
 
 def test_up_applies_an_edited_config_and_grows_inventory(workdir, empty_db_dsn, db2_dsn):

@@ -59,7 +59,8 @@ def test_all_problems_reported_at_once():
         "pools[0].max_retries: expected an integer from 0 to 1000, got True",
         "pools[1].surprise: unknown key (known: batch_size, commit_rate_per_sec, "
         "commit_rpc_name, inventory, max_retries, per_user_limit, pool_id, "
-        "validation_webhook_url, visibility_timeout, webhook_secret)",
+        "retry_base_seconds, retry_max_seconds, validation_webhook_url, "
+        "visibility_timeout, webhook_secret)",
         "pools[1].inventory: expected an integer from 1 to 50000000, got -5",
     ]
 

@@ -1,0 +1,32 @@
+-- example_installed: whether DB2 already has a public.finalize_transaction (any signature)
+select exists (
+    select from pg_catalog.pg_proc p
+      join pg_catalog.pg_namespace n on n.oid = p.pronamespace
+     where n.nspname = 'public' and p.proname = 'finalize_transaction'
+) as installed;
+
+-- rpc_overloads: every routine with the commit RPC's schema and name, and how it can be called
+select n.nspname || '.' || p.proname
+           || '(' || pg_catalog.pg_get_function_identity_arguments(p.oid) || ')' as signature,
+       p.prokind::text as kind,
+       p.proretset as returns_set,
+       p.pronargs as nargs,
+       p.pronargdefaults as ndefaults,
+       case when p.pronargs > 0
+            then pg_catalog.format_type(p.proargtypes[0], null) end as first_arg_type,
+       pg_catalog.has_function_privilege(p.oid, 'execute') as executable,
+       current_user::text as role
+  from pg_catalog.pg_proc p
+  join pg_catalog.pg_namespace n on n.oid = p.pronamespace
+ where n.nspname = %(schema)s and p.proname = %(name)s
+ order by 1;
+
+-- commit_batch: the commit RPC once per payload in one statement (so one transaction), in idempotency-key order; {rpc} and {arg_type} are composed by psycopg.sql
+select call.ord, {rpc}(call.payload::{arg_type}) as result
+  from (select item.payload, item.ord
+          from unnest(%(payloads)s::jsonb[]) with ordinality as item(payload, ord)
+         order by item.payload ->> 'idempotency_key', item.ord
+        offset 0) as call;
+
+-- commit_one: the commit RPC for one payload, in its own transaction; {rpc} and {arg_type} as above
+select {rpc}(%(payload)s::jsonb::{arg_type}) as result;

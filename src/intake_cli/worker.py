@@ -1,0 +1,726 @@
+"""`intake drain`: read a batch, validate with the webhook, commit to DB2, archive.
+
+One batch goes through three steps, each costing one round trip per database
+whatever the batch size:
+
+1. read up to batch_size messages (pgmq.read, leased for visibility_timeout)
+   and load what DB1 knows of their intents (intent_state);
+2. call the webhook for every intent not yet validated, concurrently; record
+   the yeses (before any commit, so a crash cannot make us ask twice) and the
+   noes (unit released, message archived);
+3. commit every validated intent through the DB2 RPC (rate-limited across the
+   fleet), then consume the units and archive the messages; failures are
+   counted and retried with backoff via set_vt, or dead-lettered.
+
+Several such loops run at once (--concurrency), so one batch's webhook calls
+overlap another's commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
+
+from intake_cli import ledger, schema
+from intake_cli.config import Settings
+from intake_cli.db import Endpoints, connect
+from intake_cli.errors import (
+    LedgerContractError,
+    LedgerUnavailable,
+    NotProvisioned,
+    UnknownPool,
+)
+from intake_cli.logs import event
+from intake_cli.retry import RetryPolicy
+from intake_cli.sqlfiles import queries
+from intake_cli.webhook import Verdict, WebhookClient
+
+# A worker serving only some pools hands the others' messages back this long
+# (seconds), so they are not re-read in a tight loop.
+FOREIGN_POOL_DELAY_S = 2
+PAUSED_POOL_DELAY_S = 5
+
+
+def _q(name: str) -> str:
+    return queries("drain")[name]
+
+
+@dataclass(frozen=True)
+class PoolRuntime:
+    """A pool's live settings (engine_config) plus its secret (from the environment)."""
+
+    pool_id: str
+    paused: bool
+    batch_size: int
+    visibility_timeout: int
+    webhook_url: str
+    rpc: ledger.RpcName
+    commit_rate_per_sec: int
+    retry: RetryPolicy
+    secret: str | None
+
+
+@dataclass
+class Intent:
+    msg_id: int
+    message: dict[str, Any]
+    key: str
+    pool_id: str
+    unit_no: int
+    state: str = "queued"
+    attempts: int = 0
+    webhook_calls: int = 0
+    error: str | None = None
+
+
+@dataclass
+class DrainStats:
+    counts: Counter[str] = field(default_factory=Counter)
+    started: float = field(default_factory=time.monotonic)
+
+    def as_json(self) -> dict[str, Any]:
+        elapsed = time.monotonic() - self.started
+        return {
+            **{
+                k: self.counts.get(k, 0)
+                for k in (
+                    "read",
+                    "validated",
+                    "committed",
+                    "rejected",
+                    "retried",
+                    "dead",
+                    "handed_back",
+                    "batches",
+                )
+            },
+            "seconds": round(elapsed, 3),
+            "committed_per_sec": round(self.counts["committed"] / elapsed, 1) if elapsed else 0,
+        }
+
+
+def _parse(row: dict[str, Any]) -> Intent | str:
+    """An Intent, or the reason the message cannot be one."""
+    message = row["message"]
+    if not isinstance(message, dict):
+        return "message is not a JSON object"
+    try:
+        return Intent(
+            msg_id=int(row["msg_id"]),
+            message=message,
+            key=str(message["idempotency_key"]),
+            pool_id=str(message["pool_id"]),
+            unit_no=int(message["unit_no"]),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        return f"malformed intent message ({type(exc).__name__}: {exc})"
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: Settings,
+        db1_dsn: str,
+        db2_dsn: str,
+        logger: logging.Logger,
+        *,
+        concurrency: int = 2,
+        once: bool = False,
+        pool_filter: str | None = None,
+        webhook_timeout_s: float = 10.0,
+        shutdown_timeout_s: float = 30.0,
+        idle_sleep_s: float = 0.25,
+    ) -> None:
+        self.settings = settings
+        self.queue = settings.queue_name
+        self.dlq = settings.dlq_name
+        self.db1_dsn = db1_dsn
+        self.db2_dsn = db2_dsn
+        self.log = logger
+        self.concurrency = 1 if once else concurrency
+        self.once = once
+        self.pool_filter = pool_filter
+        self.webhook_timeout_s = webhook_timeout_s
+        self.shutdown_timeout_s = shutdown_timeout_s
+        self.idle_sleep_s = idle_sleep_s
+        self.stats = DrainStats()
+        self._stopping = asyncio.Event()
+        self._resolved_rpcs: dict[ledger.RpcName, ledger.RpcName] = {}
+        self._secrets = {p.pool_id: p.webhook_secret for p in settings.pools}
+
+    # -- start and stop ------------------------------------------------------
+
+    def stop(self) -> None:
+        if not self._stopping.is_set():
+            event(self.log, logging.INFO, "stopping", reason="signal")
+        self._stopping.set()
+
+    async def run(self) -> DrainStats:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.stop)
+        pool_size = self.concurrency + 2
+        self.db1 = AsyncConnectionPool(
+            self.db1_dsn,
+            min_size=1,
+            max_size=pool_size,
+            open=False,
+            kwargs={"autocommit": True},
+            check=AsyncConnectionPool.check_connection,
+        )
+        # DB2 may be down for a while: connections are checked before use and
+        # a missing server fails fast (the commit is retried later).
+        self.db2 = AsyncConnectionPool(
+            self.db2_dsn,
+            min_size=0,
+            max_size=pool_size,
+            open=False,
+            timeout=5,
+            kwargs={"autocommit": True, "connect_timeout": 3},
+            check=AsyncConnectionPool.check_connection,
+            reconnect_timeout=0,
+        )
+        await self.db1.open(wait=True, timeout=10)
+        await self.db2.open()
+        event(
+            self.log,
+            logging.INFO,
+            "started",
+            concurrency=self.concurrency,
+            once=self.once,
+            pool=self.pool_filter,
+            queue=self.queue,
+        )
+        try:
+            async with WebhookClient(
+                timeout_s=self.webhook_timeout_s, max_connections=256
+            ) as self.webhook:
+                slots = [asyncio.create_task(self._slot(n)) for n in range(self.concurrency)]
+                await self._wait_for(slots)
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+            await self.db1.close()
+            await self.db2.close()
+        event(self.log, logging.INFO, "stopped", **self.stats.as_json())
+        return self.stats
+
+    async def _wait_for(self, slots: list[asyncio.Task[None]]) -> None:
+        stop_wait = asyncio.create_task(self._stopping.wait())
+        try:
+            done, _ = await asyncio.wait([*slots, stop_wait], return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is not stop_wait and task.exception():
+                    self._stopping.set()
+            if not all(task.done() for task in slots):
+                # Stopping: in-flight batches get time to finish; what is left
+                # after that is handed back to the queue by the batch itself.
+                _, pending = await asyncio.wait(slots, timeout=self.shutdown_timeout_s)
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+            for task in slots:
+                if task.done() and not task.cancelled() and task.exception():
+                    raise task.exception()  # type: ignore[misc]
+        finally:
+            stop_wait.cancel()
+
+    async def _slot(self, number: int) -> None:
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type((psycopg.OperationalError, PoolTimeout)),
+            wait=wait_exponential_jitter(initial=0.5, max=15),
+            before_sleep=lambda state: event(
+                self.log,
+                logging.WARNING,
+                "db1_unavailable",
+                slot=number,
+                error=str(state.outcome.exception()) if state.outcome else None,
+            ),
+            reraise=True,
+        )
+        while not self._stopping.is_set():
+            async for attempt in retrying:
+                with attempt:
+                    handled = await self._one_batch()
+            if self.once:
+                return
+            if not handled:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), self.idle_sleep_s)
+
+    # -- one batch -------------------------------------------------------------
+
+    async def _load_pools(self, conn: psycopg.AsyncConnection) -> dict[str, PoolRuntime]:
+        cur = conn.cursor(row_factory=dict_row)
+        rows = await (await cur.execute(_q("engine_pools"))).fetchall()
+        pools = {}
+        for row in rows:
+            pools[row["pool_id"]] = PoolRuntime(
+                pool_id=row["pool_id"],
+                paused=row["paused"],
+                batch_size=row["batch_size"],
+                visibility_timeout=row["visibility_timeout"],
+                webhook_url=row["validation_webhook_url"],
+                rpc=ledger.RpcName.parse(row["commit_rpc_name"]),
+                commit_rate_per_sec=row["commit_rate_per_sec"],
+                retry=RetryPolicy(
+                    base_s=row["retry_base_seconds"],
+                    cap_s=row["retry_max_seconds"],
+                    max_retries=row["max_retries"],
+                ),
+                secret=self._secrets.get(row["pool_id"]),
+            )
+        return pools
+
+    async def _one_batch(self) -> int:
+        async with self.db1.connection() as conn:
+            pools = await self._load_pools(conn)
+            served = [p for p in pools.values() if self.pool_filter in (None, p.pool_id)]
+            if not served:
+                return 0
+            qty = max(p.batch_size for p in served)
+            vt = max(p.visibility_timeout for p in served)
+            cur = conn.cursor(row_factory=dict_row)
+            rows = await (
+                await cur.execute(
+                    queries("pgmq")["read"], {"queue": self.queue, "vt": vt, "qty": qty}
+                )
+            ).fetchall()
+            if not rows:
+                return 0
+            self.stats.counts["read"] += len(rows)
+            self.stats.counts["batches"] += 1
+            intents, broken = [], []
+            for row in rows:
+                parsed = _parse(row)
+                if isinstance(parsed, str):
+                    broken.append((row, parsed))
+                else:
+                    intents.append(parsed)
+            states = await (
+                await conn.cursor(row_factory=dict_row).execute(
+                    _q("intent_states"), {"keys": [i.key for i in intents]}
+                )
+            ).fetchall()
+        known = {s["key"]: s for s in states}
+        for intent in intents:
+            if intent.key in known:
+                intent.state = known[intent.key]["state"]
+                intent.attempts = known[intent.key]["attempts"]
+
+        batch = _Batch(self, pools, intents, vt)
+        if broken:
+            await self._dead_letter_broken(broken)
+        try:
+            await batch.process()
+        except asyncio.CancelledError:
+            await asyncio.shield(batch.hand_back_unfinished())
+            raise
+        return len(rows)
+
+    async def _dead_letter_broken(self, broken: list[tuple[dict[str, Any], str]]) -> None:
+        """A message that is not an intent cannot be processed: keep it, in the DLQ."""
+        async with self.db1.connection() as conn, conn.transaction():
+            await conn.execute(
+                _q("dead_letter"),
+                {
+                    "queue": self.queue,
+                    "dlq": self.dlq,
+                    "msg_ids": [row["msg_id"] for row, _ in broken],
+                    "intents": [Jsonb(row["message"]) for row, _ in broken],
+                    "keys": [None] * len(broken),
+                    "pool_ids": [None] * len(broken),
+                    "states": ["queued"] * len(broken),
+                    "attempts": [0] * len(broken),
+                    "calls": [0] * len(broken),
+                    "errors": [reason for _, reason in broken],
+                },
+            )
+        for row, reason in broken:
+            event(
+                self.log,
+                logging.ERROR,
+                "dead_lettered",
+                msg_id=row["msg_id"],
+                pool_id=None,
+                error=reason,
+            )
+        self.stats.counts["dead"] += len(broken)
+
+    async def resolve_rpc(self, rpc: ledger.RpcName) -> ledger.RpcName:
+        """Check a commit RPC against DB2's catalog the first time it is seen.
+
+        The resolved name carries the argument type (jsonb or json) to call it with.
+        """
+        if rpc not in self._resolved_rpcs:
+            async with self.db2.connection() as conn:
+                self._resolved_rpcs[rpc] = await ledger.check_rpc_async(conn, rpc)
+        return self._resolved_rpcs[rpc]
+
+
+class _Batch:
+    """The intents of one read, from webhook to archive."""
+
+    def __init__(
+        self, worker: Worker, pools: dict[str, PoolRuntime], intents: list[Intent], vt: int
+    ) -> None:
+        self.w = worker
+        self.pools = pools
+        self.intents = intents
+        self.vt = vt
+        self.unfinished = {i.msg_id for i in intents}
+        self.committed: list[Intent] = []
+        self.rejected: list[Intent] = []
+        self.failed: list[Intent] = []
+        self.validated_now: list[Intent] = []
+        self.done_already: list[Intent] = []
+        self.handed_back: dict[int, list[Intent]] = {}
+
+    def _log(self, intent: Intent, name: str, level: int = logging.INFO, **fields: Any) -> None:
+        event(
+            self.w.log,
+            level,
+            name,
+            msg_id=intent.msg_id,
+            pool_id=intent.pool_id,
+            idempotency_key=intent.key,
+            **fields,
+        )
+
+    async def process(self) -> None:
+        to_validate, to_commit = [], []
+        for intent in self.intents:
+            pool = self.pools.get(intent.pool_id)
+            if pool is None:
+                intent.error = f"pool {intent.pool_id!r} is not provisioned"
+                self.failed.append(intent)
+            elif self.w.pool_filter not in (None, intent.pool_id):
+                self.handed_back.setdefault(FOREIGN_POOL_DELAY_S, []).append(intent)
+            elif pool.paused:
+                self.handed_back.setdefault(PAUSED_POOL_DELAY_S, []).append(intent)
+            elif intent.state in ("committed", "rejected", "dead"):
+                # Finished before a crash between DB2 and the archive; the
+                # commit (if any) is replayed idempotently for committed ones.
+                (to_commit if intent.state == "committed" else self.done_already).append(intent)
+            elif intent.state == "validated":
+                to_commit.append(intent)
+            else:
+                to_validate.append(intent)
+
+        keeper = asyncio.create_task(self._keep_leases())
+        try:
+            if self.handed_back:
+                await self._hand_back()
+            if to_validate:
+                to_commit += await self._validate(to_validate)
+            if to_commit:
+                await self._commit(to_commit)
+            await self._finish()
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+
+    async def _keep_leases(self) -> None:
+        """Long webhook calls or a slow commit must not let the lease run out."""
+        interval = max(1.0, self.vt / 3)
+        while True:
+            await asyncio.sleep(interval)
+            if not self.unfinished:
+                continue
+            async with self.w.db1.connection() as conn:
+                await conn.execute(
+                    _q("hand_back"),
+                    {
+                        "queue": self.w.queue,
+                        "msg_ids": sorted(self.unfinished),
+                        "delay": self.vt,
+                    },
+                )
+            event(self.w.log, logging.DEBUG, "lease_extended", count=len(self.unfinished))
+
+    async def _hand_back(self) -> None:
+        async with self.w.db1.connection() as conn:
+            for delay, intents in self.handed_back.items():
+                await conn.execute(
+                    _q("hand_back"),
+                    {
+                        "queue": self.w.queue,
+                        "msg_ids": [i.msg_id for i in intents],
+                        "delay": delay,
+                    },
+                )
+                self.unfinished.difference_update(i.msg_id for i in intents)
+                self.w.stats.counts["handed_back"] += len(intents)
+
+    async def hand_back_unfinished(self) -> None:
+        """Cancelled at shutdown: give what is left back to the queue at once."""
+        if not self.unfinished:
+            return
+        async with self.w.db1.connection() as conn:
+            await conn.execute(
+                _q("hand_back"),
+                {
+                    "queue": self.w.queue,
+                    "msg_ids": sorted(self.unfinished),
+                    "delay": 0,
+                },
+            )
+        event(
+            self.w.log,
+            logging.WARNING,
+            "handed_back",
+            count=len(self.unfinished),
+            reason="shutdown",
+        )
+
+    async def _validate(self, intents: list[Intent]) -> list[Intent]:
+        async def ask(intent: Intent) -> None:
+            pool = self.pools[intent.pool_id]
+            payload = {**intent.message, "state": "queued", "attempt": intent.attempts + 1}
+            result = await self.w.webhook.validate(
+                pool.webhook_url, payload, intent.key, pool.secret
+            )
+            intent.webhook_calls += 1
+            self._log(
+                intent,
+                "webhook",
+                level=logging.DEBUG,
+                status=result.status,
+                verdict=result.verdict.value,
+                duration_ms=round(result.elapsed_s * 1000, 1),
+            )
+            if result.verdict is Verdict.VALIDATED:
+                intent.state = "validated"
+                self.validated_now.append(intent)
+            elif result.verdict is Verdict.REJECTED:
+                intent.error = result.reason
+                self.rejected.append(intent)
+            else:
+                intent.error = f"webhook: {result.reason}"
+                self.failed.append(intent)
+
+        await asyncio.gather(*(ask(i) for i in intents))
+        if self.validated_now or self.rejected:
+            async with self.w.db1.connection() as conn, conn.transaction():
+                if self.validated_now:
+                    v = self.validated_now
+                    await conn.execute(
+                        _q("mark_validated"),
+                        {
+                            "keys": [i.key for i in v],
+                            "pool_ids": [i.pool_id for i in v],
+                            "msg_ids": [i.msg_id for i in v],
+                            "calls": [i.webhook_calls for i in v],
+                        },
+                    )
+                if self.rejected:
+                    r = self.rejected
+                    await conn.execute(
+                        _q("finish_rejected"),
+                        {
+                            "queue": self.w.queue,
+                            "msg_ids": [i.msg_id for i in r],
+                            "keys": [i.key for i in r],
+                            "pool_ids": [i.pool_id for i in r],
+                            "unit_nos": [i.unit_no for i in r],
+                            "reasons": [i.error for i in r],
+                            "calls": [i.webhook_calls for i in r],
+                        },
+                    )
+            for intent in self.validated_now:
+                self._log(intent, "transition", from_state="queued", to_state="validated")
+            for intent in self.rejected:
+                self._log(
+                    intent,
+                    "transition",
+                    from_state="queued",
+                    to_state="rejected",
+                    reason=intent.error,
+                )
+                self.unfinished.discard(intent.msg_id)
+            self.w.stats.counts["validated"] += len(self.validated_now)
+            self.w.stats.counts["rejected"] += len(self.rejected)
+        return self.validated_now
+
+    async def _commit(self, intents: list[Intent]) -> None:
+        by_pool: dict[str, list[Intent]] = {}
+        for intent in intents:
+            by_pool.setdefault(intent.pool_id, []).append(intent)
+        for pool_id, group in by_pool.items():
+            pool = self.pools[pool_id]
+            try:
+                rpc = await self.w.resolve_rpc(pool.rpc)
+            except (LedgerUnavailable, PoolTimeout, psycopg.OperationalError) as exc:
+                self._fail_all(group, f"DB2 unavailable: {exc}")
+                continue
+            except LedgerContractError as exc:
+                # Changed live to an RPC DB2 lacks: fail the intents (they
+                # retry, then dead-letter) rather than the worker.
+                self._fail_all(group, str(exc))
+                continue
+            pending = group
+            while pending:
+                granted = await self._take_tokens(pool, len(pending))
+                chunk, pending = pending[:granted], pending[granted:]
+                await self._commit_chunk(rpc, chunk)
+
+    async def _take_tokens(self, pool: PoolRuntime, wanted: int) -> int:
+        if pool.commit_rate_per_sec <= 0:
+            return wanted
+        while True:
+            async with self.w.db1.connection() as conn:
+                cur = await conn.execute(
+                    _q("take_commit_tokens"), {"pool_id": pool.pool_id, "wanted": wanted}
+                )
+                row = await cur.fetchone()
+            granted = int(row[0]) if row else 0
+            if granted:
+                return granted
+            await asyncio.sleep(min(0.2, max(0.005, 1 / pool.commit_rate_per_sec)))
+
+    async def _commit_chunk(self, rpc: ledger.RpcName, chunk: list[Intent]) -> None:
+        payloads = [{**i.message, "state": "validated"} for i in chunk]
+        started = time.perf_counter()
+        try:
+            async with self.w.db2.connection() as conn:
+                outcomes = await ledger.commit_batch(conn, rpc, payloads)
+        except (LedgerUnavailable, PoolTimeout, psycopg.OperationalError) as exc:
+            self._fail_all(chunk, f"DB2 unavailable: {exc}".strip())
+            return
+        elapsed_ms = round((time.perf_counter() - started) * 1000, 1)
+        for intent, outcome in zip(chunk, outcomes, strict=True):
+            if outcome.ok:
+                self.committed.append(intent)
+                self._log(
+                    intent,
+                    "transition",
+                    from_state="validated",
+                    to_state="committed",
+                    duration_ms=elapsed_ms,
+                )
+            else:
+                intent.error = f"commit RPC: {outcome.error}"
+                self.failed.append(intent)
+
+    def _fail_all(self, intents: list[Intent], reason: str) -> None:
+        for intent in intents:
+            intent.error = reason
+            self.failed.append(intent)
+
+    async def _finish(self) -> None:
+        retries, dead = [], []
+        for intent in self.failed:
+            pool = self.pools.get(intent.pool_id)
+            policy = pool.retry if pool else RetryPolicy(max_retries=0)
+            decision = policy.decide(intent.attempts)
+            intent.attempts = decision.attempts
+            (dead if decision.dead else retries).append((intent, decision.delay_s))
+        if not (self.committed or retries or dead or self.done_already):
+            return
+        q = self.w.queue
+        async with self.w.db1.connection() as conn, conn.transaction():
+            if self.committed:
+                c = self.committed
+                await conn.execute(
+                    _q("finish_committed"),
+                    {
+                        "queue": q,
+                        "msg_ids": [i.msg_id for i in c],
+                        "keys": [i.key for i in c],
+                        "pool_ids": [i.pool_id for i in c],
+                        "unit_nos": [i.unit_no for i in c],
+                    },
+                )
+            if self.done_already:
+                await conn.execute(
+                    _q("archive_many"),
+                    {
+                        "queue": q,
+                        "msg_ids": [i.msg_id for i in self.done_already],
+                    },
+                )
+            if retries:
+                r = [i for i, _ in retries]
+                await conn.execute(
+                    _q("schedule_retries"),
+                    {
+                        "queue": q,
+                        "msg_ids": [i.msg_id for i in r],
+                        "keys": [i.key for i in r],
+                        "pool_ids": [i.pool_id for i in r],
+                        "states": [i.state for i in r],
+                        "attempts": [i.attempts for i in r],
+                        "calls": [i.webhook_calls for i in r],
+                        "errors": [i.error for i in r],
+                        "delays": [d for _, d in retries],
+                    },
+                )
+            if dead:
+                d = [i for i, _ in dead]
+                await conn.execute(
+                    _q("dead_letter"),
+                    {
+                        "queue": q,
+                        "dlq": self.w.dlq,
+                        "msg_ids": [i.msg_id for i in d],
+                        "intents": [Jsonb(i.message) for i in d],
+                        "keys": [i.key for i in d],
+                        "pool_ids": [i.pool_id for i in d],
+                        "states": [i.state for i in d],
+                        "attempts": [i.attempts for i in d],
+                        "calls": [i.webhook_calls for i in d],
+                        "errors": [i.error for i in d],
+                    },
+                )
+        self.unfinished.clear()
+        counts = self.w.stats.counts
+        counts["committed"] += len(self.committed)
+        counts["retried"] += len(retries)
+        counts["dead"] += len(dead)
+        for intent, delay in retries:
+            self._log(
+                intent,
+                "retry_scheduled",
+                level=logging.WARNING,
+                state=intent.state,
+                attempts=intent.attempts,
+                delay_s=delay,
+                error=intent.error,
+            )
+        for intent, _ in dead:
+            self._log(
+                intent,
+                "dead_lettered",
+                level=logging.ERROR,
+                state=intent.state,
+                attempts=intent.attempts,
+                error=intent.error,
+            )
+
+
+def preflight(settings: Settings, where: Endpoints, pool_filter: str | None) -> None:
+    """Refuse to start on a DB1 that is not provisioned, an unknown pool, or a missing RPC."""
+    with connect(where.db1, "DB1") as conn:
+        if not schema.is_provisioned(conn):
+            raise NotProvisioned()
+        rows = conn.execute(_q("engine_pools")).fetchall()
+    rpcs = {row[0]: row[5] for row in rows}
+    if pool_filter is not None and pool_filter not in rpcs:
+        raise UnknownPool(f"pool {pool_filter!r} is not provisioned in DB1")
+    served = {rpc for pool_id, rpc in rpcs.items() if pool_filter in (None, pool_id)}
+    with connect(where.db2, "DB2") as conn:
+        for name in sorted(served):
+            ledger.check_rpc(conn, ledger.RpcName.parse(name))

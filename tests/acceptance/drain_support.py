@@ -1,0 +1,162 @@
+"""What the drain tests share: an event with a webhook, claims, and `intake drain` processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+from intake_cli import claims
+from tests.conftest import INTAKE, ROOT, pool_spec, run_intake, write_config
+
+
+@dataclass
+class Event:
+    config: Path
+    db1: str
+    db2: str
+    pool_id: str
+
+    def claim(self, count: int, prefix: str = "user") -> list[str]:
+        """`count` distinct buyers claim once each; returns the idempotency keys claimed."""
+        users = [f"{prefix}-{n}" for n in range(count)]
+        report = asyncio.run(claims.burst(self.db1, self.pool_id, users, concurrency=32))
+        assert report.outcomes.get("claimed", 0) == count, report.outcomes
+        with psycopg.connect(self.db1) as conn:
+            rows = conn.execute(
+                "select idempotency_key::text from intake.allocations"
+                " where pool_id = %s and locked_by like %s",
+                (self.pool_id, f"{prefix}-%"),
+            ).fetchall()
+        return [key for (key,) in rows]
+
+    def queue_depth(self, queue: str = "intents") -> int:
+        with psycopg.connect(self.db1) as conn:
+            return conn.execute("select queue_length from pgmq.metrics(%s)", (queue,)).fetchone()[0]
+
+    def tickets(self) -> dict[str, int]:
+        """Rows per idempotency key in DB2's ledger."""
+        with psycopg.connect(self.db2) as conn:
+            rows = conn.execute(
+                "select idempotency_key::text, count(*) from public.tickets group by 1"
+            ).fetchall()
+        return dict(rows)
+
+    def units(self) -> dict[str, int]:
+        with psycopg.connect(self.db1) as conn:
+            rows = conn.execute(
+                "select status::text, count(*) from intake.allocations where pool_id = %s"
+                " group by 1",
+                (self.pool_id,),
+            ).fetchall()
+        return dict(rows)
+
+    def states(self) -> dict[str, int]:
+        with psycopg.connect(self.db1) as conn:
+            rows = conn.execute(
+                "select state, count(*) from intake.intent_state group by 1"
+            ).fetchall()
+        return dict(rows)
+
+    def archived(self, queue: str = "intents") -> int:
+        with psycopg.connect(self.db1) as conn:
+            return conn.execute(f"select count(*) from pgmq.a_{queue}").fetchone()[0]
+
+    def set(self, **settings: object) -> None:
+        """Change engine_config live, as an operator would."""
+        with psycopg.connect(self.db1, autocommit=True) as conn:
+            for key, value in settings.items():
+                conn.execute(
+                    psycopg.sql.SQL("update intake.engine_config set {} = %s").format(
+                        psycopg.sql.Identifier(key)
+                    ),
+                    (value,),
+                )
+
+
+def make_event(
+    workdir: Path, db1: str, db2: str, webhook_url: str, inventory: int, **pool: object
+) -> Event:
+    spec = pool_spec(
+        "drop",
+        inventory,
+        validation_webhook_url=webhook_url,
+        retry_base_seconds=0.2,
+        retry_max_seconds=2,
+        **pool,
+    )
+    config = write_config(workdir, db1, db2, [spec])
+    run_intake("up", config=config, check=True)
+    return Event(config, db1, db2, "drop")
+
+
+def start_drain(event: Event, *args: str) -> subprocess.Popen[str]:
+    # Logs go to a file, not a pipe nobody reads while the worker runs: a full
+    # pipe would block the worker's writes and stall it.
+    log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed by stop()
+        mode="w+", prefix="drain-", suffix=".log", dir=event.config.parent, delete=False
+    )
+    proc = subprocess.Popen(
+        [*INTAKE, "-c", str(event.config), "drain", "--log-level", "warning", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+        env=dict(os.environ),
+    )
+    proc.log = log  # type: ignore[attr-defined]
+    return proc
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.2) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def stop(proc: subprocess.Popen[str], timeout: float = 60) -> tuple[str, str]:
+    """SIGTERM, as an operator's Ctrl-C or a supervisor would; the worker must exit 0."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=timeout)
+    log = proc.log  # type: ignore[attr-defined]
+    log.seek(0)
+    err = log.read()
+    log.close()
+    assert proc.returncode == 0, f"drain exited {proc.returncode}: {err[-3000:]}"
+    return out, err
+
+
+@contextmanager
+def draining(event: Event, *args: str, workers: int = 1) -> Iterator[list[subprocess.Popen[str]]]:
+    procs = [start_drain(event, *args) for _ in range(workers)]
+    try:
+        yield procs
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                stop(proc)
+
+
+def drain_all(
+    event: Event, expected_done: int, *args: str, workers: int = 1, timeout: float = 120
+) -> None:
+    """Run drain workers until the queue is empty and `expected_done` intents are archived."""
+    with draining(event, *args, workers=workers):
+        wait_for(
+            lambda: event.queue_depth() == 0 and event.archived() >= expected_done,
+            timeout,
+            f"{expected_done} intents drained",
+        )

@@ -1,0 +1,292 @@
+"""`intake drain` as operators run it: real subprocesses, a real webhook server,
+real DB1 and DB2. Every test asserts exact counts in DB2 and in the queue."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import time
+
+import psycopg
+import pytest
+
+from intake_cli.config import EmbeddedSettings
+from intake_cli.embedded import EmbeddedClusters
+from tests.acceptance.drain_support import (
+    drain_all,
+    draining,
+    make_event,
+    start_drain,
+    stop,
+    wait_for,
+)
+from tests.conftest import run_intake
+from tests.webhook_server import WebhookServer
+
+
+@pytest.fixture
+def webhook():
+    with WebhookServer() as server:
+        yield server
+
+
+def test_2000_claims_commit_once_each(workdir, db1_dsn, db2_dsn, webhook):
+    event = make_event(workdir, db1_dsn, db2_dsn, webhook.url, 2000, batch_size=200)
+    keys = event.claim(2000)
+    drain_all(event, 2000, "--concurrency", "4")
+
+    assert event.tickets() == {key: 1 for key in keys}
+    assert event.queue_depth() == 0
+    assert event.archived() == 2000
+    assert event.units() == {"consumed": 2000}
+    assert event.states() == {"committed": 2000}
+    assert webhook.per_key() == {key: 1 for key in keys}
+
+
+def test_declined_intents_release_their_units(workdir, db1_dsn, db2_dsn):
+    with WebhookServer(decline_share=0.1) as webhook:
+        event = make_event(workdir, db1_dsn, db2_dsn, webhook.url, 1000)
+        keys = event.claim(1000)
+        drain_all(event, 1000)
+        declined = {call["key"] for call in webhook.calls()["calls"] if call["status"] == 402}
+    assert 50 < len(declined) < 150  # about a tenth, decided per key by the server
+    committed = event.tickets()
+    assert set(committed) == set(keys) - declined
+    assert all(count == 1 for count in committed.values())
+    assert event.units() == {"consumed": 1000 - len(declined), "available": len(declined)}
+    assert event.states() == {"committed": 1000 - len(declined), "rejected": len(declined)}
+    with psycopg.connect(db1_dsn) as conn:
+        reasons = conn.execute(
+            "select distinct last_error from intake.intent_state where state = 'rejected'"
+        ).fetchall()
+    assert reasons == [("HTTP 402: card declined",)]
+
+    # The released units are on sale again, and only they.
+    again = event.claim(len(declined), prefix="second-chance")
+    assert len(again) == len(declined)
+    assert event.units() == {"consumed": 1000 - len(declined), "locked": len(declined)}
+
+
+def test_transient_5xx_is_retried_and_each_key_called_at_most_4_times(workdir, db1_dsn, db2_dsn):
+    with WebhookServer(fail_first=3) as webhook:
+        event = make_event(workdir, db1_dsn, db2_dsn, webhook.url, 300)
+        keys = event.claim(300)
+        drain_all(event, 300, "--concurrency", "2")
+        per_key = webhook.per_key()
+    assert event.tickets() == {key: 1 for key in keys}
+    assert per_key == {key: 4 for key in keys}
+    assert event.states() == {"committed": 300}
+
+
+def test_sigkill_mid_batch_then_restart_commits_exactly_once(workdir, db1_dsn, db2_dsn):
+    with WebhookServer(delay_ms=200) as webhook:
+        event = make_event(
+            workdir, db1_dsn, db2_dsn, webhook.url, 1500, visibility_timeout=2, batch_size=25
+        )
+        keys = event.claim(1500)
+        rng = random.Random(3)
+        for round_ in range(4):
+            done = len(event.tickets())
+            proc = start_drain(event, "--concurrency", "2")
+            # Kill only once this worker is committing, at a random moment.
+            wait_for(lambda done=done: len(event.tickets()) > done + 20, 30, "commits")
+            time.sleep(rng.uniform(0.0, 0.3))
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            assert len(event.tickets()) < 1500, f"drained before kill {round_ + 1}"
+        drain_all(event, 1500, "--concurrency", "2")
+    tickets = event.tickets()
+    assert tickets == {key: 1 for key in keys}
+    with psycopg.connect(db2_dsn) as conn:
+        orders = conn.execute("select count(*) from public.legacy_orders").fetchone()[0]
+    assert orders == 1500
+    assert event.units() == {"consumed": 1500}
+    assert event.queue_depth() == 0
+
+
+def test_two_and_four_workers_never_process_an_intent_twice(workdir, db1_dsn, db2_dsn):
+    with WebhookServer(delay_ms=5) as webhook:
+        event = make_event(workdir, db1_dsn, db2_dsn, webhook.url, 4000, batch_size=50)
+        first = event.claim(2000, prefix="two")
+        drain_all(event, 2000, "--concurrency", "2", workers=2)
+        assert webhook.per_key() == {key: 1 for key in first}
+
+        webhook.reset()
+        second = event.claim(2000, prefix="four")
+        drain_all(event, 4000, "--concurrency", "2", workers=4)
+        assert webhook.per_key() == {key: 1 for key in second}
+    assert event.tickets() == {key: 1 for key in first + second}
+
+
+def test_past_max_retries_goes_to_the_dlq_and_replay_commits_once(workdir, db1_dsn, db2_dsn):
+    with WebhookServer(fail_first=1000) as webhook:
+        event = make_event(workdir, db1_dsn, db2_dsn, webhook.url, 20, max_retries=2)
+        keys = event.claim(20)
+        with draining(event):
+            wait_for(lambda: event.queue_depth("intents_dlq") == 20, 60, "20 dead letters")
+        assert event.queue_depth() == 0
+        assert webhook.per_key() == {key: 3 for key in keys}
+
+        listed = json.loads(
+            run_intake("dlq", "list", "--json", config=event.config, check=True).stdout
+        )
+        assert sorted(item["idempotency_key"] for item in listed) == sorted(keys)
+        assert {item["last_error"] for item in listed} == {"webhook: HTTP 503"}
+        assert {(item["state"], item["attempts"]) for item in listed} == {("queued", 3)}
+        assert event.tickets() == {}
+
+        shown = json.loads(
+            run_intake(
+                "dlq", "show", str(listed[0]["msg_id"]), config=event.config, check=True
+            ).stdout
+        )
+        assert shown["intent_state"]["state"] == "dead"
+
+        dry = run_intake("dlq", "replay", "--all", "--dry-run", config=event.config, check=True)
+        assert "would replay 20 intents" in dry.stdout
+        assert event.queue_depth("intents_dlq") == 20
+
+        webhook.script(fail_first=0)
+        webhook.reset()
+        run_intake("dlq", "replay", "--all", config=event.config, check=True)
+        assert event.queue_depth("intents_dlq") == 0
+        drain_all(event, 40)
+        assert webhook.per_key() == {key: 1 for key in keys}
+    assert event.tickets() == {key: 1 for key in keys}
+    assert event.states() == {"committed": 20}
+
+
+def test_replayed_validated_intent_is_not_validated_again(workdir, db1_dsn, db2_dsn):
+    with psycopg.connect(db2_dsn, autocommit=True) as conn:
+        # A commit RPC that fails until the operator fixes the ledger.
+        conn.execute("create table ledger_switch (open boolean not null)")
+        conn.execute("insert into ledger_switch values (false)")
+        conn.execute("""
+            create function public.guarded_finalize(payload jsonb) returns jsonb
+            language plpgsql as $$
+            begin
+                if not (select open from ledger_switch) then
+                    raise exception 'ledger closed for maintenance';
+                end if;
+                return public.finalize_transaction(payload);
+            end $$""")
+    with WebhookServer() as webhook:
+        event = make_event(
+            workdir,
+            db1_dsn,
+            db2_dsn,
+            webhook.url,
+            10,
+            max_retries=1,
+            commit_rpc_name="public.guarded_finalize",
+        )
+        keys = event.claim(10)
+        with draining(event):
+            wait_for(lambda: event.queue_depth("intents_dlq") == 10, 60, "10 dead letters")
+        listed = json.loads(
+            run_intake("dlq", "list", "--json", config=event.config, check=True).stdout
+        )
+        assert {item["state"] for item in listed} == {"validated"}
+        assert all("ledger closed for maintenance" in item["last_error"] for item in listed)
+
+        with psycopg.connect(db2_dsn, autocommit=True) as conn:
+            conn.execute("update ledger_switch set open = true")
+        run_intake(
+            "dlq",
+            "replay",
+            *(str(item["msg_id"]) for item in listed),
+            config=event.config,
+            check=True,
+        )
+        drain_all(event, 20)
+        assert webhook.per_key() == {key: 1 for key in keys}
+    assert event.tickets() == {key: 1 for key in keys}
+
+
+def test_once_processes_one_batch_and_exits(workdir, db1_dsn, db2_dsn, webhook):
+    event = make_event(workdir, db1_dsn, db2_dsn, webhook.url, 250, batch_size=100)
+    event.claim(250)
+    proc = run_intake(
+        "drain", "--once", "--json", "--log-level", "warning", config=event.config, check=True
+    )
+    stats = json.loads(proc.stdout)
+    assert (stats["read"], stats["committed"], stats["batches"]) == (100, 100, 1)
+    assert len(event.tickets()) == 100 and event.queue_depth() == 150
+
+
+def test_sigterm_finishes_in_flight_work_and_exits_0(workdir, db1_dsn, db2_dsn):
+    with WebhookServer(delay_ms=1500) as webhook:
+        event = make_event(workdir, db1_dsn, db2_dsn, webhook.url, 30, batch_size=30)
+        keys = event.claim(30)
+        proc = start_drain(event, "--concurrency", "1")
+        wait_for(lambda: webhook.calls()["total"] >= 30, 20, "the batch's webhook calls")
+        proc.send_signal(signal.SIGTERM)
+        stop(proc)
+    # The in-flight batch was finished, not dropped: everything committed.
+    assert event.tickets() == {key: 1 for key in keys}
+    assert event.queue_depth() == 0
+
+
+def test_commit_rate_limit_holds_across_two_workers(workdir, db1_dsn, db2_dsn, webhook):
+    event = make_event(
+        workdir, db1_dsn, db2_dsn, webhook.url, 2000, commit_rate_per_sec=100, batch_size=50
+    )
+    event.claim(2000)
+    with draining(event, "--concurrency", "2", workers=2):
+        wait_for(lambda: len(event.tickets()) >= 1250, 40, "12 s of commits")
+    with psycopg.connect(db2_dsn) as conn:
+        # Skip the first second (workers starting), then count a 10 s window.
+        in_window = conn.execute(
+            "with start as (select min(committed_at) + interval '1 second' as t"
+            "               from public.tickets)"
+            " select count(*) from public.tickets, start"
+            " where committed_at >= start.t and committed_at < start.t + interval '10 seconds'"
+        ).fetchone()[0]
+    assert 900 <= in_window <= 1100, f"{in_window} commits in 10 s at a limit of 100/s"
+
+
+def test_drain_refuses_a_missing_rpc_or_unknown_pool(workdir, db1_dsn, db2_dsn, webhook):
+    event = make_event(workdir, db1_dsn, db2_dsn, webhook.url, 5)
+    event.claim(5)
+    event.set(commit_rpc_name="public.no_such_rpc")
+    proc = run_intake("drain", "--once", config=event.config)
+    assert proc.returncode == 2
+    assert "public.no_such_rpc" in proc.stderr and "Traceback" not in proc.stderr
+    event.set(commit_rpc_name="public.finalize_transaction")
+    unknown = run_intake("drain", "--once", "--pool", "ghost", config=event.config)
+    assert unknown.returncode == 2 and "ghost" in unknown.stderr
+    assert event.queue_depth() == 5 and event.tickets() == {}
+
+
+def test_db2_down_for_10_s_retries_only_the_commit(workdir, db1_dsn):
+    """DB2 goes away mid-drain: validated intents are not sent to the webhook again,
+    and everything commits once when DB2 is back."""
+    ledger_home = workdir / f"ledger-{time.monotonic_ns()}"
+    ledger_home.mkdir(mode=0o755)
+    clusters = EmbeddedClusters(ledger_home, EmbeddedSettings(synchronous_commit=False))
+    db2 = clusters.ensure(("db2",))["db2"].dsn
+    try:
+        with WebhookServer(delay_ms=2) as webhook:
+            event = make_event(
+                workdir, db1_dsn, db2, webhook.url, 1500, batch_size=50, max_retries=100
+            )
+            keys = event.claim(1500)
+            with draining(event, "--concurrency", "2"):
+                wait_for(lambda: len(event.tickets()) >= 200, 30, "the first commits")
+                clusters.halt(("db2",))
+                time.sleep(10)
+                # While DB2 was away the webhook kept validating; those intents wait.
+                assert event.states().get("validated", 0) > 0
+                clusters.ensure(("db2",))
+                wait_for(
+                    lambda: event.queue_depth() == 0 and event.archived() == 1500,
+                    90,
+                    "the drain to finish after DB2 came back",
+                )
+            per_key = webhook.per_key()
+        assert per_key == {key: 1 for key in keys}
+        assert event.tickets() == {key: 1 for key in keys}
+        assert event.states() == {"committed": 1500}
+    finally:
+        clusters.stop()
