@@ -17,7 +17,7 @@ select intake.finish_committed(%(queue)s, %(msg_ids)s::bigint[], %(keys)s::uuid[
 
 -- finish_rejected: the webhook said no: release the units, archive the messages
 select intake.finish_rejected(%(queue)s, %(msg_ids)s::bigint[], %(keys)s::uuid[],
-                              %(pool_ids)s::text[], %(unit_nos)s::bigint[], %(reasons)s::text[],
+                              %(pool_ids)s::text[], %(unit_nos)s::bigint[], %(errors)s::text[],
                               %(calls)s::integer[]);
 
 -- schedule_retries: count a failure and hide the messages for their backoff

@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from intake_cli import __version__, claims, config, lifecycle, logs, testhook
+from intake_cli import __version__, bench_drain, claims, config, lifecycle, logs, testhook
 from intake_cli import dlq as dead_letters
 from intake_cli import worker as drainer
 from intake_cli.bench import bench_app
@@ -444,6 +444,7 @@ def dlq_purge(
 
 
 app.command("webhook-server")(testhook.webhook_server_command)
+bench_app.command("drain")(bench_drain.drain_command)
 app.add_typer(bench_app, name="bench", help="Benchmarks against baselines from the same run.")
 
 

@@ -111,6 +111,21 @@ class DrainStats:
         }
 
 
+def _columns(batch: list[Intent], **extra: Any) -> dict[str, Any]:
+    """A batch as the parallel arrays the DB1 batch functions take (one round trip)."""
+    return {
+        "msg_ids": [i.msg_id for i in batch],
+        "keys": [i.key for i in batch],
+        "pool_ids": [i.pool_id for i in batch],
+        "unit_nos": [i.unit_no for i in batch],
+        "states": [i.state for i in batch],
+        "attempts": [i.attempts for i in batch],
+        "calls": [i.webhook_calls for i in batch],
+        "errors": [i.error for i in batch],
+        **extra,
+    }
+
+
 def _parse(row: dict[str, Any]) -> Intent | str:
     """An Intent, or the reason the message cannot be one."""
     message = row["message"]
@@ -433,51 +448,32 @@ class _Batch:
             with contextlib.suppress(asyncio.CancelledError):
                 await keeper
 
+    async def _set_visibility(self, msg_ids: list[int], delay: int) -> None:
+        async with self.w.db1.connection() as conn:
+            await conn.execute(
+                _q("hand_back"), {"queue": self.w.queue, "msg_ids": msg_ids, "delay": delay}
+            )
+
     async def _keep_leases(self) -> None:
         """Long webhook calls or a slow commit must not let the lease run out."""
         interval = max(1.0, self.vt / 3)
         while True:
             await asyncio.sleep(interval)
-            if not self.unfinished:
-                continue
-            async with self.w.db1.connection() as conn:
-                await conn.execute(
-                    _q("hand_back"),
-                    {
-                        "queue": self.w.queue,
-                        "msg_ids": sorted(self.unfinished),
-                        "delay": self.vt,
-                    },
-                )
-            event(self.w.log, logging.DEBUG, "lease_extended", count=len(self.unfinished))
+            if self.unfinished:
+                await self._set_visibility(sorted(self.unfinished), self.vt)
+                event(self.w.log, logging.DEBUG, "lease_extended", count=len(self.unfinished))
 
     async def _hand_back(self) -> None:
-        async with self.w.db1.connection() as conn:
-            for delay, intents in self.handed_back.items():
-                await conn.execute(
-                    _q("hand_back"),
-                    {
-                        "queue": self.w.queue,
-                        "msg_ids": [i.msg_id for i in intents],
-                        "delay": delay,
-                    },
-                )
-                self.unfinished.difference_update(i.msg_id for i in intents)
-                self.w.stats.counts["handed_back"] += len(intents)
+        for delay, intents in self.handed_back.items():
+            await self._set_visibility([i.msg_id for i in intents], delay)
+            self.unfinished.difference_update(i.msg_id for i in intents)
+            self.w.stats.counts["handed_back"] += len(intents)
 
     async def hand_back_unfinished(self) -> None:
         """Cancelled at shutdown: give what is left back to the queue at once."""
         if not self.unfinished:
             return
-        async with self.w.db1.connection() as conn:
-            await conn.execute(
-                _q("hand_back"),
-                {
-                    "queue": self.w.queue,
-                    "msg_ids": sorted(self.unfinished),
-                    "delay": 0,
-                },
-            )
+        await self._set_visibility(sorted(self.unfinished), 0)
         event(
             self.w.log,
             logging.WARNING,
@@ -516,29 +512,10 @@ class _Batch:
         if self.validated_now or self.rejected:
             async with self.w.db1.connection() as conn, conn.transaction():
                 if self.validated_now:
-                    v = self.validated_now
-                    await conn.execute(
-                        _q("mark_validated"),
-                        {
-                            "keys": [i.key for i in v],
-                            "pool_ids": [i.pool_id for i in v],
-                            "msg_ids": [i.msg_id for i in v],
-                            "calls": [i.webhook_calls for i in v],
-                        },
-                    )
+                    await conn.execute(_q("mark_validated"), _columns(self.validated_now))
                 if self.rejected:
-                    r = self.rejected
                     await conn.execute(
-                        _q("finish_rejected"),
-                        {
-                            "queue": self.w.queue,
-                            "msg_ids": [i.msg_id for i in r],
-                            "keys": [i.key for i in r],
-                            "pool_ids": [i.pool_id for i in r],
-                            "unit_nos": [i.unit_no for i in r],
-                            "reasons": [i.error for i in r],
-                            "calls": [i.webhook_calls for i in r],
-                        },
+                        _q("finish_rejected"), _columns(self.rejected, queue=self.w.queue)
                     )
             for intent in self.validated_now:
                 self._log(intent, "transition", from_state="queued", to_state="validated")
@@ -633,57 +610,20 @@ class _Batch:
         q = self.w.queue
         async with self.w.db1.connection() as conn, conn.transaction():
             if self.committed:
-                c = self.committed
-                await conn.execute(
-                    _q("finish_committed"),
-                    {
-                        "queue": q,
-                        "msg_ids": [i.msg_id for i in c],
-                        "keys": [i.key for i in c],
-                        "pool_ids": [i.pool_id for i in c],
-                        "unit_nos": [i.unit_no for i in c],
-                    },
-                )
+                await conn.execute(_q("finish_committed"), _columns(self.committed, queue=q))
             if self.done_already:
-                await conn.execute(
-                    _q("archive_many"),
-                    {
-                        "queue": q,
-                        "msg_ids": [i.msg_id for i in self.done_already],
-                    },
-                )
+                await conn.execute(_q("archive_many"), _columns(self.done_already, queue=q))
             if retries:
                 r = [i for i, _ in retries]
                 await conn.execute(
                     _q("schedule_retries"),
-                    {
-                        "queue": q,
-                        "msg_ids": [i.msg_id for i in r],
-                        "keys": [i.key for i in r],
-                        "pool_ids": [i.pool_id for i in r],
-                        "states": [i.state for i in r],
-                        "attempts": [i.attempts for i in r],
-                        "calls": [i.webhook_calls for i in r],
-                        "errors": [i.error for i in r],
-                        "delays": [d for _, d in retries],
-                    },
+                    _columns(r, queue=q, delays=[delay for _, delay in retries]),
                 )
             if dead:
                 d = [i for i, _ in dead]
                 await conn.execute(
                     _q("dead_letter"),
-                    {
-                        "queue": q,
-                        "dlq": self.w.dlq,
-                        "msg_ids": [i.msg_id for i in d],
-                        "intents": [Jsonb(i.message) for i in d],
-                        "keys": [i.key for i in d],
-                        "pool_ids": [i.pool_id for i in d],
-                        "states": [i.state for i in d],
-                        "attempts": [i.attempts for i in d],
-                        "calls": [i.webhook_calls for i in d],
-                        "errors": [i.error for i in d],
-                    },
+                    _columns(d, queue=q, dlq=self.w.dlq, intents=[Jsonb(i.message) for i in d]),
                 )
         self.unfinished.clear()
         counts = self.w.stats.counts

@@ -13,6 +13,7 @@ import pytest
 
 from intake_cli.config import EmbeddedSettings
 from intake_cli.embedded import EmbeddedClusters
+from intake_cli.webhook_process import WebhookServer
 from tests.acceptance.drain_support import (
     drain_all,
     draining,
@@ -22,7 +23,6 @@ from tests.acceptance.drain_support import (
     wait_for,
 )
 from tests.conftest import run_intake
-from tests.webhook_server import WebhookServer
 
 
 @pytest.fixture

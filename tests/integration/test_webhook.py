@@ -13,7 +13,7 @@ import pytest
 
 from intake_cli.testhook import declines
 from intake_cli.webhook import Verdict, WebhookClient, WebhookResult
-from tests.webhook_server import WebhookServer
+from intake_cli.webhook_process import WebhookServer
 
 SECRET = "whsec_" + base64.b64encode(b"integration-secret").decode()
 

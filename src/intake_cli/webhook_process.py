@@ -1,4 +1,6 @@
-"""The scriptable validation webhook (intake_cli.testhook) as a subprocess for tests.
+"""The scriptable test webhook (intake_cli.testhook) in a subprocess.
+
+Used by the tests, the benchmarks and the demo.
 
 A real server in its own process, so the code under test talks HTTP over
 loopback exactly as it would to a payment provider, and "the webhook is
