@@ -46,9 +46,10 @@ create table bench.intents (
 );
 
 -- Every run starts from an empty sale: the previous run's rows, and the
--- dead tuples it left, must not tax the next one. For 'claim' only intake's
--- own tables are emptied; the caller reseeds them with intake's own seeding.
-create function bench.reset(workload text, units bigint)
+-- dead tuples it left, must not tax the next one. `sale` names the tables
+-- to seed ('hot_row', 'skip_locked'); for 'claim' only intake's own tables
+-- are emptied here, and the caller seeds the pool the way `intake up` does.
+create function bench.reset(sale text, units bigint)
 returns void
 language plpgsql
 as $reset$
@@ -56,9 +57,9 @@ begin
     truncate bench.inventory, bench.orders, bench.units, bench.intents restart identity;
     truncate intake.allocations, intake.released_units, pgmq.q_intents;
     perform setval(c.unit_seq, 1, false) from intake.engine_config c;
-    if workload = 'hot_row' then
+    if sale = 'hot_row' then
         insert into bench.inventory (pool_id, available) values ('bench', units);
-    elsif workload = 'skip_locked' then
+    elsif sale = 'skip_locked' then
         insert into bench.units (pool_id, unit_no, resource_id)
         select 'bench', n, gen_random_uuid() from generate_series(1, units) as n;
     end if;

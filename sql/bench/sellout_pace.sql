@@ -1,24 +1,16 @@
--- How long the first and the last tenth of a pool's claimed units took, by
--- the time each unit was locked: a claim path that slows as the sale goes on
--- shows it as a longer last tenth.
+-- A sell-out in tenths, by the time each unit was locked: how many units
+-- each tenth holds and when its first and last were locked (epoch seconds).
+-- A claim path that slows as the sale goes on shows it as longer late tenths.
 with claimed as (
-    select a.locked_at,
-           row_number() over (order by a.locked_at) as n,
-           count(*) over () as total
+    select a.locked_at, ntile(10) over (order by a.locked_at) as tenth
       from intake.allocations a
      where a.pool_id = %(pool_id)s
        and a.locked_at is not null
-), tenth as (
-    select max(total) as total, greatest(max(total) / 10, 2) as size from claimed
 )
-select t.total as units,
-       t.size as tenth,
-       extract(epoch from max(c.locked_at) filter (where c.n = t.size)
-                        - max(c.locked_at) filter (where c.n = 1)) as first_seconds,
-       extract(epoch from max(c.locked_at) filter (where c.n = t.total)
-                        - max(c.locked_at) filter (where c.n = t.total - t.size + 1))
-           as last_seconds,
-       (select count(*) from intake.allocations a
-         where a.pool_id = %(pool_id)s and a.status = 'available') as left_over
-  from claimed c cross join tenth t
- group by t.total, t.size;
+select tenth,
+       count(*) as units,
+       extract(epoch from min(locked_at)) as first_at,
+       extract(epoch from max(locked_at)) as last_at
+  from claimed
+ group by tenth
+ order by tenth;
