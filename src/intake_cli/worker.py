@@ -435,14 +435,36 @@ class _Batch:
                 to_validate.append(intent)
 
         keeper = asyncio.create_task(self._keep_leases())
+        phases: dict[str, float] = {}
+        clock = time.perf_counter()
+
+        def lap(name: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            phases[f"{name}_ms"] = round((now - clock) * 1000, 1)
+            clock = now
+
         try:
             if self.handed_back:
                 await self._hand_back()
             if to_validate:
                 to_commit += await self._validate(to_validate)
+                lap("validate")
             if to_commit:
                 await self._commit(to_commit)
+                lap("commit")
             await self._finish()
+            lap("finish")
+            event(
+                self.w.log,
+                logging.INFO,
+                "batch",
+                size=len(self.intents),
+                committed=len(self.committed),
+                rejected=len(self.rejected),
+                failed=len(self.failed),
+                **phases,
+            )
         finally:
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
