@@ -15,6 +15,7 @@ from intake_cli.config import EmbeddedSettings
 from intake_cli.embedded import EmbeddedClusters
 from intake_cli.webhook_process import WebhookServer
 from tests.acceptance.drain_support import (
+    Event,
     drain_all,
     draining,
     make_event,
@@ -22,7 +23,7 @@ from tests.acceptance.drain_support import (
     stop,
     wait_for,
 )
-from tests.conftest import run_intake
+from tests.conftest import pool_spec, run_intake, write_config
 
 
 @pytest.fixture
@@ -290,3 +291,45 @@ def test_db2_down_for_10_s_retries_only_the_commit(workdir, db1_dsn):
         assert event.states() == {"committed": 1500}
     finally:
         clusters.stop()
+
+
+def test_pool_filter_and_pause_leave_other_intents_queued(workdir, db1_dsn, db2_dsn, webhook):
+    spec = dict(validation_webhook_url=webhook.url, retry_base_seconds=0.2)
+    config = write_config(
+        workdir, db1_dsn, db2_dsn, [pool_spec("left", 30, **spec), pool_spec("right", 30, **spec)]
+    )
+    run_intake("up", config=config, check=True)
+    left = Event(config, db1_dsn, db2_dsn, "left")
+    right = Event(config, db1_dsn, db2_dsn, "right")
+    left_keys = left.claim(30, prefix="l")
+    right_keys = right.claim(30, prefix="r")
+
+    with draining(left, "--pool", "left"):
+        wait_for(lambda: len(left.tickets()) == 30, 30, "the left pool drained")
+        time.sleep(1)
+    assert set(left.tickets()) == set(left_keys)
+    assert left.queue_depth() == 30  # the right pool's intents, untouched but for hand-backs
+
+    left.set(paused=True)  # pauses both pools: `set` updates every row
+    with draining(left):
+        time.sleep(3)
+        assert len(left.tickets()) == 30
+        left.set(paused=False)
+        wait_for(lambda: left.queue_depth() == 0, 30, "the resumed pool drained")
+    assert set(left.tickets()) == set(left_keys) | set(right_keys)
+
+
+def test_dlq_purge_needs_confirmation(workdir, db1_dsn, db2_dsn):
+    with WebhookServer(fail_first=1000) as webhook:
+        event = make_event(workdir, db1_dsn, db2_dsn, webhook.url, 3, max_retries=0)
+        event.claim(3)
+        with draining(event):
+            wait_for(lambda: event.queue_depth("intents_dlq") == 3, 30, "3 dead letters")
+    refused = run_intake("dlq", "purge", config=event.config)
+    assert refused.returncode == 2 and "--yes" in refused.stderr
+    assert event.queue_depth("intents_dlq") == 3
+    done = run_intake("dlq", "purge", "--yes", config=event.config, check=True)
+    assert "purged 3 dead letters" in done.stdout
+    assert event.queue_depth("intents_dlq") == 0
+    unknown = run_intake("dlq", "replay", "999", config=event.config)
+    assert unknown.returncode == 2 and "no dead letter with id 999" in unknown.stderr
