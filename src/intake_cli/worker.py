@@ -652,25 +652,21 @@ class _Batch:
         counts["committed"] += len(self.committed)
         counts["retried"] += len(retries)
         counts["dead"] += len(dead)
-        for intent, delay in retries:
-            self._log(
-                intent,
-                "retry_scheduled",
-                level=logging.WARNING,
-                state=intent.state,
-                attempts=intent.attempts,
-                delay_s=delay,
-                error=intent.error,
-            )
-        for intent, _ in dead:
-            self._log(
-                intent,
-                "dead_lettered",
-                level=logging.ERROR,
-                state=intent.state,
-                attempts=intent.attempts,
-                error=intent.error,
-            )
+        outcomes = [
+            ("retry_scheduled", logging.WARNING, retries),
+            ("dead_lettered", logging.ERROR, dead),
+        ]
+        for name, level, decided in outcomes:
+            for intent, delay in decided:
+                self._log(
+                    intent,
+                    name,
+                    level=level,
+                    state=intent.state,
+                    attempts=intent.attempts,
+                    delay_s=delay,
+                    error=intent.error,
+                )
 
 
 def preflight(settings: Settings, where: Endpoints, pool_filter: str | None) -> None:
