@@ -333,3 +333,30 @@ def test_dlq_purge_needs_confirmation(workdir, db1_dsn, db2_dsn):
     assert event.queue_depth("intents_dlq") == 0
     unknown = run_intake("dlq", "replay", "999", config=event.config)
     assert unknown.returncode == 2 and "no dead letter with id 999" in unknown.stderr
+
+
+def test_slow_webhook_keeps_the_lease_so_no_second_worker_calls_it(workdir, db1_dsn, db2_dsn):
+    # Each call takes 4 s, twice the visibility timeout: without lease
+    # extension the other worker would read the same intents and call again.
+    with WebhookServer(delay_ms=4000) as webhook:
+        event = make_event(
+            workdir, db1_dsn, db2_dsn, webhook.url, 40, visibility_timeout=2, batch_size=20
+        )
+        keys = event.claim(40)
+        drain_all(event, 40, "--concurrency", "1", workers=2, timeout=60)
+        assert webhook.per_key() == {key: 1 for key in keys}
+    assert event.tickets() == {key: 1 for key in keys}
+
+
+def test_webhook_url_changed_live_is_used_at_the_next_batch(workdir, db1_dsn, db2_dsn):
+    with WebhookServer() as first, WebhookServer() as second:
+        event = make_event(workdir, db1_dsn, db2_dsn, first.url, 40, batch_size=10)
+        event.claim(20, prefix="early")
+        with draining(event, "--concurrency", "1"):
+            wait_for(lambda: len(event.tickets()) == 20, 30, "the first 20 commits")
+            event.set(validation_webhook_url=second.url)
+            time.sleep(1)
+            late = event.claim(20, prefix="late")
+            wait_for(lambda: len(event.tickets()) == 40, 30, "the last 20 commits")
+        assert len(first.per_key()) == 20
+        assert second.per_key() == {key: 1 for key in late}
