@@ -15,7 +15,16 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from intake_cli import __version__, bench_drain, claims, config, lifecycle, logs, testhook
+from intake_cli import (
+    __version__,
+    bench_drain,
+    claims,
+    config,
+    controls,
+    lifecycle,
+    logs,
+    testhook,
+)
 from intake_cli import dlq as dead_letters
 from intake_cli import worker as drainer
 from intake_cli.bench import bench_app
@@ -441,6 +450,54 @@ def dlq_purge(
     with connection as conn:
         purged = dead_letters.purge(conn, settings.dlq_name)
     out.print(f"purged {purged} dead letters from {settings.dlq_name}")
+
+
+pool_app = typer.Typer(help="Pause or resume a pool while the event runs.", no_args_is_help=True)
+app.add_typer(pool_app, name="pool")
+
+
+def _set_paused(pool_id: str, paused: bool) -> None:
+    settings = _settings()
+    with connect(endpoints(settings).db1, "DB1") as conn:
+        controls.set_paused(conn, pool_id, paused)
+    out.print(f"pool {pool_id}: {'paused' if paused else 'resumed'}")
+
+
+@pool_app.command("pause")
+def pool_pause(pool_id: str = typer.Argument(..., help="The pool to pause.")) -> None:
+    """Claims answer "paused"; workers hand the pool's intents back until resumed."""
+    _set_paused(pool_id, True)
+
+
+@pool_app.command("resume")
+def pool_resume(pool_id: str = typer.Argument(..., help="The pool to resume.")) -> None:
+    """Claims and draining go on where they stopped."""
+    _set_paused(pool_id, False)
+
+
+config_app = typer.Typer(help="Change a pool's live settings.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("set")
+def config_set(
+    pool_id: str = typer.Argument(..., help="The pool to change."),
+    assignments: list[str] = typer.Argument(
+        ..., help="KEY=VALUE: " + ", ".join(config.LIVE_SETTINGS)
+    ),
+    as_json: bool = JsonOption,
+) -> None:
+    """Change live settings (checked like intake.yaml); running workers use them at their
+    next batch. `intake up` sets them back to what intake.yaml says."""
+    changes = controls.parse_assignments(assignments)
+    settings = _settings()
+    where = endpoints(settings)
+    applied = controls.set_settings(where.db1, where.db2, pool_id, changes)
+    if as_json:
+        _print_json({key: {"old": old, "new": new} for key, (old, new) in applied.items()})
+        return
+    for key, (old, new) in applied.items():
+        out.print(f"pool {pool_id}: {key} {old} → {new}")
 
 
 app.command("webhook-server")(testhook.webhook_server_command)

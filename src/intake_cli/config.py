@@ -248,6 +248,50 @@ def _database(
     return DatabaseSettings(dsn=dsn or None, pgenv=pgenv, install_example_ledger=install)
 
 
+INTEGER_BOUNDS = {
+    "per_user_limit": (1, 1000),
+    "batch_size": (1, 10_000),
+    "visibility_timeout": (1, 43_200),
+    "max_retries": (0, 1000),
+    "commit_rate_per_sec": (0, 1_000_000),
+}
+SECONDS_BOUNDS = {"retry_base_seconds": 3600.0, "retry_max_seconds": 86400.0}
+# What `intake config set` may change in a running event (inventory and
+# secrets are not live settings).
+LIVE_SETTINGS = (
+    *INTEGER_BOUNDS,
+    *SECONDS_BOUNDS,
+    "validation_webhook_url",
+    "commit_rpc_name",
+)
+
+
+def live_setting(key: str, text: str) -> Any:
+    """Parse and check `key=text` from the command line by the file's own rules."""
+    problems = _Problems()
+    value: Any = None
+    if key not in LIVE_SETTINGS:
+        problems.add(key, f"not a live setting (live: {', '.join(sorted(LIVE_SETTINGS))})")
+    elif key in INTEGER_BOUNDS:
+        number: Any = int(text) if re.fullmatch(r"-?\d+", text) else text
+        value = _integer(problems, key, number, *INTEGER_BOUNDS[key])
+    elif key in SECONDS_BOUNDS:
+        try:
+            number = float(text)
+        except ValueError:
+            number = text
+        value = _seconds(problems, key, number, SECONDS_BOUNDS[key])
+    elif key == "validation_webhook_url":
+        value = _webhook_url(problems, key, text)
+    elif (reason := check_rpc_name(text)) is not None:
+        problems.add(key, reason)
+    else:
+        value = text
+    if problems.items:
+        raise ConfigError(problems.items)
+    return value
+
+
 _POOL_KEYS = {
     "pool_id",
     "inventory",
@@ -292,17 +336,10 @@ def _pool(problems: _Problems, path: str, raw: Any) -> PoolSettings | None:
         if rpc is not None and (reason := check_rpc_name(rpc)):
             problems.add(f"{path}.commit_rpc_name", reason)
         values["commit_rpc_name"] = rpc
-    bounds = {
-        "per_user_limit": (1, 1000),
-        "batch_size": (1, 10_000),
-        "visibility_timeout": (1, 43_200),
-        "max_retries": (0, 1000),
-        "commit_rate_per_sec": (0, 1_000_000),
-    }
-    for key, (low, high) in bounds.items():
+    for key, (low, high) in INTEGER_BOUNDS.items():
         if key in raw:
             values[key] = _integer(problems, f"{path}.{key}", raw[key], low, high)
-    for key, high in (("retry_base_seconds", 3600.0), ("retry_max_seconds", 86400.0)):
+    for key, high in SECONDS_BOUNDS.items():
         if key in raw:
             values[key] = _seconds(problems, f"{path}.{key}", raw[key], high)
     values["webhook_secret"] = _secret(

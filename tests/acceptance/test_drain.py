@@ -354,7 +354,14 @@ def test_webhook_url_changed_live_is_used_at_the_next_batch(workdir, db1_dsn, db
         event.claim(20, prefix="early")
         with draining(event, "--concurrency", "1"):
             wait_for(lambda: len(event.tickets()) == 20, 30, "the first 20 commits")
-            event.set(validation_webhook_url=second.url)
+            run_intake(
+                "config",
+                "set",
+                "drop",
+                f"validation_webhook_url={second.url}",
+                config=event.config,
+                check=True,
+            )
             time.sleep(1)
             late = event.claim(20, prefix="late")
             wait_for(lambda: len(event.tickets()) == 40, 30, "the last 20 commits")

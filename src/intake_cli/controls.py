@@ -1,0 +1,66 @@
+"""Live controls: pause or resume a pool, change its settings, without restarting anything.
+
+Workers re-read engine_config before every batch and claims read it on
+every call, so a change here takes effect at the next batch or claim.
+`intake up` makes engine_config match intake.yaml again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from intake_cli import config, ledger
+from intake_cli.db import connect
+from intake_cli.errors import UnknownPool, UsageError
+from intake_cli.sqlfiles import queries
+
+
+def _q(name: str) -> str:
+    return queries("controls")[name]
+
+
+def set_paused(conn: psycopg.Connection, pool_id: str, paused: bool) -> None:
+    if conn.execute(_q("set_paused"), {"pool_id": pool_id, "paused": paused}).fetchone() is None:
+        raise UnknownPool(f"pool {pool_id!r} is not provisioned in DB1")
+
+
+def parse_assignments(pairs: list[str]) -> dict[str, Any]:
+    """`key=value` arguments, each checked by the configuration file's rules."""
+    if not pairs:
+        raise UsageError("name at least one setting: KEY=VALUE")
+    changes: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep:
+            raise UsageError(f"expected KEY=VALUE, got {pair!r}")
+        changes[key.strip()] = config.live_setting(key.strip(), text.strip())
+    return changes
+
+
+def set_settings(
+    db1_dsn: str, db2_dsn: str, pool_id: str, changes: dict[str, Any]
+) -> dict[str, Any]:
+    """Apply validated changes in one transaction; returns {key: (old, new)}."""
+    if "commit_rpc_name" in changes:
+        # A name DB2 lacks would fail every commit: refuse it before changing anything.
+        with connect(db2_dsn, "DB2") as conn:
+            ledger.check_rpc(conn, ledger.RpcName.parse(changes["commit_rpc_name"]))
+    with connect(db1_dsn, "DB1") as conn, conn.transaction():
+        with conn.cursor(row_factory=dict_row) as cur:
+            row = cur.execute(_q("pool_row"), {"pool_id": pool_id}).fetchone()
+        if row is None:
+            raise UnknownPool(f"pool {pool_id!r} is not provisioned in DB1")
+        assignments = sql.SQL(", ").join(
+            sql.SQL("{} = {}").format(sql.Identifier(key), sql.Placeholder(key)) for key in changes
+        )
+        conn.execute(
+            sql.SQL(
+                "update intake.engine_config set {}, updated_at = now() where pool_id = {}"
+            ).format(assignments, sql.Placeholder("pool_id")),
+            {**changes, "pool_id": pool_id},
+        )
+    return {key: (row[key], value) for key, value in changes.items()}
