@@ -14,17 +14,6 @@ from psycopg.rows import dict_row
 
 from intake_cli.sqlfiles import queries
 
-OUTCOMES = (
-    "claimed",
-    "already_claimed",
-    "limit_reached",
-    "sold_out",
-    "paused",
-    "unknown_pool",
-    "invalid_user",
-    "unauthenticated",
-)
-
 
 @dataclass(frozen=True)
 class Claim:
