@@ -341,7 +341,10 @@ def drain(
         raise UsageError(f"--pool: {reason}")
     where = endpoints(settings)
     drainer.preflight(settings, where, pool)
-    logger = logs.configure(log_level, log_format)
+    drain = None
+    if settings.log_drain_url:
+        drain = logs.LogDrain(settings.log_drain_url, logs.DrainBuffer(settings.log_drain_buffer))
+    logger = logs.configure(log_level, log_format, drain.buffer if drain else None)
     worker = drainer.Worker(
         settings,
         where.db1,
@@ -352,6 +355,7 @@ def drain(
         pool_filter=pool,
         webhook_timeout_s=webhook_timeout,
         shutdown_timeout_s=shutdown_timeout,
+        log_drain=drain,
     )
     stats = asyncio.run(worker.run())
     if as_json:

@@ -88,6 +88,9 @@ class Settings:
     db2: DatabaseSettings
     embedded: EmbeddedSettings
     pools: tuple[PoolSettings, ...]
+    # Optional HTTP log drain: the worker's JSON lines, batched, never blocking.
+    log_drain_url: str | None = None
+    log_drain_buffer: int = 10_000
 
     @property
     def dlq_name(self) -> str:
@@ -350,7 +353,17 @@ def _pool(problems: _Problems, path: str, raw: Any) -> PoolSettings | None:
     return PoolSettings(**values)
 
 
-_TOP_KEYS = {"event", "state_dir", "queue_name", "db1", "db2", "embedded", "pools"}
+_TOP_KEYS = {
+    "event",
+    "state_dir",
+    "queue_name",
+    "db1",
+    "db2",
+    "embedded",
+    "pools",
+    "log_drain_url",
+    "log_drain_buffer",
+}
 
 
 def parse(data: Any, path: Path) -> Settings:
@@ -370,6 +383,16 @@ def parse(data: Any, path: Path) -> Settings:
             f"got {_show(queue_name)}",
         )
 
+    drain_url = None
+    if data.get("log_drain_url") is not None:
+        drain_url = _webhook_url(
+            problems,
+            "log_drain_url",
+            _interpolate(problems, "log_drain_url", data["log_drain_url"]),
+        )
+    drain_buffer = _integer(
+        problems, "log_drain_buffer", data.get("log_drain_buffer", 10_000), 10, 1_000_000
+    )
     db1 = _database(problems, "db1", data.get("db1"))
     db2 = _database(problems, "db2", data.get("db2"), ledger=True)
 
@@ -423,6 +446,8 @@ def parse(data: Any, path: Path) -> Settings:
         db1=db1,
         db2=db2,
         embedded=EmbeddedSettings(**embedded_values),
+        log_drain_url=drain_url,
+        log_drain_buffer=drain_buffer or 10_000,
         pools=tuple(pools),
     )
 

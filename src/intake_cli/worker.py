@@ -42,7 +42,7 @@ from intake_cli.errors import (
     NotProvisioned,
     UnknownPool,
 )
-from intake_cli.logs import event
+from intake_cli.logs import LogDrain, event
 from intake_cli.retry import RetryPolicy
 from intake_cli.sqlfiles import queries
 from intake_cli.webhook import Verdict, WebhookClient
@@ -106,6 +106,7 @@ class DrainStats:
                     "batches",
                 )
             },
+            **{k: v for k, v in self.counts.items() if k.startswith("log_lines")},
             "seconds": round(elapsed, 3),
             "committed_per_sec": round(self.counts["committed"] / elapsed, 1) if elapsed else 0,
         }
@@ -157,6 +158,7 @@ class Worker:
         webhook_timeout_s: float = 10.0,
         shutdown_timeout_s: float = 30.0,
         idle_sleep_s: float = 0.25,
+        log_drain: LogDrain | None = None,
     ) -> None:
         self.settings = settings
         self.queue = settings.queue_name
@@ -170,6 +172,7 @@ class Worker:
         self.webhook_timeout_s = webhook_timeout_s
         self.shutdown_timeout_s = shutdown_timeout_s
         self.idle_sleep_s = idle_sleep_s
+        self.log_drain = log_drain
         self.stats = DrainStats()
         self._stopping = asyncio.Event()
         self._resolved_rpcs: dict[ledger.RpcName, ledger.RpcName] = {}
@@ -218,6 +221,7 @@ class Worker:
             pool=self.pool_filter,
             queue=self.queue,
         )
+        shipper = asyncio.create_task(self.log_drain.run()) if self.log_drain else None
         try:
             async with WebhookClient(
                 timeout_s=self.webhook_timeout_s, max_connections=256
@@ -229,6 +233,25 @@ class Worker:
                 loop.remove_signal_handler(sig)
             await self.db1.close()
             await self.db2.close()
+        if shipper is not None and self.log_drain is not None:
+            # Logged before the drain's last flush, so the drain receives it too.
+            event(self.log, logging.INFO, "stopped", **self.stats.as_json())
+            shipper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await shipper
+            buffer = self.log_drain.buffer
+            self.stats.counts["log_lines_shipped"] = buffer.shipped
+            self.stats.counts["log_lines_dropped"] = buffer.dropped
+            if buffer.dropped or buffer.lines:
+                event(
+                    self.log,
+                    logging.WARNING,
+                    "log_drain_lost",
+                    dropped=buffer.dropped,
+                    unsent=len(buffer.lines),
+                    failures=self.log_drain.failures,
+                )
+            return self.stats
         event(self.log, logging.INFO, "stopped", **self.stats.as_json())
         return self.stats
 

@@ -54,7 +54,8 @@ def test_all_problems_reported_at_once():
         }
     )
     assert found == [
-        "colour: unknown key (known: db1, db2, embedded, event, pools, queue_name, state_dir)",
+        "colour: unknown key (known: db1, db2, embedded, event, log_drain_buffer, "
+        "log_drain_url, pools, queue_name, state_dir)",
         "pools[0].visibility_timeout: expected an integer from 1 to 43200, got 0",
         "pools[0].max_retries: expected an integer from 0 to 1000, got True",
         "pools[1].surprise: unknown key (known: batch_size, commit_rate_per_sec, "
