@@ -196,7 +196,9 @@ class Worker:
             max_size=pool_size,
             open=False,
             kwargs={"autocommit": True},
-            check=AsyncConnectionPool.check_connection,
+            # No check on checkout: it would cost a round trip per DB1 call in
+            # the batch loop, and a broken connection surfaces as an
+            # OperationalError that the slot's retry already handles.
         )
         # DB2 may be down for a while: connections are checked before use and
         # a missing server fails fast (the commit is retried later).
@@ -233,9 +235,9 @@ class Worker:
                 loop.remove_signal_handler(sig)
             await self.db1.close()
             await self.db2.close()
+        # Logged before the log drain's last flush, so the drain receives it too.
+        event(self.log, logging.INFO, "stopped", **self.stats.as_json())
         if shipper is not None and self.log_drain is not None:
-            # Logged before the drain's last flush, so the drain receives it too.
-            event(self.log, logging.INFO, "stopped", **self.stats.as_json())
             shipper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await shipper
@@ -251,8 +253,6 @@ class Worker:
                     unsent=len(buffer.lines),
                     failures=self.log_drain.failures,
                 )
-            return self.stats
-        event(self.log, logging.INFO, "stopped", **self.stats.as_json())
         return self.stats
 
     async def _wait_for(self, slots: list[asyncio.Task[None]]) -> None:

@@ -19,6 +19,11 @@ from intake_cli import claims
 from tests.conftest import INTAKE, ROOT, pool_spec, run_intake, write_config
 
 
+def _rows(dsn: str, query: str, params: tuple = ()) -> list[tuple]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(query, params).fetchall()
+
+
 @dataclass
 class Event:
     config: Path
@@ -31,45 +36,38 @@ class Event:
         users = [f"{prefix}-{n}" for n in range(count)]
         report = asyncio.run(claims.burst(self.db1, self.pool_id, users, concurrency=32))
         assert report.outcomes.get("claimed", 0) == count, report.outcomes
-        with psycopg.connect(self.db1) as conn:
-            rows = conn.execute(
-                "select idempotency_key::text from intake.allocations"
-                " where pool_id = %s and locked_by like %s",
-                (self.pool_id, f"{prefix}-%"),
-            ).fetchall()
+        rows = _rows(
+            self.db1,
+            "select idempotency_key::text from intake.allocations"
+            " where pool_id = %s and locked_by like %s",
+            (self.pool_id, f"{prefix}-%"),
+        )
         return [key for (key,) in rows]
 
     def queue_depth(self, queue: str = "intents") -> int:
-        with psycopg.connect(self.db1) as conn:
-            return conn.execute("select queue_length from pgmq.metrics(%s)", (queue,)).fetchone()[0]
+        return _rows(self.db1, "select queue_length from pgmq.metrics(%s)", (queue,))[0][0]
 
     def tickets(self) -> dict[str, int]:
         """Rows per idempotency key in DB2's ledger."""
-        with psycopg.connect(self.db2) as conn:
-            rows = conn.execute(
-                "select idempotency_key::text, count(*) from public.tickets group by 1"
-            ).fetchall()
-        return dict(rows)
+        return dict(
+            _rows(self.db2, "select idempotency_key::text, count(*) from public.tickets group by 1")
+        )
 
     def units(self) -> dict[str, int]:
-        with psycopg.connect(self.db1) as conn:
-            rows = conn.execute(
+        return dict(
+            _rows(
+                self.db1,
                 "select status::text, count(*) from intake.allocations where pool_id = %s"
                 " group by 1",
                 (self.pool_id,),
-            ).fetchall()
-        return dict(rows)
+            )
+        )
 
     def states(self) -> dict[str, int]:
-        with psycopg.connect(self.db1) as conn:
-            rows = conn.execute(
-                "select state, count(*) from intake.intent_state group by 1"
-            ).fetchall()
-        return dict(rows)
+        return dict(_rows(self.db1, "select state, count(*) from intake.intent_state group by 1"))
 
     def archived(self, queue: str = "intents") -> int:
-        with psycopg.connect(self.db1) as conn:
-            return conn.execute(f"select count(*) from pgmq.a_{queue}").fetchone()[0]
+        return _rows(self.db1, f"select count(*) from pgmq.a_{queue}")[0][0]
 
     def set(self, **settings: object) -> None:
         """Change engine_config live, as an operator would."""
