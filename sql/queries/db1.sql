@@ -89,13 +89,3 @@ select 1 from intake.engine_config where pool_id = %(pool_id)s;
 
 -- claim: one claim for a trusted backend
 select (r).* from (select intake.claim_resource(%(pool_id)s, %(user_id)s) as r) as claim;
-
--- unit_counts: units per status for every pool (one-shot status; dashboards read engine_metrics)
-select c.pool_id, c.inventory, c.paused,
-       count(*) filter (where a.status = 'available') as available,
-       count(*) filter (where a.status = 'locked') as locked,
-       count(*) filter (where a.status = 'consumed') as consumed
-  from intake.engine_config c
-  left join intake.allocations a on a.pool_id = c.pool_id
- group by c.pool_id, c.inventory, c.paused
- order by c.pool_id;

@@ -24,6 +24,7 @@ from intake_cli import (
     lifecycle,
     logs,
     testhook,
+    watch,
 )
 from intake_cli import dlq as dead_letters
 from intake_cli import worker as drainer
@@ -177,15 +178,14 @@ def status(as_json: bool = JsonOption) -> None:
         _print_json(data)
         return
     table = Table(title="pools")
-    for column in ("pool", "inventory", "available", "locked", "consumed", "paused"):
-        table.add_column(column, justify="left" if column == "pool" else "right")
+    counted = ("inventory", "available", "locked", "consumed", "rejected", "dead_lettered")
+    for column in ("pool", *counted, "paused"):
+        header = {"inventory": "units", "dead_lettered": "dead"}.get(column, column)
+        table.add_column(header, justify="left" if column == "pool" else "right")
     for pool in data["pools"]:
         table.add_row(
             pool["pool_id"],
-            f"{pool['inventory']:,}",
-            f"{pool['available']:,}",
-            f"{pool['locked']:,}",
-            f"{pool['consumed']:,}",
+            *(f"{pool[column]:,}" for column in counted),
             "yes" if pool["paused"] else "no",
         )
     out.print(table)
@@ -194,7 +194,39 @@ def status(as_json: bool = JsonOption) -> None:
     out.print(f"queue [bold]{q['name']}[/]: {q['depth']:,} waiting{age}")
     out.print(f"dead letters [bold]{d['name']}[/]: {d['depth']:,}")
     out.print(f"pgmq: {data['pgmq']['source']} {data['pgmq']['version'] or ''}")
-    out.print(f"pg_cron: {data['pg_cron'] or 'not installed'}")
+    metrics = data["metrics"]
+    age = metrics["last_age_s"]
+    out.print(
+        f"metrics: {metrics['description']}; "
+        + (f"last collected {age:.0f} s ago" if age is not None else "none collected yet")
+    )
+
+
+@app.command("watch")
+def watch_command(
+    once: bool = typer.Option(False, "--once", help="Print one frame and exit (scripts, tests)."),
+    refresh: float = typer.Option(
+        1.0, "--refresh", min=0.2, max=60, help="Seconds between redraws."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="With --once: the frame's figures as JSON."),
+) -> None:
+    """Live view of the engine: units per pool, queue, velocity, ETA, DLQ, workers.
+
+    Reads engine_metrics (collected every 5 s by pg_cron; by watch itself
+    where no pg_cron job does). Metrics older than 15 s are flagged STALE;
+    a worker without a heartbeat for 10 s is shown as silent. Ctrl-C exits.
+    """
+    settings = _settings()
+    if as_json and not once:
+        raise UsageError("--json prints one frame: use it with --once")
+    if once:
+        snap = watch.snapshot(settings)
+        if as_json:
+            _print_json(snap.as_json())
+        else:
+            watch.print_once(snap)
+        return
+    watch.live(settings, refresh)
 
 
 @app.command()

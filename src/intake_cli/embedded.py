@@ -160,6 +160,9 @@ def _settings_for(name: str, port: int, options: EmbeddedSettings, with_cron: bo
             lines += [
                 "shared_preload_libraries = 'pg_cron'",
                 f"cron.database_name = '{DATABASE}'",
+                # No unix socket here, and "localhost" may resolve to ::1,
+                # where nothing listens.
+                "cron.host = '127.0.0.1'",
             ]
     return "\n".join(["# written by intake", *lines, ""])
 

@@ -10,9 +10,8 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.rows import dict_row
 
-from intake_cli import ledger, pools, queue, schema
+from intake_cli import ledger, pools, queue, schema, telemetry
 from intake_cli.config import PoolSettings, Settings
 from intake_cli.db import Endpoints, connect, endpoints
 from intake_cli.embedded import EmbeddedClusters
@@ -88,14 +87,14 @@ def status(settings: Settings) -> dict[str, Any]:
     where = endpoints(settings)
     with connect(where.db1, "DB1") as conn:
         _require_provisioned(conn)
-        with conn.cursor(row_factory=dict_row) as cur:
-            pool_rows = cur.execute(queries("db1")["unit_counts"]).fetchall()
+        pool_rows = telemetry.pool_metrics(conn)
+        mode = telemetry.schedule_mode(conn)
+        newest = telemetry.latest(conn)
         version = conn.execute(queries("db1")["schema_version"]).fetchone()[0]  # type: ignore[index]
         install = schema.pgmq_install(conn)
         queues = {
             name: queue.metrics(conn, name) for name in (settings.queue_name, settings.dlq_name)
         }
-        cron = conn.execute(queries("db1")["pg_cron_version"]).fetchone()
     intents = queues[settings.queue_name]
     dead = queues[settings.dlq_name]
     return {
@@ -103,7 +102,11 @@ def status(settings: Settings) -> dict[str, Any]:
         "state_dir": str(settings.state_dir) if where.embedded else None,
         "schema_version": version,
         "pgmq": {"source": install.source, "version": install.version},
-        "pg_cron": cron[0] if cron else None,
+        "pg_cron": mode.pg_cron,
+        "metrics": {
+            **mode.as_json(),
+            "last_age_s": round(min(float(r["age_s"]) for r in newest), 1) if newest else None,
+        },
         "queue": {
             "name": settings.queue_name,
             "depth": intents.queue_length,
@@ -115,9 +118,11 @@ def status(settings: Settings) -> dict[str, Any]:
             {
                 "pool_id": row["pool_id"],
                 "inventory": int(row["inventory"]),
-                "available": int(row["available"]),
+                "available": int(row["available_slots"]),
                 "locked": int(row["locked"]),
                 "consumed": int(row["consumed"]),
+                "rejected": int(row["rejected"]),
+                "dead_lettered": int(row["dead_lettered"]),
                 "paused": row["paused"],
             }
             for row in pool_rows
@@ -186,6 +191,7 @@ def down(settings: Settings, *, force: bool = False, export: Path | None = None)
                 )
             if not settings.db1.embedded:
                 with conn.transaction():
+                    telemetry.unschedule(conn)
                     for name in (settings.queue_name, settings.dlq_name):
                         queue.drop_queue(conn, name)
                     conn.execute("drop function if exists public.claim_resource(text)")

@@ -15,7 +15,7 @@ import psycopg
 from pgmq.install import get_embedded_sql_version, install_pgmq_from_sql
 from psycopg import sql
 
-from intake_cli import queue
+from intake_cli import queue, telemetry
 from intake_cli.sqlfiles import queries, render, template_names
 
 _MIGRATION_NAME = re.compile(r"^db1/migrations/(\d{4})_([a-z0-9_]+)\.sql(?:\.j2)?$")
@@ -124,7 +124,17 @@ def apply_db1(conn: psycopg.Connection, queue_name: str, dlq_name: str) -> Schem
         conn.execute(render("common/supabase_compat.sql"))
         _ensure_pg_cron(conn)
         created = tuple(q for q in (queue_name, dlq_name) if queue.ensure_queue(conn, q))
-        conn.execute(render("db1/functions.sql.j2", queue_table=queue_table(conn, queue_name)))
+        table = queue_table(conn, queue_name)
+        conn.execute(
+            render(
+                "db1/telemetry.sql.j2",
+                queue_table=table,
+                queue_name=sql.Literal(queue_name).as_string(conn),
+                dlq_name=sql.Literal(dlq_name).as_string(conn),
+            )
+        )
+        conn.execute(render("db1/functions.sql.j2", queue_table=table))
+        telemetry.schedule(conn)
         version = conn.execute(_q("schema_version")).fetchone()[0]  # type: ignore[index]
     return SchemaReport(pgmq_install, pgmq_now, tuple(applied), created, version)
 

@@ -21,8 +21,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import socket
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +36,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
-from intake_cli import ledger, schema
+from intake_cli import ledger, schema, telemetry
 from intake_cli.config import Settings
 from intake_cli.db import Endpoints, connect
 from intake_cli.errors import (
@@ -174,6 +177,7 @@ class Worker:
         self.idle_sleep_s = idle_sleep_s
         self.log_drain = log_drain
         self.stats = DrainStats()
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._stopping = asyncio.Event()
         self._resolved_rpcs: dict[ledger.RpcName, ledger.RpcName] = {}
         self._secrets = {p.pool_id: p.webhook_secret for p in settings.pools}
@@ -214,6 +218,8 @@ class Worker:
         )
         await self.db1.open(wait=True, timeout=10)
         await self.db2.open()
+        await self._register()
+        heartbeat = asyncio.create_task(self._heartbeat_every(telemetry.HEARTBEAT_S))
         event(
             self.log,
             logging.INFO,
@@ -233,6 +239,10 @@ class Worker:
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+            await self._heartbeat(stopped=True)
             await self.db1.close()
             await self.db2.close()
         # Logged before the log drain's last flush, so the drain receives it too.
@@ -254,6 +264,47 @@ class Worker:
                     failures=self.log_drain.failures,
                 )
         return self.stats
+
+    # -- the registry `intake watch` reads ---------------------------------------
+
+    async def _register(self) -> None:
+        async with self.db1.connection() as conn:
+            await conn.execute(
+                telemetry.query("register_worker"),
+                {
+                    "worker_id": self.worker_id,
+                    "hostname": socket.gethostname(),
+                    "pid": os.getpid(),
+                    "pool_filter": self.pool_filter,
+                    "concurrency": self.concurrency,
+                },
+            )
+
+    async def _heartbeat(self, *, stopped: bool = False) -> None:
+        counts = self.stats.counts
+        try:
+            async with self.db1.connection(timeout=5) as conn:
+                await conn.execute(
+                    telemetry.query("heartbeat"),
+                    {
+                        "worker_id": self.worker_id,
+                        "batches": counts["batches"],
+                        "committed": counts["committed"],
+                        "rejected": counts["rejected"],
+                        "retried": counts["retried"],
+                        "dead": counts["dead"],
+                        "log_lines_dropped": self.log_drain.buffer.dropped if self.log_drain else 0,
+                        "stopped": stopped,
+                    },
+                )
+        except (psycopg.Error, PoolTimeout) as exc:
+            # A missed heartbeat shows the worker as silent; that is all.
+            event(self.log, logging.WARNING, "heartbeat_failed", error=str(exc))
+
+    async def _heartbeat_every(self, seconds: float) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            await self._heartbeat()
 
     async def _wait_for(self, slots: list[asyncio.Task[None]]) -> None:
         stop_wait = asyncio.create_task(self._stopping.wait())
@@ -563,6 +614,9 @@ class _Batch:
                         _q("finish_rejected"), _columns(self.rejected, queue=self.w.queue)
                     )
             for intent in self.validated_now:
+                # Recorded with the validation: a later failure of the commit
+                # must not count this call again.
+                intent.webhook_calls = 0
                 self._log(intent, "transition", from_state="queued", to_state="validated")
             for intent in self.rejected:
                 self._log(

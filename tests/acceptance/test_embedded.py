@@ -55,6 +55,8 @@ def test_embedded_up_claim_status_down(workdir):
             "available": 0,
             "locked": 300,
             "consumed": 0,
+            "rejected": 0,
+            "dead_lettered": 0,
             "paused": False,
         }
     ]

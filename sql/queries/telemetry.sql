@@ -1,0 +1,50 @@
+-- collect: one metrics row per pool, now
+select intake.collect_metrics() as written;
+
+-- pool_metrics: each pool's figures now (no inventory count: see telemetry.sql.j2)
+select * from intake.pool_metrics();
+
+-- latest: each pool's newest metrics row, with its age
+select m.*, extract(epoch from clock_timestamp() - m.collected_at) as age_s
+  from intake.engine_config c
+  join lateral (
+        select * from intake.engine_metrics e
+         where e.pool_id = c.pool_id
+         order by e.collected_at desc
+         limit 1) m on true
+ order by m.pool_id;
+
+-- velocity_history: commits per second, all pools together, for the last rows
+select collected_at, sum(processing_velocity) as velocity
+  from intake.engine_metrics
+ where collected_at > clock_timestamp() - make_interval(secs => %(seconds)s)
+ group by collected_at
+ order by collected_at;
+
+-- cron_jobs: intake's pg_cron jobs, if pg_cron is there
+select jobname, schedule, command, active
+  from cron.job where jobname like 'intake-%%' order by jobname;
+
+-- unschedule: remove one of intake's pg_cron jobs
+select cron.unschedule(%(jobname)s);
+
+-- register_worker: an `intake drain` announces itself
+insert into intake.workers (worker_id, hostname, pid, pool_filter, concurrency)
+values (%(worker_id)s, %(hostname)s, %(pid)s, %(pool_filter)s, %(concurrency)s);
+
+-- heartbeat: a worker is alive, with its counters so far
+update intake.workers
+   set heartbeat_at = now(), batches = %(batches)s, committed = %(committed)s,
+       rejected = %(rejected)s, retried = %(retried)s, dead_lettered = %(dead)s,
+       log_lines_dropped = %(log_lines_dropped)s,
+       stopped_at = case when %(stopped)s then now() end
+ where worker_id = %(worker_id)s;
+
+-- workers: the registered workers, newest first; stopped ones for a minute after they stop
+select worker_id, hostname, pid, pool_filter, concurrency, started_at, batches, committed,
+       rejected, retried, dead_lettered, log_lines_dropped,
+       extract(epoch from clock_timestamp() - heartbeat_at) as heartbeat_age_s,
+       stopped_at is not null as stopped
+  from intake.workers
+ where stopped_at is null or stopped_at > now() - interval '1 minute'
+ order by started_at desc;
