@@ -18,6 +18,7 @@ from rich.table import Table
 from intake_cli import (
     __version__,
     bench_drain,
+    bench_metrics,
     claims,
     config,
     controls,
@@ -538,6 +539,7 @@ def config_set(
 
 app.command("webhook-server")(testhook.webhook_server_command)
 bench_app.command("drain")(bench_drain.drain_command)
+bench_app.command("metrics")(bench_metrics.metrics_command)
 app.add_typer(bench_app, name="bench", help="Benchmarks against baselines from the same run.")
 
 

@@ -129,8 +129,7 @@ def apply_db1(conn: psycopg.Connection, queue_name: str, dlq_name: str) -> Schem
             render(
                 "db1/telemetry.sql.j2",
                 queue_table=table,
-                queue_name=sql.Literal(queue_name).as_string(conn),
-                dlq_name=sql.Literal(dlq_name).as_string(conn),
+                dlq_table=queue_table(conn, dlq_name),
             )
         )
         conn.execute(render("db1/functions.sql.j2", queue_table=table))
