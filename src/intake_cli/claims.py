@@ -61,6 +61,8 @@ class BurstReport:
     outcomes: dict[str, int]
     seconds: float
     latencies_ms: list[float]
+    # When the pool first answered "sold out", from the herd's start.
+    first_sold_out_s: float | None = None
 
     @property
     def claims_per_sec(self) -> float:
@@ -80,6 +82,7 @@ async def burst(dsn: str, pool_id: str, users: list[str], concurrency: int) -> B
         pending.put_nowait(user)
     outcomes: Counter[str] = Counter()
     latencies: list[float] = []
+    sold_out_at: list[float] = []
     sql_text = _claim_sql()
 
     async def buyer() -> None:
@@ -93,10 +96,18 @@ async def burst(dsn: str, pool_id: str, users: list[str], concurrency: int) -> B
                 started = time.perf_counter()
                 cur = await conn.execute(sql_text, {"pool_id": pool_id, "user_id": user})
                 row = await cur.fetchone()
-                latencies.append((time.perf_counter() - started) * 1000)
+                answered = time.perf_counter()
+                latencies.append((answered - started) * 1000)
                 assert row is not None
                 outcomes[row[0]] += 1
+                if row[0] == "sold_out" and not sold_out_at:
+                    sold_out_at.append(answered - herd_started)
 
-    started = time.perf_counter()
+    herd_started = time.perf_counter()
     await asyncio.gather(*(buyer() for _ in range(max(1, min(concurrency, len(users))))))
-    return BurstReport(dict(outcomes), time.perf_counter() - started, latencies)
+    return BurstReport(
+        dict(outcomes),
+        time.perf_counter() - herd_started,
+        latencies,
+        sold_out_at[0] if sold_out_at else None,
+    )

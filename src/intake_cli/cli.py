@@ -22,6 +22,7 @@ from intake_cli import (
     claims,
     config,
     controls,
+    demo,
     lifecycle,
     logs,
     testhook,
@@ -230,6 +231,68 @@ def watch_command(
     watch.live(settings, refresh)
 
 
+@app.command("demo")
+def demo_command(
+    buyers: int = typer.Option(100_000, "--buyers", min=1, max=1_000_000, help="Distinct buyers."),
+    units: int = typer.Option(10_000, "--units", min=1, max=10_000_000, help="Units on sale."),
+    workers: int = typer.Option(2, "--workers", min=1, max=16, help="`intake drain` processes."),
+    connections: int = typer.Option(
+        64, "--herd-connections", min=1, max=250, help="Connections the herd claims through."
+    ),
+    decline_share: float = typer.Option(
+        0.03, "--decline-share", min=0.0, max=1.0, help="Share of payments the webhook declines."
+    ),
+    fail_share: float = typer.Option(
+        0.03,
+        "--fail-share",
+        min=0.0,
+        max=1.0,
+        help="Share of intents whose first webhook call fails (503), then succeeds on retry.",
+    ),
+    directory: Path = typer.Option(
+        None,
+        "--dir",
+        help="Where the demo's intake.yaml, clusters and logs live "
+        "(default .intake-demo, env INTAKE_DEMO_DIR).",
+        show_default=False,
+    ),
+    keep: bool = typer.Option(
+        False, "--keep", help="Leave the event up afterwards (inspect it with -c DIR/intake.yaml)."
+    ),
+    no_watch: bool = typer.Option(
+        False, "--no-watch", help="Print a progress line every 5 s instead of the live view."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the final report as JSON."),
+) -> None:
+    """The whole engine under a herd, on embedded clusters, with a final report.
+
+    up → test webhook (declining and transiently failing a few percent) →
+    WORKERS drain processes → BUYERS claim concurrently → live view while it
+    drains → report (claimed, committed, rejected, dead-lettered, oversold,
+    duplicates in DB2, timings) → down. Exits 1 unless nothing was oversold,
+    nothing is duplicated in DB2 and every claim is accounted for.
+    """
+    plan = demo.DemoPlan(
+        buyers=buyers,
+        units=units,
+        workers=workers,
+        herd_connections=connections,
+        decline_share=decline_share,
+        fail_share=fail_share,
+        directory=(directory or demo.default_directory()).resolve(),
+    )
+    console = err if as_json else out
+    report = demo.run(plan, console, live_view=console.is_terminal and not no_watch, keep=keep)
+    if as_json:
+        _print_json(report.as_json())
+    else:
+        demo.render_report(report, out)
+        if keep:
+            out.print(f"left up: intake -c {plan.directory / 'intake.yaml'} watch")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
 @app.command()
 def claim(
     pool_id: str = typer.Argument(..., help="The pool to claim from."),
@@ -285,6 +348,9 @@ def burst(
         "outcomes": outcomes,
         "seconds": round(report.seconds, 3),
         "claims_per_sec": round(report.claims_per_sec, 1),
+        "first_sold_out_s": None
+        if report.first_sold_out_s is None
+        else round(report.first_sold_out_s, 3),
         "latency_ms": {
             "p50": round(report.percentile(0.5), 2),
             "p99": round(report.percentile(0.99), 2),

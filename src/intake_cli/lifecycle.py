@@ -75,6 +75,8 @@ def up(
             ).fetchone()[0]  # type: ignore[index]
             if recovered:
                 result.recovered[pool.pool_id] = int(recovered)
+        # A first row now: pg_cron's minute job may not start for a minute.
+        telemetry.collect(conn)
     return result
 
 

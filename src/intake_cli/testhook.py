@@ -2,13 +2,14 @@
 
 A real HTTP server on loopback that answers like a payment provider would:
 approve, decline a deterministic share of idempotency keys, fail the first
-calls of every key, answer slowly, or refuse bad signatures. Every call is
-recorded, and the behaviour can be changed while it runs, through a small
-control API under /_control/:
+calls of every key (or the first call of a share of keys), answer slowly,
+or refuse bad signatures. Every call is recorded, and the behaviour can be
+changed while it runs, through a small control API under /_control/:
 
     GET  /_control/calls[?limit=N]  {"calls": [...], "per_key": {...}, "total": n}
     GET  /_control/script           the behaviour in force
-    POST /_control/script           {"decline_share", "fail_first", "fail_status", "delay_ms"}
+    POST /_control/script           {"decline_share", "fail_first", "fail_share",
+                                     "fail_status", "delay_ms"}
     POST /_control/reset            forget recorded calls and per-key counters
 
 Nothing is logged per request: the server has to outrun the drain worker.
@@ -52,6 +53,7 @@ class Script:
     fail_first: int = 0
     fail_status: int = 503
     delay_ms: int = 0
+    fail_share: float = 0.0
 
     def update(self, changes: Any) -> None:
         """Apply a /_control/script body; all or nothing."""
@@ -68,6 +70,7 @@ class Script:
         self.fail_first = int(merged["fail_first"])
         self.fail_status = int(merged["fail_status"])
         self.delay_ms = int(merged["delay_ms"])
+        self.fail_share = float(merged["fail_share"])
 
 
 def _is_number(value: Any) -> bool:
@@ -79,11 +82,12 @@ def _is_int(value: Any) -> bool:
 
 
 def _script_problems(
-    decline_share: Any, fail_first: Any, fail_status: Any, delay_ms: Any
+    decline_share: Any, fail_first: Any, fail_status: Any, delay_ms: Any, fail_share: Any
 ) -> list[str]:
     problems = []
-    if not _is_number(decline_share) or not 0 <= decline_share <= 1:
-        problems.append(f"decline_share: expected a number from 0 to 1, got {decline_share!r}")
+    for name, share in (("decline_share", decline_share), ("fail_share", fail_share)):
+        if not _is_number(share) or not 0 <= share <= 1:
+            problems.append(f"{name}: expected a number from 0 to 1, got {share!r}")
     if not _is_int(fail_first) or fail_first < 0:
         problems.append(f"fail_first: expected an integer >= 0, got {fail_first!r}")
     if not _is_int(fail_status) or not 100 <= fail_status <= 599:
@@ -93,12 +97,21 @@ def _script_problems(
     return problems
 
 
-def declines(key: str, share: float) -> bool:
-    """Whether the server declines this key: fixed per key, so a retry gets the same answer."""
+def _drawn(key: str, share: float, salt: str) -> bool:
     if share <= 0:
         return False
-    draw = int(hashlib.sha256(key.encode("utf-8")).hexdigest()[:8], 16) / 2**32
-    return draw < share
+    digest = hashlib.sha256(f"{salt}{key}".encode()).hexdigest()
+    return int(digest[:8], 16) / 2**32 < share
+
+
+def declines(key: str, share: float) -> bool:
+    """Whether the server declines this key: fixed per key, so a retry gets the same answer."""
+    return _drawn(key, share, "")
+
+
+def fails_first_call(key: str, share: float) -> bool:
+    """Whether this key's first call fails (a transient outage); drawn apart from declines."""
+    return _drawn(key, share, "fail:")
 
 
 class TestWebhook:
@@ -147,7 +160,9 @@ class TestWebhook:
         script = self.script
         if signature_ok is False:
             status, answer = 401, b'{"reason":"bad signature"}'
-        elif count <= script.fail_first:
+        elif count <= script.fail_first or (
+            count == 1 and fails_first_call(key, script.fail_share)
+        ):
             status, answer = script.fail_status, _FAILED
         elif declines(key, script.decline_share):
             status, answer = 402, _DECLINED
@@ -265,6 +280,13 @@ def webhook_server_command(
     fail_first: int = typer.Option(
         0, "--fail-first", min=0, help="Answer the first K calls of every key with --fail-status."
     ),
+    fail_share: float = typer.Option(
+        0.0,
+        "--fail-share",
+        min=0.0,
+        max=1.0,
+        help="Share of idempotency keys whose first call fails with --fail-status (stable).",
+    ),
     fail_status: int = typer.Option(
         503, "--fail-status", min=100, max=599, help="Status of the failing calls."
     ),
@@ -287,7 +309,7 @@ def webhook_server_command(
             raise typer.BadParameter(
                 f"environment variable {secret_env} is not set", param_hint="--secret-env"
             )
-    script = Script(decline_share, fail_first, fail_status, delay_ms)
+    script = Script(decline_share, fail_first, fail_status, delay_ms, fail_share)
     asyncio.run(serve(TestWebhook(script, secret), host, port, ready_file))
 
 

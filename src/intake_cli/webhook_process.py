@@ -42,10 +42,12 @@ class WebhookServer:
         secret: str | None = None,
         port: int | None = None,
         fail_status: int = 503,
+        fail_share: float = 0.0,
     ) -> None:
         self._options: dict[str, Any] = {
             "decline_share": decline_share,
             "fail_first": fail_first,
+            "fail_share": fail_share,
             "fail_status": fail_status,
             "delay_ms": delay_ms,
         }
@@ -83,6 +85,7 @@ class WebhookServer:
             "--ready-file", str(ready),
             "--decline-share", str(self._options["decline_share"]),
             "--fail-first", str(self._options["fail_first"]),
+            "--fail-share", str(self._options["fail_share"]),
             "--fail-status", str(self._options["fail_status"]),
             "--delay-ms", str(self._options["delay_ms"]),
         ]  # fmt: skip

@@ -86,6 +86,8 @@ class Intent:
     attempts: int = 0
     webhook_calls: int = 0
     error: str | None = None
+    # How long this batch's webhook call for the intent took.
+    webhook_ms: float | None = None
 
 
 @dataclass
@@ -586,6 +588,7 @@ class _Batch:
                 pool.webhook_url, payload, intent.key, pool.secret
             )
             intent.webhook_calls += 1
+            intent.webhook_ms = round(result.elapsed_s * 1000, 1)
             self._log(
                 intent,
                 "webhook",
@@ -617,7 +620,13 @@ class _Batch:
                 # Recorded with the validation: a later failure of the commit
                 # must not count this call again.
                 intent.webhook_calls = 0
-                self._log(intent, "transition", from_state="queued", to_state="validated")
+                self._log(
+                    intent,
+                    "transition",
+                    from_state="queued",
+                    to_state="validated",
+                    duration_ms=intent.webhook_ms,
+                )
             for intent in self.rejected:
                 self._log(
                     intent,
@@ -625,6 +634,7 @@ class _Batch:
                     from_state="queued",
                     to_state="rejected",
                     reason=intent.error,
+                    duration_ms=intent.webhook_ms,
                 )
                 self.unfinished.discard(intent.msg_id)
             self.w.stats.counts["validated"] += len(self.validated_now)

@@ -172,6 +172,7 @@ def test_collection_never_reads_the_inventory(workdir, db1_dsn, db2_dsn):
         assert scans == (0, 0)
         [(available,)] = conn.execute(
             "select available_slots from intake.engine_metrics where pool_id = 'big'"
+            " order by collected_at desc limit 1"
         ).fetchall()
         assert available == 20_000
 
