@@ -1,4 +1,5 @@
-"""`intake bench claims --quick`: the benchmark runs end to end on its own cluster.
+"""`intake bench claims --quick` and `intake bench seeding --quick`: the
+benchmarks run end to end on their own clusters.
 
 Smoke tests, not measurements: two-second runs on a loaded test machine say
 nothing about the bar, only that every workload ran and was counted.
@@ -13,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from intake_cli.bench import bench_app
+from intake_cli.cli import app
 
 WORKLOADS = {
     "select1",
@@ -99,3 +101,13 @@ def test_results_saved_with_a_chart_beside_them(quick_run, results_dir):
     assert json.loads(saved.read_text())["runs"] == quick_run["runs"]
     chart = saved.with_suffix(".png")
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_seeding_quick():
+    result = CliRunner().invoke(app, ["bench", "seeding", "--quick", "--json"])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    (run,) = document["runs"]
+    assert run["units"] == document["settings"]["units"] == 100_000
+    assert run["units_per_s"] > 0 and run["floor_units_per_s"] > 0
+    assert document["settings"]["synchronous_commit"] is True
