@@ -63,8 +63,8 @@ def test_every_workload_ran_with_a_positive_rate(quick_run):
 def test_batched_claims_are_real_claims(quick_run):
     batch = next(run for run in quick_run["runs"] if run["workload"] == "claim_batch_10")
     assert batch["batch"] == 10
-    # Every buyer of every finished batch queued an intent (batches cut off
-    # by the end of the run may add a few more).
+    # Every buyer of every finished transaction queued an intent (no buyer
+    # repeats within a run; transactions cut off by its end may add a few).
     assert batch["intents"] >= batch["transactions"] * 10
     single = next(run for run in quick_run["runs"] if run["workload"] == "claim")
     assert single["intents"] >= single["transactions"]
