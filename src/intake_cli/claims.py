@@ -12,6 +12,7 @@ from uuid import UUID
 import psycopg
 from psycopg.rows import dict_row
 
+from intake_cli.errors import UsageError
 from intake_cli.sqlfiles import queries
 
 
@@ -54,6 +55,22 @@ def claim(conn: psycopg.Connection, pool_id: str, user_id: str) -> Claim:
         row = cur.execute(_claim_sql(), {"pool_id": pool_id, "user_id": user_id}).fetchone()
     assert row is not None
     return Claim(**row)
+
+
+# claim_resources refuses larger batches: every user in one holds an
+# advisory lock until commit.
+MAX_BATCH = 1000
+
+
+def claim_batch(conn: psycopg.Connection, pool_id: str, user_ids: list[str]) -> list[Claim]:
+    """Claim one unit for each user in one statement; answers in the order of `user_ids`."""
+    if len(user_ids) > MAX_BATCH:
+        raise UsageError(f"a batch claims for at most {MAX_BATCH} users, got {len(user_ids)}")
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(
+            queries("db1")["claim_batch"], {"pool_id": pool_id, "user_ids": user_ids}
+        ).fetchall()
+    return [Claim(**row) for row in rows]
 
 
 @dataclass(frozen=True)

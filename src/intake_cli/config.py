@@ -61,6 +61,10 @@ class EmbeddedSettings:
     # Durable by default: a claim that answered "claimed" must survive a crash
     # of the server process. Benchmarks and tests may turn it off explicitly.
     synchronous_commit: bool = True
+    # Advisory locks held until commit use the shared lock table, sized
+    # max_locks_per_transaction x max_connections: a benchmark with many
+    # clients claiming in batches needs more than the default.
+    max_locks_per_transaction: int = 64
 
 
 @dataclass(frozen=True)

@@ -142,6 +142,7 @@ def _settings_for(name: str, port: int, options: EmbeddedSettings, with_cron: bo
         "unix_socket_directories = ''",
         f"max_connections = {options.max_connections}",
         f"shared_buffers = '{options.shared_buffers}'",
+        f"max_locks_per_transaction = {options.max_locks_per_transaction}",
         f"synchronous_commit = {'on' if options.synchronous_commit else 'off'}",
         # Nothing replicates from an event cluster: minimal WAL makes seeding
         # and queue churn cheaper without weakening crash safety.

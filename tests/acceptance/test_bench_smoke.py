@@ -1,24 +1,50 @@
-"""`intake bench claims --quick`: the benchmark runs end to end on its own cluster.
+"""`intake bench claims --quick` and `intake bench seeding --quick`: the
+benchmarks run end to end on their own clusters.
 
-A smoke test, not a measurement: two-second runs on a loaded test machine
-say nothing about the bar, only that every workload ran and was counted.
+Smoke tests, not measurements: two-second runs on a loaded test machine say
+nothing about the bar, only that every workload ran and was counted.
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from intake_cli.bench import bench_app
+from intake_cli.cli import app
 
-WORKLOADS = {"select1", "hot_row", "hot_row_one_statement", "skip_locked", "claim"}
+WORKLOADS = {
+    "select1",
+    "hot_row",
+    "hot_row_one_statement",
+    "skip_locked",
+    "claim",
+    "claim_batch_10",
+}
 
 
 @pytest.fixture(scope="module")
-def quick_run() -> dict:
-    result = CliRunner().invoke(bench_app, ["claims", "--quick", "--json"])
+def results_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("bench-results")
+
+
+@pytest.fixture(scope="module")
+def quick_run(results_dir: Path) -> dict:
+    result = CliRunner().invoke(
+        bench_app,
+        [
+            "claims",
+            "--quick",
+            "--json",
+            "--output",
+            str(results_dir),
+            "--chart",
+            str(results_dir),
+        ],
+    )
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)
 
@@ -31,18 +57,57 @@ def test_every_workload_ran_with_a_positive_rate(quick_run):
         assert run["failed"] == 0, run
         assert not run["ran_out"], run
         assert 0 <= run["latency_ms"]["p50"] <= run["latency_ms"]["p99"], run
+        assert run["claims_per_s"] == pytest.approx(run["tps"] * run["batch"], rel=1e-4)
 
 
-def test_ratios_and_sellout_come_from_the_same_run(quick_run):
-    tps = {run["workload"]: run["tps"] for run in quick_run["runs"]}
+def test_batched_claims_are_real_claims(quick_run):
+    batch = next(run for run in quick_run["runs"] if run["workload"] == "claim_batch_10")
+    assert batch["batch"] == 10
+    # Every buyer of every finished transaction queued an intent (no buyer
+    # repeats within a run; transactions cut off by its end may add a few).
+    assert batch["intents"] >= batch["transactions"] * 10
+    single = next(run for run in quick_run["runs"] if run["workload"] == "claim")
+    assert single["intents"] >= single["transactions"]
+    assert quick_run["settings"]["batch_sizes"] == [10]
+
+
+def test_ratios_targets_and_sellout_come_from_the_same_run(quick_run):
+    rate = {run["workload"]: run["claims_per_s"] for run in quick_run["runs"]}
     claim_ratio = next(r for r in quick_run["ratios"] if r["workload"] == "claim")
-    assert claim_ratio["vs_hot_row"] == pytest.approx(tps["claim"] / tps["hot_row"])
-    assert claim_ratio["vs_select1"] == pytest.approx(tps["claim"] / tps["select1"])
+    assert claim_ratio["vs_hot_row"] == pytest.approx(rate["claim"] / rate["hot_row"])
+    assert claim_ratio["vs_skip_locked"] == pytest.approx(rate["claim"] / rate["skip_locked"])
+    assert claim_ratio["vs_select1"] == pytest.approx(rate["claim"] / rate["select1"])
+    batch_ratio = next(r for r in quick_run["ratios"] if r["workload"] == "claim_batch_10")
+    assert batch_ratio["vs_hot_row"] == pytest.approx(rate["claim_batch_10"] / rate["hot_row"])
 
     sellout = quick_run["sellout"]
     assert sellout["sold_out"] and sellout["units"] > 0
     assert len(sellout["tenths_per_s"]) == 10
     assert all(rate > 0 for rate in sellout["tenths_per_s"])
-    assert len(quick_run["targets"]) == 3
+
+    targets = quick_run["targets"]
+    assert len(targets) == 5
+    for target in targets:
+        assert target["clients"] == 16
+        assert (target["short_by"] is None) == target["met"], target
+        if not target["met"]:
+            assert 0 < target["short_by"] <= 1
     assert quick_run["machine"]["cores"] >= 1
     assert quick_run["settings"]["synchronous_commit"] is True
+
+
+def test_results_saved_with_a_chart_beside_them(quick_run, results_dir):
+    (saved,) = results_dir.glob("claims-*cores.json")
+    assert json.loads(saved.read_text())["runs"] == quick_run["runs"]
+    chart = saved.with_suffix(".png")
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_seeding_quick():
+    result = CliRunner().invoke(app, ["bench", "seeding", "--quick", "--json"])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    (run,) = document["runs"]
+    assert run["units"] == document["settings"]["units"] == 100_000
+    assert run["units_per_s"] > 0 and run["floor_units_per_s"] > 0
+    assert document["settings"]["synchronous_commit"] is True
