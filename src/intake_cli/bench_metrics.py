@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 import typer
 
-from intake_cli import config, lifecycle
+from intake_cli import bench, config, lifecycle
 from intake_cli.embedded import DATABASE, SUPERUSER, EmbeddedClusters
 from intake_cli.sqlfiles import queries
 
@@ -167,11 +167,7 @@ def metrics_command(
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     if output is not None:
-        output.mkdir(parents=True, exist_ok=True)
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        target = output / f"metrics-{stamp}-{report['machine']['cores']}cores.json"
-        target.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        typer.echo(f"saved {target}", err=True)
+        typer.echo(f"saved {bench.save(report, output, 'metrics')}", err=True)
     if as_json:
         typer.echo(json.dumps(report, indent=2, sort_keys=True))
     else:

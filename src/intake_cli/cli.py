@@ -18,6 +18,7 @@ from rich.table import Table
 from intake_cli import (
     __version__,
     bench_drain,
+    bench_e2e,
     bench_metrics,
     bench_seeding,
     claims,
@@ -607,6 +608,7 @@ def config_set(
 app.command("webhook-server")(testhook.webhook_server_command)
 bench_app.command("drain")(bench_drain.drain_command)
 bench_app.command("metrics")(bench_metrics.metrics_command)
+bench_app.command("e2e")(bench_e2e.e2e_command)
 bench_app.command("seeding")(bench_seeding.seeding_command)
 app.add_typer(bench_app, name="bench", help="Benchmarks against baselines from the same run.")
 

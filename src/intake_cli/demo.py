@@ -35,6 +35,7 @@ from intake_cli.webhook_process import WebhookServer
 
 POOL = "demo"
 INTAKE = [sys.executable, "-m", "intake_cli"]
+BATCH_SIZE = 250
 DRAIN_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 60.0
 
@@ -103,7 +104,7 @@ def _write_config(plan: DemoPlan, webhook_url: str) -> Path:
                     {
                         "pool_id": POOL,
                         "inventory": plan.units,
-                        "batch_size": 250,
+                        "batch_size": BATCH_SIZE,
                         "visibility_timeout": 30,
                         "validation_webhook_url": webhook_url,
                         "max_retries": 8,

@@ -1,0 +1,14 @@
+"""`intake bench e2e --quick` runs end to end and reports its figures (not a timed test)."""
+
+import json
+
+from tests.conftest import run_intake
+
+
+def test_bench_e2e_quick_commits_every_unit_once():
+    result = json.loads(run_intake("bench", "e2e", "--quick", "--json", check=True).stdout)
+    assert (result["buyers"], result["units"]) == (2000, 200)
+    assert result["committed"] == 200
+    assert result["oversold"] == 0 and result["duplicates_in_db2"] == 0
+    assert result["seconds_to_all_committed"] > 0 and result["seconds_to_sell_out"] > 0
+    assert result["settings"]["synchronous_commit"] == "on"
