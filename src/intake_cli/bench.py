@@ -62,7 +62,7 @@ SPARE_CONNECTIONS = 10
 # Enough that no throughput run sells out: even the SELECT 1 ceiling of a
 # fast machine would not get through it in the default 15 s.
 FULL_INVENTORY = 2_000_000
-# Batched claims run at 30,000–70,000/s: a quick run's 2 s must not sell out.
+# Batched claims run at 30,000-70,000/s: a quick run's 2 s must not sell out.
 QUICK_INVENTORY = 300_000
 # A sell-out sized to last this long at the measured claim rate: long enough
 # for the pool's indexes and the queue to grow, short enough to repeat.
