@@ -241,15 +241,13 @@ def demo_command(
     connections: int = typer.Option(
         64, "--herd-connections", min=1, max=250, help="Connections the herd claims through."
     ),
-    decline_share: float = typer.Option(
-        0.03, "--decline-share", min=0.0, max=1.0, help="Share of payments the webhook declines."
+    decline_share: float = testhook.share_option(
+        0.03, "--decline-share", "Share of payments the webhook declines."
     ),
-    fail_share: float = typer.Option(
+    fail_share: float = testhook.share_option(
         0.03,
         "--fail-share",
-        min=0.0,
-        max=1.0,
-        help="Share of intents whose first webhook call fails (503), then succeeds on retry.",
+        "Share of intents whose first webhook call fails (503), then succeeds on retry.",
     ),
     directory: Path = typer.Option(
         None,

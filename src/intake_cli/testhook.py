@@ -265,27 +265,28 @@ async def serve(
         await runner.cleanup()
 
 
+def share_option(default: float, flag: str, help: str) -> Any:
+    """A --*-share option: a fraction of idempotency keys, from 0 to 1."""
+    return typer.Option(default, flag, min=0.0, max=1.0, help=help)
+
+
 def webhook_server_command(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
     port: int = typer.Option(
         8787, "--port", min=0, max=65535, help="Port to listen on; 0 picks a free one."
     ),
-    decline_share: float = typer.Option(
+    decline_share: float = share_option(
         0.0,
         "--decline-share",
-        min=0.0,
-        max=1.0,
-        help="Share of idempotency keys declined with 402 (decided per key, stable).",
+        "Share of idempotency keys declined with 402 (decided per key, stable).",
     ),
     fail_first: int = typer.Option(
         0, "--fail-first", min=0, help="Answer the first K calls of every key with --fail-status."
     ),
-    fail_share: float = typer.Option(
+    fail_share: float = share_option(
         0.0,
         "--fail-share",
-        min=0.0,
-        max=1.0,
-        help="Share of idempotency keys whose first call fails with --fail-status (stable).",
+        "Share of idempotency keys whose first call fails with --fail-status (stable).",
     ),
     fail_status: int = typer.Option(
         503, "--fail-status", min=100, max=599, help="Status of the failing calls."
