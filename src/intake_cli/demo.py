@@ -29,7 +29,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from intake_cli import config, lifecycle, watch
+from intake_cli import config, lifecycle, telemetry, watch
 from intake_cli.db import endpoints
 from intake_cli.webhook_process import WebhookServer
 
@@ -277,6 +277,10 @@ def _follow(
                     herd_done = time.monotonic()
                 drained = herd_done is not None and _queue_depth(conn, settings.queue_name) == 0
                 phase = "herd claiming" if herd_done is None else "draining"
+                if drained:
+                    # The last frame shows the end state, not the last 5 s tick.
+                    phase = "drained"
+                    telemetry.collect(conn)
                 snap = watch.read(conn, fill_gaps=True)
                 if view:
                     view.update(
