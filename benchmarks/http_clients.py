@@ -141,27 +141,31 @@ def httpx_limits(concurrency: int) -> httpx.Limits:
     return httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
 
 
-async def bench_httpx(server: Server, concurrency: int, seconds: float) -> Measurement:
-    async with httpx.AsyncClient(limits=httpx_limits(concurrency), timeout=10) as client:
+async def _bench_httpx_client(
+    client: httpx.AsyncClient, label: str, server: Server, concurrency: int, seconds: float
+) -> Measurement:
+    async with client:
 
         async def send(key: str) -> bool:
             r = await client.post(server.url, content=body_for(key), headers=headers_for(key))
             return r.status_code == 200
 
-        return await measure("httpx AsyncClient (default transport)", send, server,
-                             concurrency, seconds)  # fmt: skip
+        return await measure(label, send, server, concurrency, seconds)
+
+
+async def bench_httpx(server: Server, concurrency: int, seconds: float) -> Measurement:
+    client = httpx.AsyncClient(limits=httpx_limits(concurrency), timeout=10)
+    return await _bench_httpx_client(
+        client, "httpx AsyncClient (default transport)", server, concurrency, seconds
+    )
 
 
 async def bench_httpx_aiohttp(server: Server, concurrency: int, seconds: float) -> Measurement:
     transport = AiohttpTransport(limits=httpx_limits(concurrency))
-    async with httpx.AsyncClient(transport=transport, timeout=10) as client:
-
-        async def send(key: str) -> bool:
-            r = await client.post(server.url, content=body_for(key), headers=headers_for(key))
-            return r.status_code == 200
-
-        return await measure("httpx + httpx_aiohttp.AiohttpTransport", send, server,
-                             concurrency, seconds)  # fmt: skip
+    client = httpx.AsyncClient(transport=transport, timeout=10)
+    return await _bench_httpx_client(
+        client, "httpx + httpx_aiohttp.AiohttpTransport", server, concurrency, seconds
+    )
 
 
 async def bench_aiohttp(server: Server, concurrency: int, seconds: float) -> Measurement:

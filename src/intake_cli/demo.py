@@ -29,8 +29,9 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from intake_cli import config, lifecycle, telemetry, watch
+from intake_cli import config, lifecycle, queue, telemetry, watch
 from intake_cli.db import endpoints
+from intake_cli.sqlfiles import queries
 from intake_cli.webhook_process import WebhookServer
 
 POOL = "demo"
@@ -126,28 +127,35 @@ def _spawn(argv: list[str], out: Path, err: Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr)
 
 
-def _queue_depth(conn: psycopg.Connection, queue: str) -> int:
-    return int(conn.execute("select queue_length from pgmq.metrics(%s)", (queue,)).fetchone()[0])  # type: ignore[index]
+def _q(name: str) -> str:
+    return queries("demo")[name]
 
 
-def _ledger_counts(db2: str) -> dict[str, Any]:
+def _queue_depth(conn: psycopg.Connection, name: str) -> int:
+    return queue.metrics(conn, name).queue_length
+
+
+@dataclass(frozen=True)
+class LedgerCheck:
+    committed: int
+    sold_twice: int
+    duplicates: int
+    # From the first claim to the last commit, by the ledger's own clocks.
+    commit_span_s: float | None
+
+
+def _check_ledger(db2: str) -> LedgerCheck:
     with psycopg.connect(db2) as conn:
-        committed, distinct_keys, distinct_units, span = conn.execute(
-            "select count(*), count(distinct idempotency_key), count(distinct resource_id),"
-            " extract(epoch from max(committed_at) - min(claimed_at))"
-            " from public.tickets where pool_id = %s",
-            (POOL,),
+        committed, keys, units, span = conn.execute(
+            _q("ledger_tickets"), {"pool_id": POOL}
         ).fetchone()  # type: ignore[misc]
-        orders, distinct_refs = conn.execute(
-            "select count(*), count(distinct ext_ref) from public.legacy_orders"
-        ).fetchone()  # type: ignore[misc]
-    return {
-        "committed": committed,
-        "sold_twice": committed - distinct_units,
-        "duplicates_in_db2": (committed - distinct_keys) + (orders - distinct_refs),
-        # From the first claim to the last commit, by the ledger's own clocks.
-        "commit_span_s": span,
-    }
+        orders, refs = conn.execute(_q("ledger_orders")).fetchone()  # type: ignore[misc]
+    return LedgerCheck(
+        committed=committed,
+        sold_twice=committed - units,
+        duplicates=(committed - keys) + (orders - refs),
+        commit_span_s=None if span is None else round(float(span), 2),
+    )
 
 
 def _status_line(phase: str, started: float, snap: watch.Snapshot | None) -> Text:
@@ -218,26 +226,21 @@ def run(plan: DemoPlan, console: Console, live_view: bool, keep: bool) -> DemoRe
         report.timings_s["first_sold_out"] = report.herd.get("first_sold_out_s")
         webhook_calls = hook.calls()
         with psycopg.connect(where.db1) as conn:
-            rejected = conn.execute(
-                "select count(*) from intake.intent_state where state = 'rejected'"
-            ).fetchone()[0]  # type: ignore[index]
+            rejected = conn.execute(_q("rejected_intents")).fetchone()[0]  # type: ignore[index]
             depth = _queue_depth(conn, settings.queue_name)
             dead = _queue_depth(conn, settings.dlq_name)
-        ledger = _ledger_counts(where.db2)
-        span = ledger.pop("commit_span_s")
-        report.timings_s["all_committed_after_first_claim"] = (
-            None if span is None else round(float(span), 2)
-        )
+        ledger = _check_ledger(where.db2)
+        report.timings_s["all_committed_after_first_claim"] = ledger.commit_span_s
         report.counts = {
             "buyers": plan.buyers,
             "claimed": int(report.herd["outcomes"].get("claimed", 0)),
             "sold_out_answers": int(report.herd["outcomes"].get("sold_out", 0)),
-            "committed": ledger["committed"],
+            "committed": ledger.committed,
             "rejected": int(rejected),
             "dead_lettered": dead,
             "queue_depth": depth,
-            "oversold": max(0, ledger["committed"] - plan.units) + ledger["sold_twice"],
-            "duplicates_in_db2": ledger["duplicates_in_db2"],
+            "oversold": max(0, ledger.committed - plan.units) + ledger.sold_twice,
+            "duplicates_in_db2": ledger.duplicates,
             "webhook_calls": int(webhook_calls["total"]),
             "webhook_transient_failures": sum(
                 1 for c in webhook_calls["calls"] if c["status"] >= 500

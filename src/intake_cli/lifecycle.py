@@ -91,7 +91,7 @@ def status(settings: Settings) -> dict[str, Any]:
         _require_provisioned(conn)
         pool_rows = telemetry.pool_metrics(conn)
         mode = telemetry.schedule_mode(conn)
-        newest = telemetry.latest(conn)
+        age = telemetry.newest_age_s(telemetry.latest(conn))
         version = conn.execute(queries("db1")["schema_version"]).fetchone()[0]  # type: ignore[index]
         install = schema.pgmq_install(conn)
         queues = {
@@ -107,7 +107,7 @@ def status(settings: Settings) -> dict[str, Any]:
         "pg_cron": mode.pg_cron,
         "metrics": {
             **mode.as_json(),
-            "last_age_s": round(min(float(r["age_s"]) for r in newest), 1) if newest else None,
+            "last_age_s": None if age is None else round(age, 1),
         },
         "queue": {
             "name": settings.queue_name,

@@ -112,6 +112,11 @@ def latest(conn: psycopg.Connection) -> list[dict[str, Any]]:
         return cur.execute(query("latest")).fetchall()
 
 
+def newest_age_s(rows: list[dict[str, Any]]) -> float | None:
+    """How old the newest of `latest`'s rows is; None when nothing was collected."""
+    return min((float(row["age_s"]) for row in rows), default=None)
+
+
 def velocity_history(conn: psycopg.Connection, seconds: int) -> list[float]:
     """Commits per second across pools, one figure per collection, oldest first."""
     rows = conn.execute(query("velocity_history"), {"seconds": seconds}).fetchall()

@@ -8,6 +8,8 @@ table. Where no pg_cron job collects, watch runs the collector itself.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -43,7 +45,7 @@ class Snapshot:
 
     @property
     def age_s(self) -> float | None:
-        return min((float(p["age_s"]) for p in self.pools), default=None)
+        return telemetry.newest_age_s(self.pools)
 
     @property
     def stale(self) -> bool:
@@ -110,7 +112,8 @@ def read(conn: psycopg.Connection, *, fresh: bool = False, fill_gaps: bool = Fal
     """
     schedule = telemetry.schedule_mode(conn)
     pools = telemetry.latest(conn)
-    due = not pools or min(float(p["age_s"]) for p in pools) >= telemetry.INTERVAL_S
+    age = telemetry.newest_age_s(pools)
+    due = age is None or age >= telemetry.INTERVAL_S
     if (schedule.mode == "none" and (fresh or due)) or (fill_gaps and due):
         telemetry.collect(conn)
         pools = telemetry.latest(conn)
@@ -247,10 +250,16 @@ def frame(snap: Snapshot) -> RenderableType:
 # -- running ----------------------------------------------------------------------
 
 
-def snapshot(settings: Settings) -> Snapshot:
+@contextmanager
+def _provisioned_db1(settings: Settings) -> Iterator[psycopg.Connection]:
     with connect(endpoints(settings).db1, "DB1") as conn:
         if not is_provisioned(conn):
             raise NotProvisioned()
+        yield conn
+
+
+def snapshot(settings: Settings) -> Snapshot:
+    with _provisioned_db1(settings) as conn:
         return read(conn, fresh=True)
 
 
@@ -258,15 +267,15 @@ def print_once(snap: Snapshot, console: Console | None = None) -> None:
     (console or Console(width=WIDTH)).print(frame(snap))
 
 
-def live(settings: Settings, refresh_s: float, until: Any = None) -> None:
-    """Redraw every `refresh_s` until Ctrl-C (or until `until()` is true)."""
-    with connect(endpoints(settings).db1, "DB1") as conn:
-        if not is_provisioned(conn):
-            raise NotProvisioned()
-        with Live(frame(read(conn)), auto_refresh=False, screen=False) as view:
-            try:
-                while until is None or not until():
-                    time.sleep(refresh_s)
-                    view.update(frame(read(conn)), refresh=True)
-            except KeyboardInterrupt:
-                pass
+def live(settings: Settings, refresh_s: float) -> None:
+    """Redraw every `refresh_s` until Ctrl-C."""
+    with (
+        _provisioned_db1(settings) as conn,
+        Live(frame(read(conn)), auto_refresh=False, screen=False) as view,
+    ):
+        try:
+            while True:
+                time.sleep(refresh_s)
+                view.update(frame(read(conn)), refresh=True)
+        except KeyboardInterrupt:
+            pass
