@@ -55,7 +55,8 @@ language plpgsql
 as $reset$
 begin
     truncate bench.inventory, bench.orders, bench.units, bench.intents restart identity;
-    truncate intake.allocations, intake.released_units, pgmq.q_intents;
+    truncate intake.allocations, intake.released_units, intake.inventory_ready, pgmq.q_intents;
+    update intake.engine_config set seeded_units = 0;
     perform setval(c.unit_seq, 1, false) from intake.engine_config c;
     if sale = 'hot_row' then
         insert into bench.inventory (pool_id, available) values ('bench', units);

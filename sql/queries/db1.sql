@@ -63,14 +63,67 @@ update intake.engine_config
        updated_at = now()
  where pool_id = %(pool_id)s;
 
--- seeded_units: how many units a pool has and its highest unit number
-select count(*) as units, coalesce(max(unit_no), 0) as high
-  from intake.allocations where pool_id = %(pool_id)s;
+-- seeded_units: how many units a pool has been built with (logged: survives a crash)
+select seeded_units from intake.engine_config where pool_id = %(pool_id)s;
 
--- seed_units: add units lo..hi to a pool, each with a fresh resource id
+-- inventory_ready: whether a pool's inventory is whole (the unlogged marker is there)
+select exists (select from intake.inventory_ready where pool_id = %(pool_id)s) as ready;
+
+-- inventory_lost: whether a pool's inventory was lost in a crash and must be rebuilt
+select intake.inventory_lost(%(pool_id)s) as lost;
+
+-- lost_pools: every pool whose inventory must be rebuilt
+select c.pool_id from intake.engine_config c
+ where intake.inventory_lost(c.pool_id) order by c.pool_id;
+
+-- rebuild_inventory: build a pool's inventory from the durable facts, if it is missing
+select * from intake.rebuild_inventory(%(pool_id)s, %(trigger)s);
+
+-- inventory_plan: what a rebuild of the pool would build now
+select * from intake.inventory_plan(%(pool_id)s);
+
+-- last_rebuilds: each pool's latest rebuild after a loss (not its first build)
+select distinct on (pool_id) *
+  from intake.inventory_rebuilds where trigger <> 'seed'
+ order by pool_id, rebuilt_at desc;
+
+-- seed_units: add units lo..hi to a whole pool: listed ids, else derived ones
 insert into intake.allocations (pool_id, unit_no, resource_id)
-select %(pool_id)s, n, gen_random_uuid()
-  from generate_series(%(lo)s::bigint, %(hi)s::bigint) as n;
+select c.pool_id, n, coalesce(u.resource_id, intake.derived_resource_id(c.unit_namespace, n))
+  from intake.engine_config c
+ cross join generate_series(%(lo)s::bigint, %(hi)s::bigint) as n
+  left join intake.unit_ids u on u.pool_id = c.pool_id and u.unit_no = n
+ where c.pool_id = %(pool_id)s
+   and (c.inventory_source = 'count' or u.unit_no is not null);
+
+-- record_seeded: remember, durably, how far a pool has been built
+update intake.engine_config set seeded_units = greatest(seeded_units, %(units)s)
+ where pool_id = %(pool_id)s;
+
+-- listed_units: how many of a pool's units have an operator's id, and the highest number
+select count(*) as listed, coalesce(max(unit_no), 0) as high
+  from intake.unit_ids where pool_id = %(pool_id)s;
+
+-- pool_source: where a pool's units come from (count | file)
+select inventory_source from intake.engine_config where pool_id = %(pool_id)s;
+
+-- mark_listed: the pool's units come from the operator's file
+update intake.engine_config set inventory_source = 'file' where pool_id = %(pool_id)s;
+
+-- listed_changes: listed ids that differ from the file now being loaded (temp table intake_ids)
+select i.unit_no, u.resource_id::text as was, i.resource_id::text as now
+  from intake_ids i
+  join intake.unit_ids u on u.pool_id = %(pool_id)s and u.unit_no = i.unit_no
+ where u.resource_id <> i.resource_id
+ order by i.unit_no
+ limit 5;
+
+-- add_listed: the listed ids a pool does not have yet
+insert into intake.unit_ids (pool_id, unit_no, resource_id)
+select %(pool_id)s, i.unit_no, i.resource_id
+  from intake_ids i
+ where i.unit_no > %(high)s
+ order by i.unit_no;
 
 -- sequence_position: how far a pool's unit sequence has gone
 select coalesce(pg_sequence_last_value(unit_seq), 0) as position

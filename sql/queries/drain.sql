@@ -1,7 +1,11 @@
--- engine_pools: every pool's live settings, re-read by workers before each batch
+-- engine_pools: every pool's live settings, re-read by workers before each batch; inventory_lost: a DB1 crash emptied the pool's inventory (the marker check is all a whole pool costs)
 select pool_id, paused, batch_size, visibility_timeout, validation_webhook_url,
-       commit_rpc_name, max_retries, commit_rate_per_sec, retry_base_seconds, retry_max_seconds
-  from intake.engine_config;
+       commit_rpc_name, max_retries, commit_rate_per_sec, retry_base_seconds, retry_max_seconds,
+       case when exists (select from intake.inventory_ready r where r.pool_id = c.pool_id)
+            then false
+            else intake.inventory_lost(c.pool_id)
+       end as inventory_lost
+  from intake.engine_config c;
 
 -- intent_states: what is known about the intents of a batch (no row: queued, never failed)
 select idempotency_key::text as key, state, attempts

@@ -27,6 +27,8 @@ import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +36,7 @@ from typing import Any
 import psycopg
 import typer
 
-from intake_cli import bench_chart, pools, schema
+from intake_cli import bench_chart, config, lifecycle, pools, schema
 from intake_cli.claims import MAX_BATCH
 from intake_cli.config import EmbeddedSettings, PoolSettings
 from intake_cli.embedded import DATABASE, SUPERUSER, Cluster, EmbeddedClusters, pg_bindir
@@ -848,3 +850,32 @@ def claims(
         typer.echo(json.dumps(document, indent=2, sort_keys=True))
     else:
         typer.echo(markdown(report))
+
+
+@contextmanager
+def throwaway_event(
+    workdir: Path, pool_id: str, units: int
+) -> Iterator[tuple[EmbeddedClusters, str]]:
+    """Durable embedded DB1 and DB2 under workdir, provisioned by `intake up` with one
+    pool of `units`; yields the clusters and DB1's DSN, and removes them afterwards."""
+    clusters = EmbeddedClusters(workdir / "clusters", config.EmbeddedSettings())
+    started = clusters.ensure(("db1", "db2"))
+    try:
+        settings = config.parse(
+            {
+                "db1": {"dsn": started["db1"].dsn},
+                "db2": {"dsn": started["db2"].dsn, "install_example_ledger": True},
+                "pools": [
+                    {
+                        "pool_id": pool_id,
+                        "inventory": units,
+                        "validation_webhook_url": "http://127.0.0.1:9/validate",
+                    }
+                ],
+            },
+            workdir / "intake.yaml",
+        )
+        lifecycle.up(settings)
+        yield clusters, started["db1"].dsn
+    finally:
+        clusters.stop()

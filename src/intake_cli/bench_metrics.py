@@ -22,8 +22,7 @@ from typing import Any
 import psycopg
 import typer
 
-from intake_cli import bench, config, lifecycle
-from intake_cli.embedded import DATABASE, SUPERUSER, EmbeddedClusters
+from intake_cli import bench
 from intake_cli.sqlfiles import queries
 
 POOL = "bench"
@@ -55,26 +54,7 @@ def _summary(times: list[float]) -> dict[str, float]:
 
 
 def measure(units: int, claims: int, runs: int, workdir: Path) -> dict[str, Any]:
-    clusters = EmbeddedClusters(workdir / "clusters", config.EmbeddedSettings())
-    started = clusters.ensure(("db1", "db2"))
-    try:
-        dsn = f"host=127.0.0.1 port={started['db1'].port} user={SUPERUSER} dbname={DATABASE}"
-        db2 = f"host=127.0.0.1 port={started['db2'].port} user={SUPERUSER} dbname={DATABASE}"
-        settings = config.parse(
-            {
-                "db1": {"dsn": dsn},
-                "db2": {"dsn": db2, "install_example_ledger": True},
-                "pools": [
-                    {
-                        "pool_id": POOL,
-                        "inventory": units,
-                        "validation_webhook_url": "http://127.0.0.1:9/validate",
-                    }
-                ],
-            },
-            workdir / "intake.yaml",
-        )
-        lifecycle.up(settings)
+    with bench.throwaway_event(workdir, POOL, units) as (_, dsn):
         states: list[dict[str, Any]] = []
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("analyze")
@@ -113,8 +93,6 @@ def measure(units: int, claims: int, runs: int, workdir: Path) -> dict[str, Any]
                 "met": worst < TARGET_MS,
             },
         }
-    finally:
-        clusters.stop()
 
 
 def markdown(report: dict[str, Any]) -> str:

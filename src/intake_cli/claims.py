@@ -15,6 +15,10 @@ from psycopg.rows import dict_row
 from intake_cli.errors import UsageError
 from intake_cli.sqlfiles import queries
 
+# `intake claim` exits with this (EX_TEMPFAIL) when the pool answers
+# `recovering`: the inventory is being rebuilt after a DB1 crash; try again.
+RECOVERING_EXIT = 75
+
 
 @dataclass(frozen=True)
 class Claim:

@@ -20,6 +20,7 @@ from intake_cli import (
     bench_drain,
     bench_e2e,
     bench_metrics,
+    bench_recovery,
     bench_seeding,
     claims,
     config,
@@ -140,6 +141,7 @@ def up(as_json: bool = JsonOption) -> None:
                         "added": r.added,
                         "total": r.total,
                         "seconds": round(r.seconds, 3),
+                        "recovered": r.recovered.as_json() if r.recovered else None,
                     }
                     for r in report.seeds
                 ],
@@ -163,6 +165,11 @@ def up(as_json: bool = JsonOption) -> None:
         detail = f" ({', '.join(change.fields)})" if change.fields else ""
         out.print(f"[bold]pool {change.pool_id}[/]: {change.action}{detail}")
     for seed in report.seeds:
+        if seed.recovered:
+            out.print(
+                f"  [bold yellow]{seed.pool_id}: inventory lost in a DB1 crash, not reseeded[/]: "
+                + escape(seed.recovered.summary())
+            )
         if seed.added:
             rate = seed.added / seed.seconds if seed.seconds else 0
             out.print(
@@ -193,6 +200,23 @@ def status(as_json: bool = JsonOption) -> None:
             "yes" if pool["paused"] else "no",
         )
     out.print(table)
+    for pool in data["pools"]:
+        pid = escape(pool["pool_id"])
+        if pool["recovering"]:
+            err.print(
+                f"[bold red]pool {pid}: inventory lost in a DB1 crash and not rebuilt yet[/]: "
+                "its figures above are not to be trusted and claims answer `recovering`. "
+                "A running drain worker or the maintenance job rebuilds it; "
+                "`intake recover` does it now."
+            )
+        elif pool["last_rebuild"]:
+            rebuilt = pool["last_rebuild"]
+            out.print(
+                f"pool {pid}: rebuilt after a DB1 crash at {rebuilt['rebuilt_at']} "
+                f"(by {rebuilt['trigger']}): {rebuilt['units']:,} units, "
+                f"{rebuilt['locked']:,} held, {rebuilt['consumed']:,} sold, "
+                f"{rebuilt['released']:,} back on sale, in {rebuilt['seconds']} s"
+            )
     q, d = data["queue"], data["dlq"]
     age = f", oldest {q['oldest_age_s']} s" if q["oldest_age_s"] is not None else ""
     out.print(f"queue [bold]{q['name']}[/]: {q['depth']:,} waiting{age}")
@@ -294,12 +318,58 @@ def demo_command(
 
 
 @app.command()
+def recover(
+    pool_id: str | None = typer.Option(None, "--pool", help="Only this pool."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Show what a rebuild would build; change nothing."
+    ),
+    as_json: bool = JsonOption,
+) -> None:
+    """Rebuild inventories that a DB1 crash emptied, from the durable facts.
+
+    A crash of DB1 empties its UNLOGGED inventory. Claims then answer
+    `recovering` (never sold_out, never a unit) until the inventory is rebuilt
+    exactly from what survived: the queue, its archive, the DLQ and
+    intent_state. Running drain workers and the maintenance job do that by
+    themselves; this command does it now, and --dry-run shows what it would
+    build. A pool whose inventory is whole is left alone.
+    """
+    settings = _settings()
+    if pool_id is not None and (reason := config.check_pool_id(pool_id)):
+        raise UsageError(f"pool id: {reason}")
+    reports = lifecycle.recover(settings, pool_id, dry_run=dry_run)
+    if as_json:
+        _print_json({"dry_run": dry_run, "pools": [r.as_json() for r in reports]})
+        return
+    for report in reports:
+        pid = escape(report.pool_id)
+        state = "inventory LOST (crash)" if report.lost else "inventory whole"
+        if report.plan is not None:
+            p = report.plan
+            out.print(
+                f"pool {pid}: {state}; a rebuild would build {p.units:,} units from "
+                f"{p.intents:,} intents: {p.locked:,} held, {p.consumed:,} sold, "
+                f"{p.released:,} back on sale, numbering after {p.high_water:,}"
+                + (f"; {p.conflicts} conflicting claims" if p.conflicts else "")
+            )
+        elif report.rebuilt is not None:
+            out.print(f"pool {pid}: " + escape(report.rebuilt.summary()))
+        else:
+            out.print(f"pool {pid}: {state}; nothing to do")
+
+
+@app.command()
 def claim(
     pool_id: str = typer.Argument(..., help="The pool to claim from."),
     user_id: str = typer.Argument(..., help="The buyer (trusted backends name the user)."),
     as_json: bool = JsonOption,
 ) -> None:
-    """Claim one unit for USER_ID, as a trusted backend would (exit 0 only when held)."""
+    """Claim one unit for USER_ID, as a trusted backend would.
+
+    Exit 0 when the user holds a unit (claimed, already_claimed, limit_reached);
+    75 (try again later) when the answer is `recovering`: DB1 lost its inventory
+    in a crash and is rebuilding it; 1 for any other answer (sold_out, paused…).
+    """
     settings = _settings()
     if reason := config.check_pool_id(pool_id):
         raise UsageError(f"pool id: {reason}")
@@ -316,6 +386,8 @@ def claim(
                 f"{k}={v}" for k, v in result.as_json().items() if v is not None and k != "outcome"
             )
         )
+    if result.outcome == "recovering":
+        raise typer.Exit(code=claims.RECOVERING_EXIT)
     if not result.holds_unit:
         raise typer.Exit(code=1)
 
@@ -394,6 +466,11 @@ def down(
     )
 
 
+# `drain --once` is run by cron and the like: waiting longer for a database
+# than a run's period would pile runs up.
+ONCE_CONNECT_TIMEOUT_S = 30
+
+
 @app.command()
 def drain(
     concurrency: int = typer.Option(
@@ -422,14 +499,30 @@ def drain(
         min=0,
         help="On SIGINT/SIGTERM, seconds in-flight batches get to finish before being handed back.",
     ),
+    connect_timeout: float | None = typer.Option(
+        None,
+        "--connect-timeout",
+        min=0,
+        help=(
+            "Seconds to wait at start for DB1 and DB2 to be reachable, then exit 3 "
+            f"(default: as long as it takes; with --once, {ONCE_CONNECT_TIMEOUT_S} s)."
+        ),
+        show_default=False,
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Drain intents: validate with the webhook, commit to DB2, archive. Runs until stopped.
 
-    SIGINT/SIGTERM stop reading; in-flight batches finish (or are handed back
-    to the queue after --shutdown-timeout) and the worker exits 0. Changes to
-    engine_config (batch size, visibility timeout, webhook URL, commit rate,
-    pause) are picked up at the next batch.
+    Started while DB1 or DB2 is unreachable, the worker waits for them (backoff
+    with jitter, a waiting_for_db1/waiting_for_db2 log line per try) and drains
+    as soon as both answer; --once gives up after --connect-timeout, so cron
+    runs do not pile up. A configuration error (DB1 not provisioned, unknown
+    pool, commit RPC missing in DB2) exits at once.
+
+    SIGINT/SIGTERM stop reading (or waiting); in-flight batches finish (or are
+    handed back to the queue after --shutdown-timeout) and the worker exits 0.
+    Changes to engine_config (batch size, visibility timeout, webhook URL,
+    commit rate, pause) are picked up at the next batch.
     """
     if log_level not in ("debug", "info", "warning", "error"):
         raise UsageError(f"--log-level: expected debug, info, warning or error, got {log_level!r}")
@@ -439,7 +532,8 @@ def drain(
     if pool is not None and (reason := config.check_pool_id(pool)):
         raise UsageError(f"--pool: {reason}")
     where = endpoints(settings)
-    drainer.preflight(settings, where, pool)
+    if connect_timeout is None and once:
+        connect_timeout = ONCE_CONNECT_TIMEOUT_S
     drain = None
     if settings.log_drain_url:
         drain = logs.LogDrain(settings.log_drain_url, logs.DrainBuffer(settings.log_drain_buffer))
@@ -455,6 +549,7 @@ def drain(
         webhook_timeout_s=webhook_timeout,
         shutdown_timeout_s=shutdown_timeout,
         log_drain=drain,
+        connect_timeout_s=connect_timeout,
     )
     stats = asyncio.run(worker.run())
     if as_json:
@@ -606,6 +701,7 @@ def config_set(
 app.command("webhook-server")(testhook.webhook_server_command)
 bench_app.command("drain")(bench_drain.drain_command)
 bench_app.command("metrics")(bench_metrics.metrics_command)
+bench_app.command("recovery")(bench_recovery.recovery_command)
 bench_app.command("e2e")(bench_e2e.e2e_command)
 bench_app.command("seeding")(bench_seeding.seeding_command)
 app.add_typer(bench_app, name="bench", help="Benchmarks against baselines from the same run.")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from intake_cli import inventory
 from intake_cli.errors import ConfigError
 
 DEFAULT_CONFIG = "intake.yaml"
@@ -81,6 +83,10 @@ class PoolSettings:
     retry_base_seconds: float = 1.0
     retry_max_seconds: float = 60.0
     webhook_secret: str | None = field(default=None, repr=False)
+    # The operator's own unit ids, one per unit in order; None: intake numbers
+    # the units itself. Absolute. Only counted here (every command loads the
+    # config); `inventory.read_ids` checks every line when `intake up` seeds.
+    inventory_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -312,10 +318,44 @@ _POOL_KEYS = {
     "retry_base_seconds",
     "retry_max_seconds",
     "webhook_secret",
+    "inventory_file",
 }
 
 
-def _pool(problems: _Problems, path: str, raw: Any) -> PoolSettings | None:
+def _inventory_file(
+    problems: _Problems, path: str, raw: Any, base: Path
+) -> tuple[Path | None, int | None]:
+    """The resolved file and its id count, from cheap checks only."""
+    text = _string(problems, path, _interpolate(problems, path, raw))
+    if text is None:
+        return None, None
+    # Relative to the config file, not the working directory: the same
+    # intake.yaml must name the same file whichever directory intake runs in.
+    file = (base / text).resolve()
+    try:
+        # stat before open: opening a FIFO or a device could block or never end.
+        if not stat.S_ISREG(file.stat().st_mode):
+            problems.add(path, f"not a regular file: {file}")
+            return None, None
+        count = inventory.count_ids(file)
+    except FileNotFoundError:
+        problems.add(path, f"file not found: {file}")
+        return None, None
+    except OSError as exc:
+        problems.add(path, f"cannot read {file}: {exc.strerror}")
+        return None, None
+    if count == 0:
+        problems.add(path, f"{file} lists no ids")
+        return None, None
+    if count > MAX_INVENTORY:
+        problems.add(
+            path, f"{file} lists {count:,} ids, more than a pool may hold ({MAX_INVENTORY:,})"
+        )
+        return None, None
+    return file, count
+
+
+def _pool(problems: _Problems, path: str, raw: Any, base: Path) -> PoolSettings | None:
     if not isinstance(raw, dict):
         problems.add(path, f"expected a mapping, got {_show(raw)}")
         return None
@@ -327,11 +367,33 @@ def _pool(problems: _Problems, path: str, raw: Any) -> PoolSettings | None:
     if pool_id is not None and (reason := check_pool_id(pool_id)):
         problems.add(f"{path}.pool_id", reason)
     values["pool_id"] = pool_id
-    if "inventory" not in raw:
-        problems.add(f"{path}.inventory", "required: the number of units to seed")
+    file, listed = None, None
+    if "inventory_file" in raw:
+        file, listed = _inventory_file(
+            problems, f"{path}.inventory_file", raw["inventory_file"], base
+        )
+        values["inventory_file"] = file
+    if "inventory" in raw:
+        declared = _integer(problems, f"{path}.inventory", raw["inventory"], 1, MAX_INVENTORY)
+        values["inventory"] = declared
+        if declared is not None and listed is not None and declared != listed:
+            problems.add(
+                f"{path}.inventory",
+                f"{declared:,} does not match {file}, which lists {listed:,} ids"
+                + (
+                    f" (line {declared + 1 + inventory.is_csv(file)} is past the declared"
+                    " inventory)"
+                    if listed > declared
+                    else ""
+                )
+                + " (leave inventory out to take the file's count)",
+            )
+    elif "inventory_file" in raw:
+        values["inventory"] = listed
     else:
-        values["inventory"] = _integer(
-            problems, f"{path}.inventory", raw["inventory"], 1, MAX_INVENTORY
+        problems.add(
+            f"{path}.inventory",
+            "required: the number of units to seed, or an inventory_file listing their ids",
         )
     values["validation_webhook_url"] = _webhook_url(
         problems,
@@ -429,7 +491,7 @@ def parse(data: Any, path: Path) -> Settings:
     else:
         seen: set[str] = set()
         for index, raw in enumerate(pools_raw):
-            pool = _pool(problems, f"pools[{index}]", raw)
+            pool = _pool(problems, f"pools[{index}]", raw, path.parent)
             if pool is None:
                 continue
             if pool.pool_id in seen:

@@ -48,7 +48,7 @@ def endpoints(settings: Settings, *, start: bool = False) -> Endpoints:
     return Endpoints(db1=db1, db2=db2, embedded=bool(wanted))
 
 
-def _describe(dsn: str) -> str:
+def describe_dsn(dsn: str) -> str:
     """The DSN without its password, for messages."""
     try:
         info = psycopg.conninfo.conninfo_to_dict(dsn)
@@ -65,7 +65,8 @@ def connect(dsn: str, label: str, *, autocommit: bool = True) -> Iterator[psycop
     except psycopg.OperationalError as exc:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         reason = lines[0].removeprefix("connection failed: ") if lines else type(exc).__name__
-        raise ConnectionFailed(f"cannot connect to {label} ({_describe(dsn)}): {reason}") from None
+        where = describe_dsn(dsn)
+        raise ConnectionFailed(f"cannot connect to {label} ({where}): {reason}") from None
     except psycopg.ProgrammingError as exc:
         raise ConnectionFailed(f"{label}: invalid connection string: {exc}") from None
     with conn:

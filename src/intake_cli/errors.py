@@ -40,6 +40,14 @@ class ConnectionFailed(IntakeError):
     exit_code = 3
 
 
+class DatabaseUnreachable(ConnectionFailed):
+    """A database could not be reached; a drain worker waits for it."""
+
+    def __init__(self, label: str, message: str) -> None:
+        super().__init__(message)
+        self.label = label
+
+
 class EmbeddedClusterError(IntakeError):
     """The embedded PostgreSQL cluster could not be started or stopped."""
 

@@ -11,11 +11,11 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from intake_cli import ledger, pools, queue, schema, telemetry
+from intake_cli import inventory, ledger, pools, queue, recovery, schema, telemetry
 from intake_cli.config import PoolSettings, Settings
 from intake_cli.db import Endpoints, connect, endpoints
 from intake_cli.embedded import EmbeddedClusters
-from intake_cli.errors import NotProvisioned, RefusedTeardown
+from intake_cli.errors import NotProvisioned, RefusedTeardown, UnknownPool
 from intake_cli.sqlfiles import queries
 
 
@@ -48,6 +48,12 @@ def up(
     settings: Settings,
     on_seed_progress: Callable[[PoolSettings, int, int], None] | None = None,
 ) -> UpReport:
+    # A listed inventory is read and checked whole before anything changes.
+    listed = {
+        pool.pool_id: inventory.read_ids(pool.inventory_file, pool.inventory)
+        for pool in settings.pools
+        if pool.inventory_file is not None
+    }
     # A configured server that does not answer stops `up` before anything,
     # embedded clusters included, is created.
     for label, db in (("DB1", settings.db1), ("DB2", settings.db2)):
@@ -57,11 +63,15 @@ def up(
     where = endpoints(settings, start=True)
     ledger_installed = prepare_ledger(settings, where.db2)
     with connect(where.db1, "DB1") as conn:
-        if schema.is_provisioned(conn):
-            pools.check_inventory(conn, settings.pools)
         with conn.transaction():
             report = schema.apply_db1(conn, settings.queue_name, settings.dlq_name)
+            # After the migrations (an older DB1 learns how many units it has)
+            # and in the same transaction: a refusal changes nothing.
+            pools.check_inventory(conn, settings.pools)
             changes = pools.reconcile(conn, settings.pools)
+            for pool in settings.pools:
+                if pool.pool_id in listed:
+                    pools.load_listed(conn, pool, listed[pool.pool_id])
         result = UpReport(where, report, changes, ledger_installed=ledger_installed)
         for pool in settings.pools:
 
@@ -94,6 +104,7 @@ def status(settings: Settings) -> dict[str, Any]:
         age = telemetry.newest_age_s(telemetry.latest(conn))
         version = conn.execute(queries("db1")["schema_version"]).fetchone()[0]  # type: ignore[index]
         install = schema.pgmq_install(conn)
+        rebuilds = recovery.last_rebuilds(conn)
         queues = {
             name: queue.metrics(conn, name) for name in (settings.queue_name, settings.dlq_name)
         }
@@ -126,10 +137,59 @@ def status(settings: Settings) -> dict[str, Any]:
                 "rejected": int(row["rejected"]),
                 "dead_lettered": int(row["dead_lettered"]),
                 "paused": row["paused"],
+                # After a DB1 crash, until the inventory is rebuilt: the
+                # figures above are not to be trusted and claims answer
+                # `recovering`.
+                "recovering": row["recovering"],
+                "last_rebuild": (
+                    rebuilds[row["pool_id"]].as_json() if row["pool_id"] in rebuilds else None
+                ),
             }
             for row in pool_rows
         ],
     }
+
+
+@dataclass
+class RecoverReport:
+    pool_id: str
+    lost: bool
+    plan: recovery.Plan | None = None
+    rebuilt: recovery.Rebuild | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "pool_id": self.pool_id,
+            "lost": self.lost,
+            "plan": self.plan.as_json() if self.plan else None,
+            "rebuilt": self.rebuilt.as_json() if self.rebuilt else None,
+        }
+
+
+def recover(
+    settings: Settings, pool_id: str | None = None, *, dry_run: bool = False
+) -> list[RecoverReport]:
+    """Rebuild every pool (or one) whose inventory a DB1 crash emptied.
+
+    Workers and the maintenance job do the same by themselves; this is the
+    operator's way to see it and to do it now.
+    """
+    where = endpoints(settings)
+    with connect(where.db1, "DB1") as conn:
+        _require_provisioned(conn)
+        known = list(pools.existing(conn))
+        if pool_id is not None and pool_id not in known:
+            raise UnknownPool(f"pool {pool_id!r} is not provisioned in DB1")
+        reports = []
+        for pid in [pool_id] if pool_id else known:
+            lost = recovery.is_lost(conn, pid)
+            report = RecoverReport(pid, lost)
+            if dry_run:
+                report.plan = recovery.plan(conn, pid)
+            elif lost:
+                report.rebuilt = recovery.rebuild(conn, pid, "recover")
+            reports.append(report)
+    return reports
 
 
 def _export(conn: psycopg.Connection, queue_names: tuple[str, ...], target: Path) -> int:

@@ -17,6 +17,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from intake_cli import recovery
 from intake_cli.config import PoolSettings
 from intake_cli.errors import UsageError
 from intake_cli.sqlfiles import queries
@@ -51,6 +52,9 @@ class SeedResult:
     added: int
     total: int
     seconds: float
+    # Set when the pool's inventory had been lost in a DB1 crash and was
+    # rebuilt from the durable facts instead of seeded.
+    recovered: recovery.Rebuild | None = None
 
 
 def _q(name: str) -> str:
@@ -74,16 +78,17 @@ def existing(conn: psycopg.Connection) -> dict[str, dict[str, object]]:
         return {row["pool_id"]: row for row in cur.execute(_q("pool_configs"))}
 
 
-def seeded(conn: psycopg.Connection, pool_id: str) -> tuple[int, int]:
-    units, high = conn.execute(_q("seeded_units"), {"pool_id": pool_id}).fetchone()  # type: ignore[misc]
-    return int(units), int(high)
+def seeded(conn: psycopg.Connection, pool_id: str) -> int:
+    """How many units the pool has been built with; logged, so a crash does not reset it."""
+    row = conn.execute(_q("seeded_units"), {"pool_id": pool_id}).fetchone()
+    return int(row[0]) if row else 0
 
 
 def check_inventory(conn: psycopg.Connection, pools: tuple[PoolSettings, ...]) -> None:
     """Refuse, before any change, to shrink a pool below the units it already has."""
     problems = []
     for pool in pools:
-        units, _ = seeded(conn, pool.pool_id)
+        units = seeded(conn, pool.pool_id)
         if pool.inventory < units:
             problems.append(
                 f"pool {pool.pool_id}: inventory {pool.inventory} is below the {units} units "
@@ -115,18 +120,71 @@ def reconcile(conn: psycopg.Connection, pools: tuple[PoolSettings, ...]) -> list
     return changes
 
 
+def load_listed(conn: psycopg.Connection, pool: PoolSettings, ids: list[str]) -> int:
+    """Record a pool's listed unit ids (logged) before any unit is built from them.
+
+    Unit n is the n-th id of the file. Ids already recorded never change: a
+    file whose earlier lines were edited is refused. Returns how many ids were new.
+    """
+    source = conn.execute(_q("pool_source"), {"pool_id": pool.pool_id}).fetchone()
+    if source and source[0] == "count" and seeded(conn, pool.pool_id) > 0:
+        raise UsageError(
+            f"pool {pool.pool_id}: its units were seeded by count; they cannot be listed from "
+            f"{pool.inventory_file} now (use `intake down` to start over)"
+        )
+    with conn.transaction():
+        conn.execute(
+            "create temp table intake_ids (unit_no bigint primary key, resource_id uuid not null)"
+            " on commit drop"
+        )
+        with conn.cursor().copy("copy intake_ids (unit_no, resource_id) from stdin") as copy:
+            for unit_no, resource_id in enumerate(ids, start=1):
+                copy.write_row((unit_no, resource_id))
+        changed = conn.execute(_q("listed_changes"), {"pool_id": pool.pool_id}).fetchall()
+        if changed:
+            lines = "; ".join(f"line {n}: {was} is now {now}" for n, was, now in changed)
+            raise UsageError(
+                f"{pool.inventory_file}: units already listed keep their ids ({lines}); "
+                "append new ids at the end instead"
+            )
+        _, high = conn.execute(_q("listed_units"), {"pool_id": pool.pool_id}).fetchone()  # type: ignore[misc]
+        added = conn.execute(_q("add_listed"), {"pool_id": pool.pool_id, "high": high}).rowcount
+        conn.execute(_q("mark_listed"), {"pool_id": pool.pool_id})
+    return added
+
+
 def seed(
     conn: psycopg.Connection,
     pool: PoolSettings,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> SeedResult:
-    """Add the units a pool is missing, in committed chunks (a re-run resumes)."""
+    """Give the pool the units it is missing.
+
+    A pool without a whole inventory (new, or emptied by a DB1 crash) is built
+    in one transaction from the durable facts (intake.rebuild_inventory): a
+    new pool has none, a crashed one gets back exactly what its intents hold,
+    and it is never seeded over. A whole pool that grew gets its new units
+    in committed chunks (a re-run resumes).
+    """
     started = time.perf_counter()
-    units, high = seeded(conn, pool.pool_id)
+    if not recovery.is_ready(conn, pool.pool_id):
+        lost = recovery.is_lost(conn, pool.pool_id)
+        built = recovery.rebuild(conn, pool.pool_id, "up" if lost else "seed")
+        if built is not None:
+            if on_progress:
+                on_progress(built.units, pool.inventory)
+            return SeedResult(
+                pool.pool_id,
+                0 if lost else built.units,
+                built.units,
+                time.perf_counter() - started,
+                built if lost else None,
+            )
+    high = seeded(conn, pool.pool_id)
     target = pool.inventory
     added = 0
     sequence_passed = False
-    if units < target:
+    if high < target:
         position = conn.execute(_q("sequence_position"), {"pool_id": pool.pool_id}).fetchone()
         # Claims have already been numbered past the old end: new units would
         # never be reached by number, so they go on the release list instead.
@@ -136,12 +194,13 @@ def seed(
         hi = min(lo + SEED_CHUNK - 1, target)
         with conn.transaction():
             conn.execute(_q("seed_units"), {"pool_id": pool.pool_id, "lo": lo, "hi": hi})
+            conn.execute(_q("record_seeded"), {"pool_id": pool.pool_id, "units": hi})
             if sequence_passed:
                 conn.execute(_q("release_range"), {"pool_id": pool.pool_id, "lo": lo, "hi": hi})
         added += hi - lo + 1
         lo = hi + 1
         if on_progress:
-            on_progress(units + added, target)
+            on_progress(high + added, target)
     if added:
         conn.execute("analyze intake.allocations")
-    return SeedResult(pool.pool_id, added, units + added, time.perf_counter() - started)
+    return SeedResult(pool.pool_id, added, high + added, time.perf_counter() - started)

@@ -94,9 +94,12 @@ def _ensure_pg_cron(conn: psycopg.Connection) -> None:
         conn.execute("create extension if not exists pg_cron")
 
 
-def queue_table(conn: psycopg.Connection, queue_name: str) -> str:
-    """The queue's table as SQL text, quoted by psycopg (pgmq names it q_<queue>)."""
-    return sql.Identifier("pgmq", f"q_{queue_name}").as_string(conn)
+def queue_table(conn: psycopg.Connection, queue_name: str, prefix: str = "q") -> str:
+    """A queue's table as SQL text, quoted by psycopg.
+
+    pgmq names a queue's table q_<queue> and its archive a_<queue>.
+    """
+    return sql.Identifier("pgmq", f"{prefix}_{queue_name}").as_string(conn)
 
 
 def apply_db1(conn: psycopg.Connection, queue_name: str, dlq_name: str) -> SchemaReport:
@@ -130,6 +133,15 @@ def apply_db1(conn: psycopg.Connection, queue_name: str, dlq_name: str) -> Schem
                 "db1/telemetry.sql.j2",
                 queue_table=table,
                 dlq_table=queue_table(conn, dlq_name),
+            )
+        )
+        conn.execute(
+            render(
+                "db1/recovery.sql.j2",
+                queue_table=table,
+                archive_table=queue_table(conn, queue_name, "a"),
+                dlq_table=queue_table(conn, dlq_name),
+                dlq_archive_table=queue_table(conn, dlq_name, "a"),
             )
         )
         conn.execute(render("db1/functions.sql.j2", queue_table=table))

@@ -2,14 +2,15 @@
 
 A real HTTP server on loopback that answers like a payment provider would:
 approve, decline a deterministic share of idempotency keys, fail the first
-calls of every key (or the first call of a share of keys), answer slowly,
-or refuse bad signatures. Every call is recorded, and the behaviour can be
-changed while it runs, through a small control API under /_control/:
+calls of every key (or the first call of a share of keys), answer slowly
+(every key, or a share of keys more slowly still), or refuse bad signatures.
+Every call is recorded, and the behaviour can be changed while it runs,
+through a small control API under /_control/:
 
     GET  /_control/calls[?limit=N]  {"calls": [...], "per_key": {...}, "total": n}
     GET  /_control/script           the behaviour in force
     POST /_control/script           {"decline_share", "fail_first", "fail_share",
-                                     "fail_status", "delay_ms"}
+                                     "fail_status", "delay_ms", "slow_share", "slow_ms"}
     POST /_control/reset            forget recorded calls and per-key counters
 
 Nothing is logged per request: the server has to outrun the drain worker.
@@ -54,6 +55,10 @@ class Script:
     fail_status: int = 503
     delay_ms: int = 0
     fail_share: float = 0.0
+    # A share of keys answered after slow_ms instead of delay_ms: some calls
+    # of a batch still in flight while the others have been answered.
+    slow_share: float = 0.0
+    slow_ms: int = 0
 
     def update(self, changes: Any) -> None:
         """Apply a /_control/script body; all or nothing."""
@@ -71,6 +76,11 @@ class Script:
         self.fail_status = int(merged["fail_status"])
         self.delay_ms = int(merged["delay_ms"])
         self.fail_share = float(merged["fail_share"])
+        self.slow_share = float(merged["slow_share"])
+        self.slow_ms = int(merged["slow_ms"])
+
+    def delay_s(self, key: str) -> float:
+        return (self.slow_ms if answers_slowly(key, self.slow_share) else self.delay_ms) / 1000
 
 
 def _is_number(value: Any) -> bool:
@@ -82,18 +92,26 @@ def _is_int(value: Any) -> bool:
 
 
 def _script_problems(
-    decline_share: Any, fail_first: Any, fail_status: Any, delay_ms: Any, fail_share: Any
+    decline_share: Any,
+    fail_first: Any,
+    fail_status: Any,
+    delay_ms: Any,
+    fail_share: Any,
+    slow_share: Any,
+    slow_ms: Any,
 ) -> list[str]:
     problems = []
-    for name, share in (("decline_share", decline_share), ("fail_share", fail_share)):
+    shares = (("decline_share", decline_share), ("fail_share", fail_share))
+    for name, share in (*shares, ("slow_share", slow_share)):
         if not _is_number(share) or not 0 <= share <= 1:
             problems.append(f"{name}: expected a number from 0 to 1, got {share!r}")
     if not _is_int(fail_first) or fail_first < 0:
         problems.append(f"fail_first: expected an integer >= 0, got {fail_first!r}")
     if not _is_int(fail_status) or not 100 <= fail_status <= 599:
         problems.append(f"fail_status: expected a status from 100 to 599, got {fail_status!r}")
-    if not _is_int(delay_ms) or delay_ms < 0:
-        problems.append(f"delay_ms: expected an integer >= 0, got {delay_ms!r}")
+    for name, ms in (("delay_ms", delay_ms), ("slow_ms", slow_ms)):
+        if not _is_int(ms) or ms < 0:
+            problems.append(f"{name}: expected an integer >= 0, got {ms!r}")
     return problems
 
 
@@ -112,6 +130,11 @@ def declines(key: str, share: float) -> bool:
 def fails_first_call(key: str, share: float) -> bool:
     """Whether this key's first call fails (a transient outage); drawn apart from declines."""
     return _drawn(key, share, "fail:")
+
+
+def answers_slowly(key: str, share: float) -> bool:
+    """Whether this key's calls are answered after slow_ms; drawn apart from the others."""
+    return _drawn(key, share, "slow:")
 
 
 class TestWebhook:
@@ -170,8 +193,9 @@ class TestWebhook:
             status, answer = 200, _APPROVED
         # Recorded on arrival, so a test can see calls that are still in flight.
         self.calls.append((key, request.path, status, signature_ok, body_key, time.time()))
-        if script.delay_ms:
-            await asyncio.sleep(script.delay_ms / 1000)
+        delay_s = script.delay_s(key)
+        if delay_s:
+            await asyncio.sleep(delay_s)
         return web.Response(status=status, body=answer, content_type=_JSON)
 
     async def get_calls(self, request: web.Request) -> web.Response:
@@ -292,6 +316,14 @@ def webhook_server_command(
         503, "--fail-status", min=100, max=599, help="Status of the failing calls."
     ),
     delay_ms: int = typer.Option(0, "--delay-ms", min=0, help="Answer every call this late."),
+    slow_share: float = share_option(
+        0.0,
+        "--slow-share",
+        "Share of idempotency keys answered after --slow-ms instead of --delay-ms (stable).",
+    ),
+    slow_ms: int = typer.Option(
+        0, "--slow-ms", min=0, help="How late the --slow-share keys are answered."
+    ),
     secret_env: str | None = typer.Option(
         None,
         "--secret-env",
@@ -310,7 +342,9 @@ def webhook_server_command(
             raise typer.BadParameter(
                 f"environment variable {secret_env} is not set", param_hint="--secret-env"
             )
-    script = Script(decline_share, fail_first, fail_status, delay_ms, fail_share)
+    script = Script(
+        decline_share, fail_first, fail_status, delay_ms, fail_share, slow_share, slow_ms
+    )
     asyncio.run(serve(TestWebhook(script, secret), host, port, ready_file))
 
 

@@ -82,6 +82,7 @@ class Snapshot:
             "retried",
             "dead_lettered",
             "paused",
+            "recovering",
             "processing_velocity",
             "webhook_error_rate",
         )
@@ -186,6 +187,9 @@ def _pools_table(snap: Snapshot) -> Table:
         name = Text(pool["pool_id"])
         if pool["paused"]:
             name.append(" ⏸", style="yellow")
+        if pool.get("recovering"):
+            # A DB1 crash emptied the inventory; the figures are being rebuilt.
+            name.append(" RECOVERING", style="bold red")
         table.add_row(
             name,
             f"{pool['available_slots']:,}",

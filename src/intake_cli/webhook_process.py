@@ -43,6 +43,8 @@ class WebhookServer:
         port: int | None = None,
         fail_status: int = 503,
         fail_share: float = 0.0,
+        slow_share: float = 0.0,
+        slow_ms: int = 0,
     ) -> None:
         self._options: dict[str, Any] = {
             "decline_share": decline_share,
@@ -50,6 +52,8 @@ class WebhookServer:
             "fail_share": fail_share,
             "fail_status": fail_status,
             "delay_ms": delay_ms,
+            "slow_share": slow_share,
+            "slow_ms": slow_ms,
         }
         self.secret = secret
         self.port: int | None = port
@@ -88,6 +92,8 @@ class WebhookServer:
             "--fail-share", str(self._options["fail_share"]),
             "--fail-status", str(self._options["fail_status"]),
             "--delay-ms", str(self._options["delay_ms"]),
+            "--slow-share", str(self._options["slow_share"]),
+            "--slow-ms", str(self._options["slow_ms"]),
         ]  # fmt: skip
         env = dict(os.environ)
         if self.secret is not None:

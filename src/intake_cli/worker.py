@@ -1,19 +1,26 @@
 """`intake drain`: read a batch, validate with the webhook, commit to DB2, archive.
 
 One batch goes through three steps, each costing one round trip per database
-whatever the batch size:
+whatever the batch size (recording the webhook's answers: one per group of
+answers that arrive together):
 
 1. read up to batch_size messages (pgmq.read, leased for visibility_timeout)
    and load what DB1 knows of their intents (intent_state);
 2. call the webhook for every intent not yet validated, concurrently; record
-   the yeses (before any commit, so a crash cannot make us ask twice) and the
-   noes (unit released, message archived);
+   each answer as it arrives (answers that come together share a round trip),
+   the yeses before any commit so a crash cannot make us ask twice, the noes
+   with the unit released and the message archived;
 3. commit every validated intent through the DB2 RPC (rate-limited across the
    fleet), then consume the units and archive the messages; failures are
    counted and retried with backoff via set_vt, or dead-lettered.
 
 Several such loops run at once (--concurrency), so one batch's webhook calls
 overlap another's commits.
+
+A worker started while DB1 or DB2 is unreachable waits for them (backoff with
+jitter, one log line per try) and drains once both answer; only a
+configuration error (DB1 not provisioned, an unknown pool, a commit RPC DB2
+lacks) stops it at once.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import socket
 import time
 import uuid
 from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,12 +42,21 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_delay,
+    stop_never,
+    wait_exponential_jitter,
+)
 
-from intake_cli import ledger, schema, telemetry
+from intake_cli import ledger, recovery, telemetry
 from intake_cli.config import Settings
-from intake_cli.db import Endpoints, connect
+from intake_cli.db import CONNECT_TIMEOUT_S, describe_dsn
 from intake_cli.errors import (
+    ConnectionFailed,
+    DatabaseUnreachable,
     LedgerContractError,
     LedgerUnavailable,
     NotProvisioned,
@@ -54,6 +71,12 @@ from intake_cli.webhook import Verdict, WebhookClient
 # (seconds), so they are not re-read in a tight loop.
 FOREIGN_POOL_DELAY_S = 2
 PAUSED_POOL_DELAY_S = 5
+
+# Waiting for a database at start: the first try again after about half a
+# second, then twice as long each time (plus up to a second of jitter, so a
+# fleet restarted together does not knock in step), at most this long.
+DB_WAIT_FIRST_S = 0.5
+DB_WAIT_MAX_S = 10
 
 
 def _q(name: str) -> str:
@@ -149,6 +172,32 @@ def _parse(row: dict[str, Any]) -> Intent | str:
         return f"malformed intent message ({type(exc).__name__}: {exc})"
 
 
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0].removeprefix("connection failed: ") if lines else type(exc).__name__
+
+
+@contextlib.asynccontextmanager
+async def _connect(dsn: str, label: str) -> AsyncIterator[psycopg.AsyncConnection]:
+    """A direct connection for the start-up checks; losing the server is DatabaseUnreachable."""
+    try:
+        conn = await psycopg.AsyncConnection.connect(
+            dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S
+        )
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnreachable(
+            label, f"cannot connect to {label} ({describe_dsn(dsn)}): {_first_line(exc)}"
+        ) from None
+    except psycopg.ProgrammingError as exc:
+        # A malformed DSN will not get better by waiting.
+        raise ConnectionFailed(f"{label}: invalid connection string: {exc}") from None
+    async with conn:
+        try:
+            yield conn
+        except (psycopg.OperationalError, psycopg.InterfaceError, LedgerUnavailable) as exc:
+            raise DatabaseUnreachable(label, f"{label}: {_first_line(exc)}") from None
+
+
 class Worker:
     def __init__(
         self,
@@ -164,6 +213,7 @@ class Worker:
         shutdown_timeout_s: float = 30.0,
         idle_sleep_s: float = 0.25,
         log_drain: LogDrain | None = None,
+        connect_timeout_s: float | None = None,
     ) -> None:
         self.settings = settings
         self.queue = settings.queue_name
@@ -178,6 +228,8 @@ class Worker:
         self.shutdown_timeout_s = shutdown_timeout_s
         self.idle_sleep_s = idle_sleep_s
         self.log_drain = log_drain
+        # How long to wait for DB1 and DB2 at start; None: as long as it takes.
+        self.connect_timeout_s = connect_timeout_s
         self.stats = DrainStats()
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._stopping = asyncio.Event()
@@ -195,6 +247,38 @@ class Worker:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stop)
+        shipper = asyncio.create_task(self.log_drain.run()) if self.log_drain else None
+        try:
+            if await self._until_stopped(self._wait_for_databases()):
+                await self._drain()
+            # Logged before the log drain's last flush, so the drain receives it too.
+            event(self.log, logging.INFO, "stopped", **self.stats.as_json())
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+            await self._close_log_drain(shipper)
+        return self.stats
+
+    async def _until_stopped(self, work: Coroutine[Any, Any, None]) -> bool:
+        """Run `work` unless a signal comes first: False when stopped before it finished."""
+        task = asyncio.create_task(work)
+        stop_wait = asyncio.create_task(self._stopping.wait())
+        try:
+            await asyncio.wait([task, stop_wait], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop_wait.cancel()
+        if not self._stopping.is_set():
+            task.result()
+            return True
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return False
+
+    async def _drain(self) -> None:
+        waited_s = time.monotonic() - self.stats.started
+        # Throughput is measured over the draining, not the wait for the databases.
+        self.stats.started = time.monotonic()
         pool_size = self.concurrency + 2
         self.db1 = AsyncConnectionPool(
             self.db1_dsn,
@@ -218,9 +302,10 @@ class Worker:
             check=AsyncConnectionPool.check_connection,
             reconnect_timeout=0,
         )
-        await self.db1.open(wait=True, timeout=10)
+        # Not waiting for the first connection: DB1 answered a moment ago, and
+        # should it go away again the slots' retry rides that out.
+        await self.db1.open()
         await self.db2.open()
-        await self._register()
         heartbeat = asyncio.create_task(self._heartbeat_every(telemetry.HEARTBEAT_S))
         event(
             self.log,
@@ -230,8 +315,8 @@ class Worker:
             once=self.once,
             pool=self.pool_filter,
             queue=self.queue,
+            waited_s=round(waited_s, 1),
         )
-        shipper = asyncio.create_task(self.log_drain.run()) if self.log_drain else None
         try:
             async with WebhookClient(
                 timeout_s=self.webhook_timeout_s, max_connections=256
@@ -239,38 +324,107 @@ class Worker:
                 slots = [asyncio.create_task(self._slot(n)) for n in range(self.concurrency)]
                 await self._wait_for(slots)
         finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
             await self._heartbeat(stopped=True)
             await self.db1.close()
             await self.db2.close()
-        # Logged before the log drain's last flush, so the drain receives it too.
-        event(self.log, logging.INFO, "stopped", **self.stats.as_json())
-        if shipper is not None and self.log_drain is not None:
-            shipper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await shipper
-            buffer = self.log_drain.buffer
-            self.stats.counts["log_lines_shipped"] = buffer.shipped
-            self.stats.counts["log_lines_dropped"] = buffer.dropped
-            if buffer.dropped or buffer.lines:
-                event(
-                    self.log,
-                    logging.WARNING,
-                    "log_drain_lost",
-                    dropped=buffer.dropped,
-                    unsent=len(buffer.lines),
-                    failures=self.log_drain.failures,
-                )
-        return self.stats
+
+    async def _close_log_drain(self, shipper: asyncio.Task[None] | None) -> None:
+        if shipper is None or self.log_drain is None:
+            return
+        shipper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await shipper
+        buffer = self.log_drain.buffer
+        self.stats.counts["log_lines_shipped"] = buffer.shipped
+        self.stats.counts["log_lines_dropped"] = buffer.dropped
+        if buffer.dropped or buffer.lines:
+            event(
+                self.log,
+                logging.WARNING,
+                "log_drain_lost",
+                dropped=buffer.dropped,
+                unsent=len(buffer.lines),
+                failures=self.log_drain.failures,
+            )
+
+    # -- waiting for the databases at start ------------------------------------
+
+    async def _wait_for_databases(self) -> None:
+        """Check DB1 and DB2 as the drain needs them, trying again while either is unreachable.
+
+        A configuration error (DB1 not provisioned, an unknown pool, a commit
+        RPC that DB2 lacks) is raised at once: waiting would not fix it.
+        """
+        limit = self.connect_timeout_s
+        backoff = wait_exponential_jitter(initial=DB_WAIT_FIRST_S, max=DB_WAIT_MAX_S)
+
+        def wait(state: RetryCallState) -> float:
+            delay = backoff(state)
+            if limit is None:
+                return delay
+            # The last try comes at the limit, not a backoff past it.
+            return min(delay, max(0.0, limit - state.seconds_since_start))
+
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(DatabaseUnreachable),
+            wait=wait,
+            stop=stop_never if limit is None else stop_after_delay(limit),
+            before_sleep=self._log_waiting,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    await self._check_databases()
+        except DatabaseUnreachable as exc:
+            raise ConnectionFailed(
+                f"{exc} (gave up after waiting {limit:g} s: --connect-timeout)"
+            ) from None
+
+    def _log_waiting(self, state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        label = error.label if isinstance(error, DatabaseUnreachable) else "db"
+        event(
+            self.log,
+            logging.WARNING,
+            f"waiting_for_{label.lower()}",
+            error=str(error),
+            retry_in_s=round(state.next_action.sleep, 1) if state.next_action else None,
+            waited_s=round(state.seconds_since_start, 1),
+        )
+
+    async def _check_databases(self) -> None:
+        """DB1 provisioned with the pools served, DB2 offering their commit RPCs; then register."""
+        async with _connect(self.db1_dsn, "DB1") as db1:
+            rpcs = await self._served_rpcs(db1)
+            async with _connect(self.db2_dsn, "DB2") as db2:
+                for rpc in sorted(rpcs, key=str):
+                    self._resolved_rpcs[rpc] = await ledger.check_rpc_async(db2, rpc)
+            await self._register(db1)
+
+    async def _served_rpcs(self, conn: psycopg.AsyncConnection) -> set[ledger.RpcName]:
+        row = await (await conn.execute(queries("db1")["intake_schema_exists"])).fetchone()
+        if not (row and row[0]):
+            raise NotProvisioned()
+        cur = conn.cursor(row_factory=dict_row)
+        rows = await (await cur.execute(_q("engine_pools"))).fetchall()
+        rpcs = {row["pool_id"]: row["commit_rpc_name"] for row in rows}
+        if self.pool_filter is not None and self.pool_filter not in rpcs:
+            raise UnknownPool(f"pool {self.pool_filter!r} is not provisioned in DB1")
+        return {
+            ledger.RpcName.parse(name)
+            for pool_id, name in rpcs.items()
+            if self.pool_filter in (None, pool_id)
+        }
 
     # -- the registry `intake watch` reads ---------------------------------------
 
-    async def _register(self) -> None:
-        async with self.db1.connection() as conn:
+    async def _register(self, conn: psycopg.AsyncConnection) -> None:
+        # An earlier try's insert may have committed before its connection broke.
+        with contextlib.suppress(psycopg.errors.UniqueViolation):
             await conn.execute(
                 telemetry.query("register_worker"),
                 {
@@ -373,7 +527,20 @@ class Worker:
                 ),
                 secret=self._secrets.get(row["pool_id"]),
             )
+            if row["inventory_lost"]:
+                await self._rebuild(conn, row["pool_id"])
         return pools
+
+    async def _rebuild(self, conn: psycopg.AsyncConnection, pool_id: str) -> None:
+        """A DB1 crash emptied this pool's inventory: rebuild it before draining on.
+
+        Every worker that sees the loss tries; rebuilds of one pool are
+        serialized in DB1 and the later ones find it whole and do nothing.
+        """
+        event(self.log, logging.WARNING, "inventory_lost", pool_id=pool_id)
+        rebuilt = await recovery.rebuild_async(conn, pool_id, "drain")
+        if rebuilt is not None:
+            event(self.log, logging.WARNING, "inventory_rebuilt", **rebuilt.as_json())
 
     async def _one_batch(self) -> int:
         async with self.db1.connection() as conn:
@@ -459,6 +626,39 @@ class Worker:
             async with self.db2.connection() as conn:
                 self._resolved_rpcs[rpc] = await ledger.check_rpc_async(conn, rpc)
         return self._resolved_rpcs[rpc]
+
+
+class _Recorder:
+    """Writes webhook answers to DB1 as they arrive.
+
+    A worker killed mid-batch has then lost only the answers still in flight,
+    so its successor asks the webhook again for those alone. One write at a
+    time: answers that arrive during a write go together in the next one, so
+    a fast webhook's batch still takes one or a few round trips, not one per
+    intent.
+    """
+
+    def __init__(self, write: Callable[[list[Intent]], Awaitable[None]]) -> None:
+        self._write = write
+        self._waiting: list[Intent] = []
+        self._lock = asyncio.Lock()
+        # The first failed write. The batch raises it once every webhook call
+        # has returned, as when all answers were written together at the end.
+        self.error: Exception | None = None
+
+    async def record(self, intent: Intent) -> None:
+        """Return once the answer is written (or a write failed: see `error`)."""
+        self._waiting.append(intent)
+        async with self._lock:
+            if not self._waiting or self.error is not None:
+                # Written by the caller before us, or DB1 is failing: the
+                # unwritten answers are asked for again after the lease.
+                return
+            answers, self._waiting = self._waiting, []
+            try:
+                await self._write(answers)
+            except Exception as exc:
+                self.error = exc
 
 
 class _Batch:
@@ -581,6 +781,8 @@ class _Batch:
         )
 
     async def _validate(self, intents: list[Intent]) -> list[Intent]:
+        recorder = _Recorder(self._record)
+
         async def ask(intent: Intent) -> None:
             pool = self.pools[intent.pool_id]
             payload = {**intent.message, "state": "queued", "attempt": intent.attempts + 1}
@@ -600,46 +802,57 @@ class _Batch:
             if result.verdict is Verdict.VALIDATED:
                 intent.state = "validated"
                 self.validated_now.append(intent)
+                await recorder.record(intent)
             elif result.verdict is Verdict.REJECTED:
                 intent.error = result.reason
                 self.rejected.append(intent)
+                await recorder.record(intent)
             else:
                 intent.error = f"webhook: {result.reason}"
                 self.failed.append(intent)
 
         await asyncio.gather(*(ask(i) for i in intents))
-        if self.validated_now or self.rejected:
-            async with self.w.db1.connection() as conn, conn.transaction():
-                if self.validated_now:
-                    await conn.execute(_q("mark_validated"), _columns(self.validated_now))
-                if self.rejected:
-                    await conn.execute(
-                        _q("finish_rejected"), _columns(self.rejected, queue=self.w.queue)
-                    )
-            for intent in self.validated_now:
-                # Recorded with the validation: a later failure of the commit
-                # must not count this call again.
-                intent.webhook_calls = 0
-                self._log(
-                    intent,
-                    "transition",
-                    from_state="queued",
-                    to_state="validated",
-                    duration_ms=intent.webhook_ms,
-                )
-            for intent in self.rejected:
-                self._log(
-                    intent,
-                    "transition",
-                    from_state="queued",
-                    to_state="rejected",
-                    reason=intent.error,
-                    duration_ms=intent.webhook_ms,
-                )
-                self.unfinished.discard(intent.msg_id)
-            self.w.stats.counts["validated"] += len(self.validated_now)
-            self.w.stats.counts["rejected"] += len(self.rejected)
+        if recorder.error is not None:
+            raise recorder.error
         return self.validated_now
+
+    async def _record(self, answers: list[Intent]) -> None:
+        """Write webhook answers to DB1: the yeses validated, the noes finished."""
+        validated = [i for i in answers if i.state == "validated"]
+        rejected = [i for i in answers if i.state != "validated"]
+        async with self.w.db1.connection() as conn:
+            # One statement alone is atomic without the BEGIN and COMMIT round trips.
+            both = conn.transaction() if validated and rejected else contextlib.nullcontext()
+            async with both:
+                if validated:
+                    await conn.execute(_q("mark_validated"), _columns(validated))
+                if rejected:
+                    await conn.execute(
+                        _q("finish_rejected"), _columns(rejected, queue=self.w.queue)
+                    )
+        for intent in validated:
+            # Recorded with the validation: a later failure of the commit
+            # must not count this call again.
+            intent.webhook_calls = 0
+            self._log(
+                intent,
+                "transition",
+                from_state="queued",
+                to_state="validated",
+                duration_ms=intent.webhook_ms,
+            )
+        for intent in rejected:
+            self._log(
+                intent,
+                "transition",
+                from_state="queued",
+                to_state="rejected",
+                reason=intent.error,
+                duration_ms=intent.webhook_ms,
+            )
+            self.unfinished.discard(intent.msg_id)
+        self.w.stats.counts["validated"] += len(validated)
+        self.w.stats.counts["rejected"] += len(rejected)
 
     async def _commit(self, intents: list[Intent]) -> None:
         by_pool: dict[str, list[Intent]] = {}
@@ -754,18 +967,3 @@ class _Batch:
                     delay_s=delay,
                     error=intent.error,
                 )
-
-
-def preflight(settings: Settings, where: Endpoints, pool_filter: str | None) -> None:
-    """Refuse to start on a DB1 that is not provisioned, an unknown pool, or a missing RPC."""
-    with connect(where.db1, "DB1") as conn:
-        if not schema.is_provisioned(conn):
-            raise NotProvisioned()
-        rows = conn.execute(_q("engine_pools")).fetchall()
-    rpcs = {row[0]: row[5] for row in rows}
-    if pool_filter is not None and pool_filter not in rpcs:
-        raise UnknownPool(f"pool {pool_filter!r} is not provisioned in DB1")
-    served = {rpc for pool_id, rpc in rpcs.items() if pool_filter in (None, pool_id)}
-    with connect(where.db2, "DB2") as conn:
-        for name in sorted(served):
-            ledger.check_rpc(conn, ledger.RpcName.parse(name))

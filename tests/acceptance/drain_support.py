@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+import yaml
 
 from intake_cli import claims
 from tests.conftest import INTAKE, ROOT, pool_spec, run_intake, write_config
@@ -158,3 +160,31 @@ def drain_all(
             timeout,
             f"{expected_done} intents drained",
         )
+
+
+def logged(proc: subprocess.Popen[str], name: str) -> list[dict]:
+    """The JSON log lines called `name` that a start_drain process has written so far."""
+    lines = Path(proc.log.name).read_text().splitlines()  # type: ignore[attr-defined]
+    entries = []
+    for line in lines:
+        # A line being written as we read may be cut short; the next read has it whole.
+        with suppress(ValueError):
+            entry = json.loads(line)
+            if isinstance(entry, dict) and entry.get("event") == name:
+                entries.append(entry)
+    return entries
+
+
+def recorded_states(event: Event) -> dict[str, str]:
+    """What DB1's intent_state says of each idempotency key it knows."""
+    return dict(_rows(event.db1, "select idempotency_key::text, state from intake.intent_state"))
+
+
+def with_dsn(event: Event, database: str, dsn: str) -> Event:
+    """The same event seen through a config whose `database` (db1 or db2) is at `dsn`."""
+    data = yaml.safe_load(event.config.read_text())
+    data[database]["dsn"] = dsn
+    config = event.config.with_name(f"{event.config.stem}-{database}-moved.yaml")
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    moved = {"db1": event.db1, "db2": event.db2, database: dsn}
+    return Event(config, moved["db1"], moved["db2"], event.pool_id)

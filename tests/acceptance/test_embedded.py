@@ -58,6 +58,8 @@ def test_embedded_up_claim_status_down(workdir):
             "rejected": 0,
             "dead_lettered": 0,
             "paused": False,
+            "recovering": False,
+            "last_rebuild": None,
         }
     ]
     assert status["queue"]["depth"] == 300 and status["dlq"]["depth"] == 0

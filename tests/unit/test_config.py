@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -59,7 +60,7 @@ def test_all_problems_reported_at_once():
         "pools[0].visibility_timeout: expected an integer from 1 to 43200, got 0",
         "pools[0].max_retries: expected an integer from 0 to 1000, got True",
         "pools[1].surprise: unknown key (known: batch_size, commit_rate_per_sec, "
-        "commit_rpc_name, inventory, max_retries, per_user_limit, pool_id, "
+        "commit_rpc_name, inventory, inventory_file, max_retries, per_user_limit, pool_id, "
         "retry_base_seconds, retry_max_seconds, validation_webhook_url, "
         "visibility_timeout, webhook_secret)",
         "pools[1].inventory: expected an integer from 1 to 50000000, got -5",
@@ -159,3 +160,123 @@ def test_example_file_is_valid(monkeypatch):
     example = Path(__file__).resolve().parents[2] / "examples" / "intake.yaml"
     settings = config.load(example)
     assert settings.db1.embedded and settings.pools[0].pool_id == "spring-drop"
+
+
+# inventory_file: only cheap checks at load; read_ids checks every line at `up`.
+
+UNIT_IDS = "0f1e2d3c-4b5a-4978-8796-a5b4c3d2e1f0\n5a6b7c8d-9e0f-4a1b-8c2d-3e4f5a6b7c8d\n"
+
+
+def file_pool(inventory_file: object, **extra: object) -> dict:
+    pool = {key: value for key, value in BASE_POOL.items() if key != "inventory"}
+    return {**pool, "inventory_file": inventory_file, **extra}
+
+
+def test_inventory_file_sets_the_inventory_when_it_is_left_out(tmp_path):
+    units = tmp_path / "units.txt"
+    units.write_text(UNIT_IDS)
+    pool = parse({"pools": [file_pool(str(units))]}).pools[0]
+    assert (pool.inventory, pool.inventory_file) == (2, units)
+    assert parse({"pools": [BASE_POOL]}).pools[0].inventory_file is None
+
+
+def test_csv_inventory_file_does_not_count_its_header(tmp_path):
+    units = tmp_path / "units.csv"
+    units.write_text("seat,resource_id\r\nA1,0f1e2d3c-4b5a-4978-8796-a5b4c3d2e1f0\r\n")
+    assert parse({"pools": [file_pool(str(units))]}).pools[0].inventory == 1
+
+
+def test_inventory_and_inventory_file_must_agree(tmp_path):
+    units = tmp_path / "units.txt"
+    units.write_text(UNIT_IDS)
+    assert parse({"pools": [file_pool(str(units), inventory=2)]}).pools[0].inventory == 2
+    assert problems_of({"pools": [file_pool(str(units), inventory=3)]}) == [
+        f"pools[0].inventory: 3 does not match {units}, which lists 2 ids "
+        "(leave inventory out to take the file's count)"
+    ]
+
+
+def test_relative_inventory_file_is_relative_to_the_config_file(tmp_path, monkeypatch):
+    event = tmp_path / "event"
+    (event / "lists").mkdir(parents=True)
+    (event / "lists" / "units.txt").write_text(UNIT_IDS)
+    cfg = event / "intake.yaml"
+    cfg.write_text(
+        "pools:\n  - pool_id: drop-1\n    inventory_file: lists/units.txt\n"
+        "    validation_webhook_url: https://pay.example/validate\n"
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    pool = config.load(os.path.relpath(cfg, elsewhere)).pools[0]
+    assert pool.inventory_file == event / "lists" / "units.txt"
+    assert pool.inventory_file.is_absolute() and pool.inventory == 2
+
+
+def test_inventory_file_path_may_use_the_environment(tmp_path, monkeypatch):
+    (tmp_path / "units.txt").write_text(UNIT_IDS)
+    monkeypatch.setenv("UNITS_DIR", str(tmp_path))
+    pool = parse({"pools": [file_pool("${UNITS_DIR}/units.txt")]}).pools[0]
+    assert pool.inventory_file == tmp_path / "units.txt"
+
+
+def test_missing_inventory_file_is_named(tmp_path):
+    absent = tmp_path / "absent.txt"
+    # One problem: no "inventory: required" on top of the missing file.
+    assert problems_of({"pools": [file_pool(str(absent))]}) == [
+        f"pools[0].inventory_file: file not found: {absent}"
+    ]
+
+
+def test_inventory_file_must_be_a_regular_file(tmp_path):
+    fifo = tmp_path / "units.fifo"
+    os.mkfifo(fifo)  # opening it would block until a writer came: never opened
+    for target in (tmp_path, fifo):
+        assert problems_of({"pools": [file_pool(str(target))]}) == [
+            f"pools[0].inventory_file: not a regular file: {target}"
+        ]
+
+
+def test_unreadable_inventory_file(tmp_path, monkeypatch):
+    units = tmp_path / "units.txt"
+    units.write_text(UNIT_IDS)
+
+    def denied(path: Path) -> int:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    # As root, chmod 000 still reads: stand in for the operating system.
+    monkeypatch.setattr(config.inventory, "count_ids", denied)
+    assert problems_of({"pools": [file_pool(str(units))]}) == [
+        f"pools[0].inventory_file: cannot read {units}: Permission denied"
+    ]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a chmod 000 file")
+def test_unreadable_inventory_file_for_real(tmp_path):
+    units = tmp_path / "units.txt"
+    units.write_text(UNIT_IDS)
+    units.chmod(0)
+    assert problems_of({"pools": [file_pool(str(units))]}) == [
+        f"pools[0].inventory_file: cannot read {units}: Permission denied"
+    ]
+
+
+def test_empty_inventory_file_and_bad_values(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    assert problems_of({"pools": [file_pool(str(empty))]}) == [
+        f"pools[0].inventory_file: {empty} lists no ids"
+    ]
+    [problem] = problems_of({"pools": [file_pool(5)]})
+    assert problem == "pools[0].inventory_file: expected a non-empty string, got 5"
+
+
+def test_inventory_or_inventory_file_is_required():
+    assert problems_of({"pools": [file_pool("")]}) == [
+        'pools[0].inventory_file: expected a non-empty string, got ""'
+    ]
+    pool = {key: value for key, value in BASE_POOL.items() if key != "inventory"}
+    assert problems_of({"pools": [pool]}) == [
+        "pools[0].inventory: required: the number of units to seed, "
+        "or an inventory_file listing their ids"
+    ]

@@ -1,0 +1,210 @@
+"""What the DB1 crash tests share: an embedded event of their own (a cluster
+the test may crash), the two ways to crash it, and a herd of buyers that
+rides the crash the way real clients do (reconnect, retry `recovering`)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+import yaml
+
+from intake_cli import claims
+from intake_cli.embedded import Cluster, EmbeddedClusters, _as, _server_account, pg_bindir
+from tests.conftest import pool_spec, run_intake
+
+
+@dataclass
+class CrashEvent:
+    config: Path
+    state_dir: Path
+    pool_id: str
+
+    @property
+    def clusters(self) -> dict[str, Cluster]:
+        return EmbeddedClusters(self.state_dir).load()
+
+    def listed_ids(self) -> dict[int, str] | None:
+        """Unit number → the operator's id, for a pool given by an inventory file."""
+        path = self.config.parent / "units.txt"
+        if not path.exists():
+            return None
+        return {n: line for n, line in enumerate(path.read_text().split(), start=1)}
+
+    @property
+    def db1(self) -> str:
+        return self.clusters["db1"].dsn
+
+    @property
+    def db2(self) -> str:
+        return self.clusters["db2"].dsn
+
+    def rows(self, dsn: str, query: str, params: tuple = ()) -> list[tuple]:
+        with psycopg.connect(dsn, connect_timeout=5) as conn:
+            return conn.execute(query, params).fetchall()
+
+    def units(self) -> dict[int, tuple]:
+        """DB1's inventory: unit_no → (resource_id, status, locked_by, idempotency_key)."""
+        return {
+            row[0]: tuple(row[1:])
+            for row in self.rows(
+                self.db1,
+                "select unit_no, resource_id::text, status::text, locked_by,"
+                " idempotency_key::text from intake.allocations where pool_id = %s",
+                (self.pool_id,),
+            )
+        }
+
+    def tickets(self) -> list[tuple]:
+        """DB2's ledger: (idempotency_key, user_id, unit_no, resource_id) per ticket."""
+        return self.rows(
+            self.db2,
+            "select idempotency_key::text, user_id, unit_no, resource_id::text"
+            " from public.tickets where pool_id = %s",
+            (self.pool_id,),
+        )
+
+    def stop_maintenance(self) -> None:
+        """Unschedule the pg_cron maintenance job (it would rebuild a lost pool by
+        itself); the next `intake up` schedules it again."""
+        with psycopg.connect(self.db1, autocommit=True) as conn:
+            if conn.execute("select to_regclass('cron.job') is not null").fetchone()[0]:
+                conn.execute(
+                    "select cron.unschedule(jobid) from cron.job"
+                    " where jobname = 'intake-maintenance'"
+                )
+
+    def crash(self, how: str) -> None:
+        """Crash DB1 (`immediate`: pg_ctl stop -m immediate; `sigkill`: kill -9 the
+        postmaster), then start it again, as a supervisor or a reboot would."""
+        cluster = self.clusters["db1"]
+        account = _server_account()
+        bindir = pg_bindir()
+        if how == "immediate":
+            subprocess.run(
+                [str(bindir / "pg_ctl"), "stop", "-m", "immediate", "-D", cluster.datadir],
+                check=True,
+                capture_output=True,
+                cwd="/",
+                **_as(account),
+            )
+        else:
+            pid = int((Path(cluster.datadir) / "postmaster.pid").read_text().split()[0])
+            os.kill(pid, signal.SIGKILL)
+            # Gone, not merely signalled: until then `pg_ctl status` still
+            # finds it and nothing would be started.
+            deadline = time.monotonic() + 30
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        # After a SIGKILL, orphaned backends hold the shared memory a moment
+        # longer; the start is retried until they are gone.
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                EmbeddedClusters(self.state_dir).ensure(("db1",))
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
+
+def _alive(pid: int) -> bool:
+    """Whether the process exists, a zombie not yet reaped included: `pg_ctl
+    status` counts one as a running server."""
+    return Path(f"/proc/{pid}").exists()
+
+
+def make_crash_event(
+    workdir: Path, name: str, webhook_url: str, inventory: int, listed: bool = False, **pool: object
+) -> CrashEvent:
+    """An embedded event (its own DB1 and DB2, durable commits) made by `intake up`.
+
+    `listed`: the pool's units come from an inventory file of random UUIDs
+    (units.txt beside intake.yaml) instead of a count.
+    """
+    directory = workdir / name
+    directory.mkdir(mode=0o755)
+    if listed:
+        ids = "".join(f"{uuid.uuid4()}\n" for _ in range(inventory))
+        (directory / "units.txt").write_text(ids)
+        pool["inventory_file"] = "units.txt"
+    spec = pool_spec(
+        "drop",
+        inventory,
+        validation_webhook_url=webhook_url,
+        retry_base_seconds=0.2,
+        retry_max_seconds=1,
+        visibility_timeout=5,
+        batch_size=50,
+        **pool,
+    )
+    if listed:
+        del spec["inventory"]
+    config = directory / "intake.yaml"
+    config.write_text(yaml.safe_dump({"pools": [spec]}, sort_keys=False))
+    run_intake("up", config=config, check=True)
+    return CrashEvent(config, directory / ".intake", "drop")
+
+
+@dataclass
+class Herd:
+    """Distinct buyers, each claiming until it gets a final answer."""
+
+    dsn: str
+    pool_id: str
+    answers: list[tuple[str, str]] = field(default_factory=list)  # (user, outcome) in order
+    final: dict[str, claims.Claim] = field(default_factory=dict)
+    errors: int = 0
+
+    @property
+    def claimed(self) -> int:
+        return sum(1 for c in self.final.values() if c.holds_unit)
+
+    def outcomes(self) -> set[str]:
+        return {outcome for _, outcome in self.answers}
+
+    async def run(self, users: list[str], concurrency: int, pace_s: float) -> None:
+        pending = list(reversed(users))
+
+        async def buyer() -> None:
+            conn: psycopg.AsyncConnection | None = None
+            while pending:
+                user = pending.pop()
+                while True:
+                    try:
+                        if conn is None or conn.closed:
+                            conn = await psycopg.AsyncConnection.connect(
+                                self.dsn, autocommit=True, connect_timeout=2
+                            )
+                        cur = await conn.execute(
+                            "select (r).* from (select intake.claim_resource(%s, %s) as r) c",
+                            (self.pool_id, user),
+                        )
+                        row = await cur.fetchone()
+                    except psycopg.OperationalError:
+                        # DB1 is down or restarting; the answer, if any, was lost.
+                        self.errors += 1
+                        conn = None
+                        await asyncio.sleep(0.2)
+                        continue
+                    assert row is not None
+                    result = claims.Claim(*row)
+                    self.answers.append((user, result.outcome))
+                    if result.outcome == "recovering":
+                        await asyncio.sleep(0.1)
+                        continue
+                    self.final[user] = result
+                    break
+                await asyncio.sleep(pace_s)
+            if conn is not None:
+                await conn.close()
+
+        await asyncio.gather(*(buyer() for _ in range(concurrency)))

@@ -1,0 +1,150 @@
+"""DB1 crashes in the middle of a sale: nothing is sold twice, no buyer goes
+over the limit, no acknowledged claim is lost, and the sale resumes by itself.
+
+Each test runs its own embedded event (so it may crash the cluster) with
+durable commits, two real `intake drain` workers and a real webhook.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import threading
+import time
+from collections import Counter
+
+import pytest
+
+from intake_cli.webhook_process import WebhookServer
+from tests.acceptance.crash_support import CrashEvent, Herd, make_crash_event
+from tests.acceptance.drain_support import Event, draining, wait_for
+from tests.conftest import run_intake
+
+UNITS = 300
+
+
+def _as_drain_event(event: CrashEvent) -> Event:
+    return Event(event.config, event.db1, event.db2, event.pool_id)
+
+
+def _herd_with_crash(event: CrashEvent, how: str, workers: list[subprocess.Popen]) -> Herd:
+    """N distinct buyers for N units, DB1 crashed once a third have their unit.
+
+    The workers are frozen (SIGSTOP) across the crash and thawed once buyers
+    have been told `recovering`: otherwise the first worker back may rebuild
+    the pool before any buyer reconnects, and the test could not show what
+    buyers are told meanwhile. The maintenance job is off for the same reason.
+    """
+    herd = Herd(event.db1, event.pool_id)
+    users = [f"buyer-{n}" for n in range(UNITS)]
+    runner = threading.Thread(
+        target=lambda: asyncio.run(herd.run(users, concurrency=8, pace_s=0.05)), daemon=True
+    )
+    event.stop_maintenance()
+    runner.start()
+    wait_for(lambda: herd.claimed >= UNITS // 3, 60, "a third of the herd served")
+    for worker in workers:
+        worker.send_signal(signal.SIGSTOP)
+    try:
+        event.crash(how)
+        wait_for(lambda: "recovering" in herd.outcomes(), 60, "a claim answered `recovering`")
+    finally:
+        for worker in workers:
+            worker.send_signal(signal.SIGCONT)
+    runner.join(timeout=180)
+    assert not runner.is_alive(), "the herd did not finish"
+    return herd
+
+
+def _assert_exact_sale(event: CrashEvent, herd: Herd, before: dict[int, tuple]) -> None:
+    # Every one of the N buyers got a unit: no `sold_out` while units remained.
+    assert "sold_out" not in herd.outcomes(), Counter(o for _, o in herd.answers)
+    assert "recovering" in herd.outcomes(), "the crash was never seen as `recovering`"
+    assert herd.claimed == UNITS
+    # Late buyers find the pool sold out.
+    late = Herd(event.db1, event.pool_id)
+    asyncio.run(late.run([f"late-{n}" for n in range(10)], concurrency=2, pace_s=0))
+    assert {c.outcome for c in late.final.values()} == {"sold_out"}
+
+    wait_for(lambda: len(event.tickets()) >= UNITS, 120, "every claim committed", interval=0.5)
+    time.sleep(1)  # anything extra would show up now
+    tickets = event.tickets()
+    assert len(tickets) == UNITS
+    keys, users, unit_nos, resources = zip(*tickets, strict=True)
+    assert len(set(keys)) == len(set(users)) == len(set(unit_nos)) == len(set(resources)) == UNITS
+    # Each buyer's acknowledged claim is the one committed: same unit, same key.
+    by_user = {user: (key, unit_no, res) for key, user, unit_no, res in tickets}
+    for user, claim in herd.final.items():
+        assert by_user[user] == (str(claim.idempotency_key), claim.unit_no, str(claim.resource_id))
+    # Units kept their identity across the crash: the operator's own ids for
+    # a listed pool.
+    after = event.units()
+    assert {n: v[0] for n, v in after.items()} == {n: v[0] for n, v in before.items()}
+    listed = event.listed_ids()
+    if listed is not None:
+        assert {n: v[0] for n, v in after.items()} == listed
+        assert {(n, r) for _, _, n, r in tickets} <= set(listed.items())
+    assert Counter(v[1] for v in after.values()) == {"consumed": UNITS}
+
+
+@pytest.mark.parametrize(
+    ("how", "listed"), [("immediate", False), ("sigkill", False), ("immediate", True)]
+)
+def test_crash_mid_herd_sells_each_unit_once(workdir, how, listed):
+    with WebhookServer(fail_share=0.1) as webhook:
+        name = f"crash-{how}{'-listed' if listed else ''}"
+        event = make_crash_event(workdir, name, webhook.url, UNITS, listed=listed)
+        before = event.units()
+        with draining(_as_drain_event(event), workers=2) as workers:
+            herd = _herd_with_crash(event, how, workers)
+            _assert_exact_sale(event, herd, before)
+        status = json.loads(run_intake("status", "--json", config=event.config, check=True).stdout)
+        pool = status["pools"][0]
+        assert pool["recovering"] is False
+        assert pool["last_rebuild"]["trigger"] == "drain"
+        assert (pool["available"], pool["locked"], pool["consumed"]) == (0, 0, UNITS)
+
+
+def test_up_after_a_crash_recovers_and_never_reseeds(workdir):
+    event = make_crash_event(workdir, "crash-up", "http://127.0.0.1:9/validate", 100)
+    first = Herd(event.db1, event.pool_id)
+    asyncio.run(first.run([f"early-{n}" for n in range(40)], concurrency=4, pace_s=0))
+    assert first.claimed == 40
+    before = event.units()
+    event.stop_maintenance()
+    event.crash("immediate")
+
+    # Until the inventory is rebuilt, a claim is `recovering` (exit 75), and
+    # status says so.
+    claim = run_intake("claim", "drop", "someone", config=event.config)
+    assert claim.returncode == 75 and claim.stdout.startswith("recovering"), claim
+    status = json.loads(run_intake("status", "--json", config=event.config, check=True).stdout)
+    assert status["pools"][0]["recovering"] is True
+    dry = json.loads(
+        run_intake("recover", "--dry-run", "--json", config=event.config, check=True).stdout
+    )
+    assert dry["pools"][0]["lost"] is True
+    assert dry["pools"][0]["plan"]["locked"] == 40 and dry["pools"][0]["plan"]["units"] == 100
+    assert event.units() == {}, "a dry run changed the inventory"
+
+    up = run_intake("up", config=event.config, check=True)
+    assert "inventory lost in a DB1 crash, not reseeded" in up.stdout, up.stdout
+    assert "40 held" in up.stdout and "seeded" not in up.stdout.replace("not reseeded", "")
+    assert event.units() == before
+    again = run_intake("up", "--json", config=event.config, check=True)
+    assert json.loads(again.stdout)["seeded"][0] == {
+        "pool_id": "drop", "added": 0, "total": 100, "seconds": pytest.approx(0, abs=5),
+        "recovered": None,
+    }  # fmt: skip
+    assert event.units() == before
+
+    # Holdings and numbering came back: a buyer from before is already served
+    # with the same unit, a new buyer gets the next number.
+    again_first = Herd(event.db1, event.pool_id)
+    asyncio.run(again_first.run(["early-7", "new-1"], concurrency=1, pace_s=0))
+    assert again_first.final["early-7"].outcome == "already_claimed"
+    assert again_first.final["early-7"].unit_no == first.final["early-7"].unit_no
+    assert again_first.final["new-1"].outcome == "claimed"
+    assert again_first.final["new-1"].unit_no == 41
