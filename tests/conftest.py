@@ -28,7 +28,7 @@ _counter = itertools.count()
 
 
 def _dsn(cluster: Cluster, dbname: str) -> str:
-    return f"host=127.0.0.1 port={cluster.port} user=intake dbname={dbname}"
+    return cluster.dsn_for(dbname)
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,15 @@ select exists (
      where n.nspname = 'public' and p.proname = 'finalize_transaction'
 ) as installed;
 
+-- example_outdated: whether public.finalize_transaction is the example as intake installed it before its answer proved the commit (its body's md5)
+select exists (
+    select from pg_catalog.pg_proc p
+      join pg_catalog.pg_namespace n on n.oid = p.pronamespace
+     where n.nspname = 'public' and p.proname = 'finalize_transaction'
+       and pg_catalog.oidvectortypes(p.proargtypes) = 'jsonb'
+       and pg_catalog.md5(p.prosrc) = 'ef0839e96f23057bd953c767d6c23bd2'
+) as outdated;
+
 -- rpc_overloads: every routine with the commit RPC's schema and name, and how it can be called
 select n.nspname || '.' || p.proname
            || '(' || pg_catalog.pg_get_function_identity_arguments(p.oid) || ')' as signature,
@@ -14,6 +23,9 @@ select n.nspname || '.' || p.proname
        p.pronargdefaults as ndefaults,
        case when p.pronargs > 0
             then pg_catalog.format_type(p.proargtypes[0], null) end as first_arg_type,
+       pg_catalog.format_type(p.prorettype, null) as return_type,
+       -- the example before its answer proved the commit (see example_outdated)
+       pg_catalog.md5(p.prosrc) = 'ef0839e96f23057bd953c767d6c23bd2' as outdated_example,
        pg_catalog.has_function_privilege(p.oid, 'execute') as executable,
        current_user::text as role
   from pg_catalog.pg_proc p

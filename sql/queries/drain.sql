@@ -7,9 +7,29 @@ select pool_id, paused, batch_size, visibility_timeout, validation_webhook_url,
        end as inventory_lost
   from intake.engine_config c;
 
--- intent_states: what is known about the intents of a batch (no row: queued, never failed)
-select idempotency_key::text as key, state, attempts
-  from intake.intent_state where idempotency_key = any(%(keys)s::uuid[]);
+-- intent_states: per intent of a batch, in order: its state (null: queued, never failed), and its unit as DB1 holds it, to tell an intent the claim path issued from a message written by anything else; every lookup by primary key
+select s.state, s.attempts, s.msg_id as state_msg_id,
+       r.pool_id is not null as inventory_ready,
+       a.status::text as unit_status,
+       a.idempotency_key = m.key as same_key,
+       a.locked_by = m.user_id as same_user,
+       a.resource_id = m.resource_id as same_resource
+  from unnest(%(keys)s::uuid[], %(pool_ids)s::text[], %(unit_nos)s::bigint[],
+              %(user_ids)s::text[], %(resource_ids)s::uuid[])
+       with ordinality as m(key, pool_id, unit_no, user_id, resource_id, ord)
+  -- "limit 1" keeps each lookup a lateral probe of the primary key: as a
+  -- plain join, a batch of thousands would be hashed against a whole table.
+  left join lateral (select s.state, s.attempts, s.msg_id from intake.intent_state s
+                      where s.idempotency_key = m.key limit 1) s on true
+  left join intake.inventory_ready r on r.pool_id = m.pool_id
+  left join lateral (select a.status, a.idempotency_key, a.locked_by, a.resource_id
+                       from intake.allocations a
+                      where a.pool_id = m.pool_id and a.unit_no = m.unit_no limit 1) a on true
+ order by m.ord;
+
+-- refuse: messages that are not intents DB1's claim path issued go to the DLQ, marked refused
+select intake.refuse_messages(%(queue)s, %(dlq)s, %(msg_ids)s::bigint[], %(messages)s::jsonb[],
+                              %(errors)s::text[]);
 
 -- mark_validated: the webhook said yes
 select intake.mark_validated(%(keys)s::uuid[], %(pool_ids)s::text[], %(msg_ids)s::bigint[],

@@ -463,7 +463,12 @@ class Bench:
         # No lock_timeout for the herd: at 1,000 clients a hot-row buyer
         # waits longer than DB1's 5 s for its turn, and a baseline that
         # errors out measures nothing. (intake's claims never wait on a row.)
-        env = {**os.environ, "PGOPTIONS": "-c lock_timeout=0"}
+        # The cluster's password comes from intake's passfile, as for intake.
+        env = {
+            **os.environ,
+            "PGOPTIONS": "-c lock_timeout=0",
+            "PGPASSFILE": self.cluster.passfile,
+        }
         with (logs / "stdout").open("w") as out, (logs / "stderr").open("w") as err:
             proc = subprocess.Popen(args, stdout=out, stderr=err, text=True, cwd=logs, env=env)
         return Pending(proc, prefix, workload, clients, math.ceil(seconds))

@@ -27,7 +27,7 @@ import typer
 import yaml
 
 from intake_cli import bench, claims, config, lifecycle
-from intake_cli.embedded import DATABASE, SUPERUSER, Cluster, EmbeddedClusters
+from intake_cli.embedded import Cluster, EmbeddedClusters
 from intake_cli.webhook import WebhookClient
 from intake_cli.webhook_process import WebhookServer
 
@@ -93,14 +93,12 @@ class DrainResult:
 
 
 def _database(cluster: Cluster, name: str) -> str:
-    with psycopg.connect(
-        f"host=127.0.0.1 port={cluster.port} user={SUPERUSER} dbname={DATABASE}", autocommit=True
-    ) as conn:
+    with psycopg.connect(cluster.dsn, autocommit=True) as conn:
         conn.execute(
             psycopg.sql.SQL("drop database if exists {}").format(psycopg.sql.Identifier(name))
         )
         conn.execute(psycopg.sql.SQL("create database {}").format(psycopg.sql.Identifier(name)))
-    return f"host=127.0.0.1 port={cluster.port} user={SUPERUSER} dbname={name}"
+    return cluster.dsn_for(name)
 
 
 async def _webhook_ceiling(url: str, count: int, concurrency: int) -> float:

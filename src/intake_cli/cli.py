@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -11,7 +12,6 @@ from typing import Any
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -35,6 +35,7 @@ from intake_cli import dlq as dead_letters
 from intake_cli import worker as drainer
 from intake_cli.bench import bench_app
 from intake_cli.db import connect, endpoints
+from intake_cli.display import cell, markup
 from intake_cli.errors import IntakeError, UnknownPool, UsageError
 
 app = typer.Typer(
@@ -46,8 +47,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-out = Console()
-err = Console(stderr=True, soft_wrap=True)
+# Much of what is printed comes from outside (webhooks, DB2, files): it goes
+# through intake_cli.display, and no `:name:` in it is turned into an emoji.
+out = Console(emoji=False)
+err = Console(stderr=True, soft_wrap=True, emoji=False)
 
 _config_path = config.DEFAULT_CONFIG
 
@@ -73,6 +76,13 @@ def _settings() -> config.Settings:
 JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON instead of tables.")
 
 
+def _finite(value: float | None) -> float | None:
+    """A float option's check: nan passes every min/max (it compares false), inf passes min."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"expected a finite number, got {value}")
+    return value
+
+
 def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
@@ -83,13 +93,8 @@ def init(
     force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
 ) -> None:
     """Write a starter intake.yaml (the commented example) to PATH."""
-    if path.exists() and not force:
-        raise UsageError(f"{path} exists; pass --force to overwrite it")
-    example = Path(__file__).resolve().parents[2] / "examples" / "intake.yaml"
-    packaged = Path(__file__).parent / "example.yaml"
-    source = example if example.exists() else packaged
-    path.write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
-    out.print(f"wrote {path}; edit it, then run: intake -c {path} up")
+    config.write_example(path, force=force)
+    out.print(f"wrote {markup(path)}; edit it, then run: intake -c {markup(path)} up")
 
 
 @app.command()
@@ -113,7 +118,7 @@ def up(as_json: bool = JsonOption) -> None:
 
     def on_seed(pool: config.PoolSettings, done: int, total: int) -> None:
         if pool.pool_id not in tasks:
-            tasks[pool.pool_id] = progress.add_task(pool.pool_id, total=total)
+            tasks[pool.pool_id] = progress.add_task(markup(pool.pool_id), total=total)
         progress.update(tasks[pool.pool_id], completed=done)
 
     with progress:
@@ -150,34 +155,37 @@ def up(as_json: bool = JsonOption) -> None:
         )
         return
     where = (
-        "embedded clusters in " + str(settings.state_dir)
+        "embedded clusters in " + markup(settings.state_dir)
         if report.endpoints.embedded
         else ("configured servers")
     )
     out.print(f"[bold]DB1/DB2[/]: {where}")
     pgmq_note = " (installed now)" if s.pgmq_installed_now else ""
-    out.print(f"[bold]pgmq[/]: {s.pgmq.source} {s.pgmq.version or ''}{pgmq_note}")
-    applied = ", ".join(s.migrations_applied) or "none (up to date)"
+    pgmq = markup(f"{s.pgmq.source} {s.pgmq.version or ''}")
+    out.print(f"[bold]pgmq[/]: {pgmq}{pgmq_note}")
+    applied = markup(", ".join(s.migrations_applied) or "none (up to date)")
     out.print(f"[bold]schema[/]: version {s.schema_version}; migrations applied: {applied}")
     if s.queues_created:
-        out.print(f"[bold]queues created[/]: {', '.join(s.queues_created)}")
+        out.print(f"[bold]queues created[/]: {markup(', '.join(s.queues_created))}")
     for change in report.pools:
-        detail = f" ({', '.join(change.fields)})" if change.fields else ""
-        out.print(f"[bold]pool {change.pool_id}[/]: {change.action}{detail}")
+        detail = markup(f" ({', '.join(change.fields)})" if change.fields else "")
+        out.print(f"[bold]pool {markup(change.pool_id)}[/]: {markup(change.action)}{detail}")
     for seed in report.seeds:
         if seed.recovered:
             out.print(
-                f"  [bold yellow]{seed.pool_id}: inventory lost in a DB1 crash, not reseeded[/]: "
-                + escape(seed.recovered.summary())
+                f"  [bold yellow]{markup(seed.pool_id)}: inventory lost in a DB1 crash, "
+                "not reseeded[/]: " + markup(seed.recovered.summary())
             )
         if seed.added:
             rate = seed.added / seed.seconds if seed.seconds else 0
             out.print(
-                f"  seeded {seed.added:,} units into {seed.pool_id} in {seed.seconds:.2f} s "
-                f"({rate:,.0f}/s); {seed.total:,} in all"
+                f"  seeded {seed.added:,} units into {markup(seed.pool_id)} "
+                f"in {seed.seconds:.2f} s ({rate:,.0f}/s); {seed.total:,} in all"
             )
     for pool_id, count in report.recovered.items():
-        out.print(f"  {count} units skipped by aborted claims put back on sale in {pool_id}")
+        out.print(
+            f"  {count} units skipped by aborted claims put back on sale in {markup(pool_id)}"
+        )
 
 
 @app.command()
@@ -195,13 +203,13 @@ def status(as_json: bool = JsonOption) -> None:
         table.add_column(header, justify="left" if column == "pool" else "right")
     for pool in data["pools"]:
         table.add_row(
-            pool["pool_id"],
+            cell(pool["pool_id"]),
             *(f"{pool[column]:,}" for column in counted),
             "yes" if pool["paused"] else "no",
         )
     out.print(table)
     for pool in data["pools"]:
-        pid = escape(pool["pool_id"])
+        pid = markup(pool["pool_id"])
         if pool["recovering"]:
             err.print(
                 f"[bold red]pool {pid}: inventory lost in a DB1 crash and not rebuilt yet[/]: "
@@ -212,20 +220,20 @@ def status(as_json: bool = JsonOption) -> None:
         elif pool["last_rebuild"]:
             rebuilt = pool["last_rebuild"]
             out.print(
-                f"pool {pid}: rebuilt after a DB1 crash at {rebuilt['rebuilt_at']} "
-                f"(by {rebuilt['trigger']}): {rebuilt['units']:,} units, "
+                f"pool {pid}: rebuilt after a DB1 crash at {markup(rebuilt['rebuilt_at'])} "
+                f"(by {markup(rebuilt['trigger'])}): {rebuilt['units']:,} units, "
                 f"{rebuilt['locked']:,} held, {rebuilt['consumed']:,} sold, "
                 f"{rebuilt['released']:,} back on sale, in {rebuilt['seconds']} s"
             )
     q, d = data["queue"], data["dlq"]
     age = f", oldest {q['oldest_age_s']} s" if q["oldest_age_s"] is not None else ""
-    out.print(f"queue [bold]{q['name']}[/]: {q['depth']:,} waiting{age}")
-    out.print(f"dead letters [bold]{d['name']}[/]: {d['depth']:,}")
-    out.print(f"pgmq: {data['pgmq']['source']} {data['pgmq']['version'] or ''}")
+    out.print(f"queue [bold]{markup(q['name'])}[/]: {q['depth']:,} waiting{age}")
+    out.print(f"dead letters [bold]{markup(d['name'])}[/]: {d['depth']:,}")
+    out.print("pgmq: " + markup(f"{data['pgmq']['source']} {data['pgmq']['version'] or ''}"))
     metrics = data["metrics"]
     age = metrics["last_age_s"]
     out.print(
-        f"metrics: {metrics['description']}; "
+        f"metrics: {markup(metrics['description'])}; "
         + (f"last collected {age:.0f} s ago" if age is not None else "none collected yet")
     )
 
@@ -234,7 +242,7 @@ def status(as_json: bool = JsonOption) -> None:
 def watch_command(
     once: bool = typer.Option(False, "--once", help="Print one frame and exit (scripts, tests)."),
     refresh: float = typer.Option(
-        1.0, "--refresh", min=0.2, max=60, help="Seconds between redraws."
+        1.0, "--refresh", min=0.2, max=60, callback=_finite, help="Seconds between redraws."
     ),
     as_json: bool = typer.Option(False, "--json", help="With --once: the frame's figures as JSON."),
 ) -> None:
@@ -312,7 +320,7 @@ def demo_command(
     else:
         demo.render_report(report, out)
         if keep:
-            out.print(f"left up: intake -c {plan.directory / 'intake.yaml'} watch")
+            out.print(f"left up: intake -c {markup(plan.directory / 'intake.yaml')} watch")
     if not report.ok:
         raise typer.Exit(1)
 
@@ -342,7 +350,7 @@ def recover(
         _print_json({"dry_run": dry_run, "pools": [r.as_json() for r in reports]})
         return
     for report in reports:
-        pid = escape(report.pool_id)
+        pid = markup(report.pool_id)
         state = "inventory LOST (crash)" if report.lost else "inventory whole"
         if report.plan is not None:
             p = report.plan
@@ -353,7 +361,7 @@ def recover(
                 + (f"; {p.conflicts} conflicting claims" if p.conflicts else "")
             )
         elif report.rebuilt is not None:
-            out.print(f"pool {pid}: " + escape(report.rebuilt.summary()))
+            out.print(f"pool {pid}: " + markup(report.rebuilt.summary()))
         else:
             out.print(f"pool {pid}: {state}; nothing to do")
 
@@ -373,6 +381,8 @@ def claim(
     settings = _settings()
     if reason := config.check_pool_id(pool_id):
         raise UsageError(f"pool id: {reason}")
+    if reason := config.check_user_id(user_id):
+        raise UsageError(f"user id: {reason}")
     with connect(endpoints(settings).db1, "DB1") as conn:
         result = claims.claim(conn, pool_id, user_id)
     if result.outcome == "unknown_pool":
@@ -380,12 +390,10 @@ def claim(
     if as_json:
         _print_json(result.as_json())
     else:
-        out.print(
-            f"{result.outcome}: "
-            + " ".join(
-                f"{k}={v}" for k, v in result.as_json().items() if v is not None and k != "outcome"
-            )
+        shown = " ".join(
+            f"{k}={v}" for k, v in result.as_json().items() if v is not None and k != "outcome"
         )
+        out.print(markup(f"{result.outcome}: {shown}"))
     if result.outcome == "recovering":
         raise typer.Exit(code=claims.RECOVERING_EXIT)
     if not result.holds_unit:
@@ -431,9 +439,9 @@ def burst(
     if as_json:
         _print_json(data)
         return
-    shown = ", ".join(f"{k} {v:,}" for k, v in sorted(outcomes.items()))
+    shown = markup(", ".join(f"{k} {v:,}" for k, v in sorted(outcomes.items())))
     out.print(
-        f"{users:,} buyers on {pool_id} in {report.seconds:.2f} s "
+        f"{users:,} buyers on {markup(pool_id)} in {report.seconds:.2f} s "
         f"({report.claims_per_sec:,.0f} claims/s, p50 {data['latency_ms']['p50']} ms, "
         f"p99 {data['latency_ms']['p99']} ms): {shown}"
     )
@@ -443,14 +451,20 @@ def burst(
 def down(
     force: bool = typer.Option(False, "--force", help="Discard queued and dead-lettered intents."),
     export: Path | None = typer.Option(
-        None, "--export", help="Write queued and dead-lettered intents to FILE (JSON lines) first."
+        None,
+        "--export",
+        help=(
+            "Write queued and dead-lettered intents to FILE (JSON lines), synced and read back, "
+            "before anything is torn down. FILE must be new and outside the state directory."
+        ),
     ),
     as_json: bool = JsonOption,
 ) -> None:
     """Tear the event down (embedded clusters are stopped and removed).
 
     Refuses while intents are queued or dead-lettered, unless they are
-    exported first (--export FILE) or knowingly discarded (--force).
+    exported first (--export FILE) or knowingly discarded (--force). Only
+    what intake made in the state directory is removed.
     """
     settings = _settings()
     report = lifecycle.down(settings, force=force, export=export)
@@ -458,12 +472,18 @@ def down(
         _print_json(report.__dict__)
         return
     if report.exported is not None:
-        out.print(f"exported {report.exported} intents to {export}")
+        out.print(f"exported {report.exported} intents to {markup(report.export_path)} (verified)")
     elif report.undrained or report.dead:
         out.print(f"discarded {report.undrained} queued and {report.dead} dead-lettered intents")
     out.print(
         "event torn down" + (" (embedded clusters removed)" if report.stopped_embedded else "")
     )
+    if report.left_in_state_dir:
+        names = ", ".join(report.left_in_state_dir)
+        out.print(
+            f"left {markup(settings.state_dir)} in place: it holds files intake did not make "
+            f"({markup(names)})"
+        )
 
 
 # `drain --once` is run by cron and the like: waiting longer for a database
@@ -491,18 +511,27 @@ def drain(
     ),
     log_format: str = typer.Option("json", "--log-format", help="json | text"),
     webhook_timeout: float = typer.Option(
-        10.0, "--webhook-timeout", min=0.1, help="Seconds before a webhook call counts as failed."
+        10.0,
+        "--webhook-timeout",
+        min=0.1,
+        max=3600,
+        callback=_finite,
+        help="Seconds before a webhook call counts as failed.",
     ),
     shutdown_timeout: float = typer.Option(
         30.0,
         "--shutdown-timeout",
         min=0,
+        max=3600,
+        callback=_finite,
         help="On SIGINT/SIGTERM, seconds in-flight batches get to finish before being handed back.",
     ),
     connect_timeout: float | None = typer.Option(
         None,
         "--connect-timeout",
         min=0,
+        max=86400,
+        callback=_finite,
         help=(
             "Seconds to wait at start for DB1 and DB2 to be reachable, then exit 3 "
             f"(default: as long as it takes; with --once, {ONCE_CONNECT_TIMEOUT_S} s)."
@@ -567,7 +596,9 @@ def _dlq_connection() -> tuple[config.Settings, Any]:
 
 @dlq_app.command("list")
 def dlq_list(
-    limit: int | None = typer.Option(None, "--limit", min=1, help="Show at most this many."),
+    limit: int | None = typer.Option(
+        None, "--limit", min=1, max=1_000_000, help="Show at most this many."
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """List dead letters: id, pool, user, state reached, attempts, last error."""
@@ -577,18 +608,19 @@ def dlq_list(
     if as_json:
         _print_json([letter.as_json() for letter in letters])
         return
-    table = Table(title=f"dead letters in {settings.dlq_name}")
+    table = Table(title=f"dead letters in {markup(settings.dlq_name)}")
     for column in ("id", "pool", "user", "state", "attempts", "last error"):
         table.add_column(column)
     for letter in letters:
         data = letter.as_json()
+        # All but the numbers come from the message, written by whoever wrote it.
         table.add_row(
             str(letter.msg_id),
-            str(data["pool_id"]),
-            str(data["user_id"]),
-            letter.state,
+            cell(data["pool_id"]),
+            cell(data["user_id"]),
+            cell(letter.state),
             str(letter.attempts),
-            escape(letter.last_error or ""),
+            cell(letter.last_error or ""),
         )
     out.print(table)
 
@@ -632,8 +664,10 @@ def dlq_replay(
     for item in replayed:
         after = f" → message {item['msg_id_after']}" if item["msg_id_after"] else ""
         out.print(
-            f"  {item['msg_id']} {item['pool_id']} {item['idempotency_key']} "
-            f"({item['state']}){after}"
+            markup(
+                f"  {item['msg_id']} {item['pool_id']} {item['idempotency_key']} "
+                f"({item['state']}){after}"
+            )
         )
 
 
@@ -647,7 +681,7 @@ def dlq_purge(
     settings, connection = _dlq_connection()
     with connection as conn:
         purged = dead_letters.purge(conn, settings.dlq_name)
-    out.print(f"purged {purged} dead letters from {settings.dlq_name}")
+    out.print(f"purged {purged} dead letters from {markup(settings.dlq_name)}")
 
 
 pool_app = typer.Typer(help="Pause or resume a pool while the event runs.", no_args_is_help=True)
@@ -658,7 +692,7 @@ def _set_paused(pool_id: str, paused: bool) -> None:
     settings = _settings()
     with connect(endpoints(settings).db1, "DB1") as conn:
         controls.set_paused(conn, pool_id, paused)
-    out.print(f"pool {pool_id}: {'paused' if paused else 'resumed'}")
+    out.print(f"pool {markup(pool_id)}: {'paused' if paused else 'resumed'}")
 
 
 @pool_app.command("pause")
@@ -687,15 +721,22 @@ def config_set(
 ) -> None:
     """Change live settings (checked like intake.yaml); running workers use them at their
     next batch. `intake up` sets them back to what intake.yaml says."""
+    if reason := config.check_pool_id(pool_id):
+        raise UsageError(f"pool id: {reason}")
     changes = controls.parse_assignments(assignments)
     settings = _settings()
     where = endpoints(settings)
     applied = controls.set_settings(where.db1, where.db2, pool_id, changes)
+    # A URL stored before credentials were refused still never reaches the screen.
+    shown = {
+        key: tuple(config.redact(v) if isinstance(v, str) else v for v in pair)
+        for key, pair in applied.items()
+    }
     if as_json:
-        _print_json({key: {"old": old, "new": new} for key, (old, new) in applied.items()})
+        _print_json({key: {"old": old, "new": new} for key, (old, new) in shown.items()})
         return
-    for key, (old, new) in applied.items():
-        out.print(f"pool {pool_id}: {key} {old} → {new}")
+    for key, (old, new) in shown.items():
+        out.print(markup(f"pool {pool_id}: {key} {old} → {new}"))
 
 
 app.command("webhook-server")(testhook.webhook_server_command)
@@ -717,5 +758,5 @@ def main() -> None:
     try:
         app()
     except IntakeError as exc:
-        err.print("[bold red]error:[/]", escape(str(exc)), highlight=False)
+        err.print("[bold red]error:[/]", markup(exc, lines=True), highlight=False)
         sys.exit(exc.exit_code)

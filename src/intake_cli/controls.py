@@ -36,8 +36,20 @@ def parse_assignments(pairs: list[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, text = pair.partition("=")
         if not sep:
-            raise UsageError(f"expected KEY=VALUE, got {pair!r}")
-        changes[key.strip()] = config.live_setting(key.strip(), text.strip())
+            raise UsageError(f"expected KEY=VALUE, got {config.redact(pair)[:60]!r}")
+        key = key.strip()
+        if key in changes:
+            # As in intake.yaml: the last one would silently win.
+            raise UsageError(f"{key} is given twice: name each setting once")
+        changes[key] = config.live_setting(key, text.strip())
+    # Both given: refused before connecting; one alone is checked against DB1's row.
+    base, ceiling = changes.get("retry_base_seconds"), changes.get("retry_max_seconds")
+    if (
+        base is not None
+        and ceiling is not None
+        and (reason := config.check_retry_pair(base, ceiling))
+    ):
+        raise UsageError(reason)
     return changes
 
 
@@ -54,6 +66,11 @@ def set_settings(
             row = cur.execute(_q("pool_row"), {"pool_id": pool_id}).fetchone()
         if row is None:
             raise UnknownPool(f"pool {pool_id!r} is not provisioned in DB1")
+        # The pair as it will be after the change (the row is locked until commit).
+        base = changes.get("retry_base_seconds", row["retry_base_seconds"])
+        ceiling = changes.get("retry_max_seconds", row["retry_max_seconds"])
+        if reason := config.check_retry_pair(float(base), float(ceiling)):
+            raise UsageError(f"pool {pool_id}: {reason} (after this change)")
         assignments = sql.SQL(", ").join(
             sql.SQL("{} = {}").format(sql.Identifier(key), sql.Placeholder(key)) for key in changes
         )

@@ -49,12 +49,13 @@ def endpoints(settings: Settings, *, start: bool = False) -> Endpoints:
 
 
 def describe_dsn(dsn: str) -> str:
-    """The DSN without its password, for messages."""
+    """The DSN without its passwords (the server's and the client key's), for messages."""
     try:
         info = psycopg.conninfo.conninfo_to_dict(dsn)
     except psycopg.ProgrammingError:
         return "(unparsable connection string)"
     info.pop("password", None)
+    info.pop("sslpassword", None)
     return " ".join(f"{k}={v}" for k, v in info.items()) or "(PG* environment)"
 
 

@@ -31,6 +31,8 @@ from rich.text import Text
 
 from intake_cli import config, lifecycle, queue, telemetry, watch
 from intake_cli.db import endpoints
+from intake_cli.display import safe
+from intake_cli.errors import UsageError
 from intake_cli.sqlfiles import queries
 from intake_cli.webhook_process import WebhookServer
 
@@ -92,13 +94,19 @@ class DemoReport:
         }
 
 
+# The first line of every intake.yaml a demo writes. Any other intake.yaml in
+# --dir is someone's event: the demo neither tears it down nor overwrites it.
+DEMO_HEADER = "# written by `intake demo`; the next demo in this directory tears it down\n"
+
+
 def _write_config(plan: DemoPlan, webhook_url: str) -> Path:
     plan.directory.mkdir(parents=True, exist_ok=True)
     # The embedded servers run as an unprivileged user who must reach it.
     plan.directory.chmod(0o755)
     path = plan.directory / "intake.yaml"
     path.write_text(
-        yaml.safe_dump(
+        DEMO_HEADER
+        + yaml.safe_dump(
             {
                 "state_dir": ".intake",
                 "pools": [
@@ -175,6 +183,12 @@ def _clear_previous(plan: DemoPlan) -> None:
     """A demo left up by --keep (or stopped half-way) is torn down first."""
     previous = plan.directory / "intake.yaml"
     if previous.exists():
+        if not previous.read_text(errors="replace").startswith(DEMO_HEADER):
+            raise UsageError(
+                f"--dir {plan.directory} holds an intake.yaml the demo did not write: the demo "
+                "would overwrite it and tear its event down. Choose another directory (or "
+                "tear that event down yourself first: `intake -c … down`)"
+            )
         lifecycle.down(config.load(str(previous)), force=True)
 
 
@@ -221,7 +235,8 @@ def run(plan: DemoPlan, console: Console, live_view: bool, keep: bool) -> DemoRe
             text = (logs / f"drain-{n}.json").read_text().strip()
             report.workers.append(json.loads(text) if text else {"exit_code": proc.returncode})
         if herd.returncode != 0:
-            raise RuntimeError(f"the herd failed: {(logs / 'herd.log').read_text()[-2000:]}")
+            said = safe((logs / "herd.log").read_text()[-2000:], lines=True)
+            raise RuntimeError(f"the herd failed: {said}")
         report.herd = json.loads((logs / "herd.json").read_text())
         report.timings_s["first_sold_out"] = report.herd.get("first_sold_out_s")
         webhook_calls = hook.calls()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+from uuid import UUID
 
 import psycopg
 from psycopg import sql
@@ -84,10 +85,18 @@ def _fetch(
     return letters
 
 
+def _key(value: Any) -> UUID | None:
+    """The intent's idempotency key, if it is one: a forged dead letter may hold anything."""
+    try:
+        return UUID(str(value))
+    except ValueError:
+        return None
+
+
 def show(conn: psycopg.Connection, dlq: str, msg_id: int) -> dict[str, Any]:
     [letter] = _fetch(conn, dlq, [msg_id])
     data = letter.as_json()
-    key = letter.intent.get("idempotency_key")
+    key = _key(letter.intent.get("idempotency_key"))
     if key:
         with conn.cursor(row_factory=dict_row) as cur:
             data["intent_state"] = cur.execute(

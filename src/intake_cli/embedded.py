@@ -1,32 +1,62 @@
 """Local ephemeral PostgreSQL clusters for DB1 and DB2 (the embedded default).
 
 Each cluster is an initdb'd data directory under the state directory, served
-on a free loopback port with trust authentication (loopback only, no unix
-socket: the cluster belongs to this one event and dies with `intake down`).
+on a free loopback port (loopback only, no unix socket: the cluster belongs
+to this one event and dies with `intake down`). Every connection proves a
+password (SCRAM) that intake generated and keeps in the state directory's
+`pgpass`, a libpq passfile only the user running intake can read: another
+user on the machine cannot connect, let alone as the superuser. DSNs name
+the passfile (`passfile=`), never the password.
+
 PostgreSQL refuses to run as root, so when intake runs as root the server
 runs as an unprivileged system user (`postgres`, which Debian's package
 creates) and the data directories are handed to it.
+
+The state directory is intake's alone: a marker file claims it (and is the
+lock that serialises `intake up` and `intake down`), a directory holding
+other files and no marker is refused, and teardown removes only what intake
+made there.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pwd
+import secrets
 import shutil
 import socket
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from intake_cli import __version__
 from intake_cli.config import EmbeddedSettings
-from intake_cli.errors import EmbeddedClusterError
+from intake_cli.errors import EmbeddedClusterError, StateDirRefused
 
 SUPERUSER = "intake"
 DATABASE = "intake"
 STATE_FILE = "clusters.json"
 SERVER_USER = os.environ.get("INTAKE_PG_USER", "postgres")
+# Claims the directory for intake and is the lock `up` and `down` hold.
+MARKER = ".intake-state"
+# libpq passfile with the clusters' password: 0600, owned by intake's user.
+PASSFILE = "pgpass"
+CLUSTER_NAMES = ("db1", "db2")
+# Client connections: loopback TCP, password proven by SCRAM, nothing else.
+_HBA = """\
+# written by intake: loopback only, and every connection proves the password
+# kept in the state directory's pgpass (readable by intake's user alone).
+host    all    all    127.0.0.1/32    scram-sha-256
+"""
 
 
 @dataclass(frozen=True)
@@ -36,8 +66,23 @@ class Cluster:
     port: int
 
     @property
+    def passfile(self) -> str:
+        return os.path.join(os.path.dirname(os.path.abspath(self.datadir)), PASSFILE)
+
+    def dsn_for(self, dbname: str) -> str:
+        """A DSN for one of this cluster's databases; the password stays in the passfile."""
+        return make_conninfo(
+            "",
+            host="127.0.0.1",
+            port=self.port,
+            user=SUPERUSER,
+            dbname=dbname,
+            passfile=self.passfile,
+        )
+
+    @property
     def dsn(self) -> str:
-        return f"host=127.0.0.1 port={self.port} user={SUPERUSER} dbname={DATABASE}"
+        return self.dsn_for(DATABASE)
 
     @property
     def logfile(self) -> str:
@@ -161,11 +206,36 @@ def _settings_for(name: str, port: int, options: EmbeddedSettings, with_cron: bo
             lines += [
                 "shared_preload_libraries = 'pg_cron'",
                 f"cron.database_name = '{DATABASE}'",
-                # No unix socket here, and "localhost" may resolve to ::1,
-                # where nothing listens.
-                "cron.host = '127.0.0.1'",
+                # Jobs run in background workers, not libpq sessions: pg_cron
+                # needs no password (the server user has no passfile) and no
+                # loopback connection of its own. Two jobs, each at most one
+                # worker at a time, besides the launcher and parallel query.
+                "cron.use_background_workers = on",
+                "cron.max_running_jobs = 4",
+                "max_worker_processes = 16",
             ]
     return "\n".join(["# written by intake", *lines, ""])
+
+
+def _write_private(path: Path, text: str, owner: pwd.struct_passwd | None = None) -> None:
+    """Write a file only its owner can read (0600), replacing any other in one step."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        if owner is not None:
+            os.fchown(fd, owner.pw_uid, owner.pw_gid)
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+# Locks this process holds, by state directory: (descriptor, depth). flock
+# excludes two descriptors of one process too, so a nested `locked()` (up
+# holding it, ensure asking again) reuses the first.
+_held: dict[str, list[int]] = {}
 
 
 class EmbeddedClusters:
@@ -175,6 +245,8 @@ class EmbeddedClusters:
         self.state_dir = state_dir
         self.options = options or EmbeddedSettings()
         self.state_path = state_dir / STATE_FILE
+        self.marker = state_dir / MARKER
+        self.passfile = state_dir / PASSFILE
 
     # -- state -----------------------------------------------------------------
 
@@ -189,58 +261,265 @@ class EmbeddedClusters:
             json.dumps({name: asdict(c) for name, c in clusters.items()}, indent=2) + "\n"
         )
 
+    # -- the state directory: claimed, locked, and only intake's own removed ---
+
+    def _own_names(self) -> set[str]:
+        """Every name intake may create in the state directory."""
+        names = {MARKER, PASSFILE, f"{PASSFILE}.tmp", STATE_FILE}
+        for name in CLUSTER_NAMES:
+            names |= {name, f"{name}.log", f"{name}.pwfile", f"{name}.pwfile.tmp"}
+        return names
+
+    def _claim(self) -> bool:
+        """Make the directory intake's (marker) unless it holds files of someone else's.
+
+        True when this call created the directory.
+        """
+        created = False
+        if self.state_dir.exists() and not self.state_dir.is_dir():
+            raise StateDirRefused(
+                f"state_dir {self.state_dir} is not a directory intake can own: "
+                "set state_dir to a new or empty directory"
+            )
+        if self.state_dir.exists():
+            if not self.marker.exists() and not self.state_path.exists():
+                foreign = sorted(os.listdir(self.state_dir))
+                if foreign:
+                    shown = ", ".join(foreign[:5]) + (", …" if len(foreign) > 5 else "")
+                    raise StateDirRefused(
+                        f"state_dir {self.state_dir} holds files intake did not create "
+                        f"({shown}) and no {MARKER} marker: intake keeps its clusters in a "
+                        "directory of its own. Set state_dir to a new or empty directory "
+                        "(the default is .intake), or move those files out"
+                    )
+            # A clusters.json without a marker: a state directory made by an
+            # older intake, adopted (only intake's own entries are ever removed).
+        else:
+            try:
+                self.state_dir.mkdir(parents=True)
+                created = True
+            except FileExistsError:  # another `intake up` made it just now
+                pass
+        try:
+            fd = os.open(self.marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        except FileExistsError:
+            return created
+        with os.fdopen(fd, "w") as out:
+            out.write(
+                f"intake {__version__} keeps its embedded clusters here. It removes only what "
+                "it created (this file last) and leaves anything else alone.\n"
+            )
+        return created
+
+    @contextmanager
+    def locked(self, *, create: bool = True) -> Iterator[bool]:
+        """Hold the state directory for one `up` or `down` at a time.
+
+        create=True claims the directory (made if missing, refused if it holds
+        others' files); create=False takes the lock only where intake's state
+        is, and yields False (no lock) where there is none. A second process
+        waits here until the first is done, then sees what the first left.
+        """
+        key = os.path.abspath(self.state_dir)
+        if key in _held:
+            _held[key][1] += 1
+            try:
+                yield True
+            finally:
+                _held[key][1] -= 1
+            return
+        created = False
+        while True:
+            if create:
+                created = self._claim() or created
+            elif not self.marker.exists():
+                if not self.state_path.exists():
+                    yield False
+                    return
+                self._claim()
+            try:
+                fd = os.open(self.marker, os.O_RDONLY | os.O_NOFOLLOW)
+            except FileNotFoundError:  # removed by a `down` that held it: claim anew
+                continue
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                if os.stat(self.marker).st_ino == os.fstat(fd).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)  # a `down` removed the marker while we waited: start again
+        _held[key] = [fd, 0]
+        try:
+            yield True
+        finally:
+            del _held[key]
+            try:
+                # An `up` that failed before making anything leaves no trace.
+                if created and os.listdir(self.state_dir) == [MARKER]:
+                    self.marker.unlink()
+                    self.state_dir.rmdir()
+            except OSError:
+                pass  # gone already, or no longer empty: not ours to tidy
+            finally:
+                os.close(fd)
+
+    # -- the password ----------------------------------------------------------
+
+    def _passwords(self) -> dict[int, str]:
+        """The passfile's passwords by cluster port."""
+        try:
+            text = self.passfile.read_text()
+        except FileNotFoundError:
+            return {}
+        found = {}
+        for line in text.splitlines():
+            fields = line.split(":", 4)
+            # Lines intake did not write (comments, hand edits) are not its passwords.
+            if len(fields) == 5 and fields[0] == "127.0.0.1" and fields[1].isdigit():
+                found[int(fields[1])] = fields[4]
+        return found
+
+    def _remember(self, port: int, password: str, forget: int | None = None) -> None:
+        passwords = self._passwords()
+        if forget is not None:
+            passwords.pop(forget, None)
+        passwords[port] = password
+        lines = [f"127.0.0.1:{p}:*:{SUPERUSER}:{pw}" for p, pw in sorted(passwords.items())]
+        # Owned by the user running intake (not the server's): libpq reads it
+        # for intake, and nobody else on the machine can.
+        _write_private(
+            self.passfile,
+            "\n".join(["# written by intake: the embedded clusters' passwords", *lines, ""]),
+        )
+
     # -- lifecycle -------------------------------------------------------------
 
-    def ensure(self, names: tuple[str, ...] = ("db1", "db2")) -> dict[str, Cluster]:
+    def ensure(self, names: tuple[str, ...] = CLUSTER_NAMES) -> dict[str, Cluster]:
         """Initialise and start what is missing; leave running clusters alone."""
         bindir = pg_bindir()
         account = _server_account()
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        if account is not None:
-            _check_reachable(self.state_dir, account)
-        clusters = self.load()
-        with_cron = pg_cron_available(bindir)
-        for name in names:
-            cluster = clusters.get(name)
-            if cluster is None or not (Path(cluster.datadir) / "PG_VERSION").exists():
-                cluster = self._init(name, bindir, account, with_cron)
-                clusters[name] = cluster
-                self._save(clusters)
-            if not self.running(cluster, bindir, account):
-                self._start(cluster, bindir, account)
-        return clusters
+        with self.locked():
+            if account is not None:
+                _check_reachable(self.state_dir, account)
+            clusters = self.load()
+            with_cron = pg_cron_available(bindir)
+            for name in names:
+                cluster = clusters.get(name)
+                if cluster is None or not (Path(cluster.datadir) / "PG_VERSION").exists():
+                    old_port = cluster.port if cluster is not None else None
+                    cluster = self._init(name, bindir, account, with_cron, old_port)
+                    clusters[name] = cluster
+                    self._save(clusters)
+                if not self.running(cluster, bindir, account):
+                    self._start(cluster, bindir, account)
+                if cluster.port not in self._passwords():
+                    self._secure(cluster, bindir, account, with_cron)
+            return clusters
 
     def _init(
-        self, name: str, bindir: Path, account: pwd.struct_passwd | None, with_cron: bool
+        self,
+        name: str,
+        bindir: Path,
+        account: pwd.struct_passwd | None,
+        with_cron: bool,
+        old_port: int | None = None,
     ) -> Cluster:
         datadir = self.state_dir / name
-        if datadir.exists():
+        if datadir.is_dir() and not datadir.is_symlink():
+            # Under intake's marker, a cluster directory without PG_VERSION is
+            # what an interrupted initdb left.
             shutil.rmtree(datadir)
+        elif datadir.exists() or datadir.is_symlink():
+            datadir.unlink()
         datadir.mkdir(mode=0o700)
         if account is not None:
             os.chown(datadir, account.pw_uid, account.pw_gid)
-        _run(
-            [
-                str(bindir / "initdb"),
-                "-D",
-                str(datadir),
-                "-U",
-                SUPERUSER,
-                "--auth=trust",
-                "--encoding=UTF8",
-                "--locale=C.UTF-8",
-                "--no-sync",
-                "--no-instructions",
-            ],
-            account,
-            f"initdb for {name}",
-        )
+        password = secrets.token_hex(24)
+        # initdb runs as the server's user and must read the password; the
+        # file lives only as long as initdb does.
+        pwfile = self.state_dir / f"{name}.pwfile"
+        _write_private(pwfile, password + "\n", account)
+        try:
+            _run(
+                [
+                    str(bindir / "initdb"),
+                    "-D",
+                    str(datadir),
+                    "-U",
+                    SUPERUSER,
+                    "--auth=scram-sha-256",
+                    f"--pwfile={pwfile}",
+                    "--encoding=UTF8",
+                    "--locale=C.UTF-8",
+                    "--no-sync",
+                    "--no-instructions",
+                ],
+                account,
+                f"initdb for {name}",
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
         port = free_port()
-        conf = datadir / "postgresql.auto.conf"
-        conf.write_text(_settings_for(name, port, self.options, with_cron))
-        if account is not None:
-            os.chown(conf, account.pw_uid, account.pw_gid)
+        self._remember(port, password, forget=old_port)
+        self._configure(name, datadir, port, account, with_cron)
         return Cluster(name=name, datadir=str(datadir), port=port)
+
+    def _configure(
+        self,
+        name: str,
+        datadir: Path,
+        port: int,
+        account: pwd.struct_passwd | None,
+        with_cron: bool,
+    ) -> None:
+        for path, text in (
+            (datadir / "postgresql.auto.conf", _settings_for(name, port, self.options, with_cron)),
+            (datadir / "pg_hba.conf", _HBA),
+        ):
+            path.write_text(text)
+            if account is not None:
+                os.chown(path, account.pw_uid, account.pw_gid)
+
+    def _secure(
+        self,
+        cluster: Cluster,
+        bindir: Path,
+        account: pwd.struct_passwd | None,
+        with_cron: bool,
+    ) -> None:
+        """Give a cluster an older intake made with trust authentication a password.
+
+        It is running and still trusts loopback: set a generated password,
+        remember it in the passfile, require it (pg_hba.conf) and restart
+        with today's settings (pg_cron in background workers needs a restart).
+        """
+        password = secrets.token_hex(24)
+        try:
+            with psycopg.connect(cluster.dsn_for("postgres"), autocommit=True) as conn:
+                # The SCRAM verifier is computed here: the password itself
+                # never reaches the server (or its log).
+                verifier = conn.pgconn.encrypt_password(
+                    password.encode(), SUPERUSER.encode(), b"scram-sha-256"
+                )
+                conn.execute(
+                    sql.SQL("alter role {} password {}").format(
+                        sql.Identifier(SUPERUSER), sql.Literal(verifier.decode())
+                    )
+                )
+        except psycopg.OperationalError as exc:
+            raise EmbeddedClusterError(
+                f"{cluster.name} has no password in {self.passfile} and refuses a connection "
+                f"without one ({str(exc).strip().splitlines()[-1]}): the passfile was removed "
+                "or replaced, and intake cannot connect without it: restore it"
+            ) from None
+        self._remember(cluster.port, password)
+        self._configure(cluster.name, Path(cluster.datadir), cluster.port, account, with_cron)
+        restart = ["restart", "-w", "-t", "60", "-m", "fast", "-D", cluster.datadir]
+        _run(
+            [str(bindir / "pg_ctl"), *restart, "-l", cluster.logfile],
+            account,
+            f"restarting {cluster.name} with password authentication",
+        )
 
     def running(self, cluster: Cluster, bindir: Path, account: pwd.struct_passwd | None) -> bool:
         args = [str(bindir / "pg_ctl"), "status", "-D", cluster.datadir]
@@ -271,34 +550,24 @@ class EmbeddedClusters:
         except EmbeddedClusterError as exc:
             tail = log.read_text(errors="replace").strip().splitlines()[-3:]
             raise EmbeddedClusterError(f"{exc}; server log: {' | '.join(tail)}") from None
-        self._create_database(cluster, bindir, account)
+        self._create_database(cluster)
 
-    def _create_database(
-        self, cluster: Cluster, bindir: Path, account: pwd.struct_passwd | None
-    ) -> None:
-        psql = [
-            str(bindir / "psql"),
-            "-X",
-            "-q",
-            "-At",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(cluster.port),
-            "-U",
-            SUPERUSER,
-            "-d",
-            "postgres",
-        ]
-        exists = _run(
-            [*psql, "-c", f"select 1 from pg_database where datname = '{DATABASE}'"],
-            account,
-            f"checking {cluster.name}",
-        )
-        if not exists.strip():
-            _run([*psql, "-c", f"create database {DATABASE}"], account, f"creating {DATABASE}")
+    def _create_database(self, cluster: Cluster) -> None:
+        # Connected as intake's user, who holds the passfile (the server's
+        # user does not).
+        try:
+            with psycopg.connect(cluster.dsn_for("postgres"), autocommit=True) as conn:
+                exists = conn.execute(
+                    "select 1 from pg_database where datname = %s", (DATABASE,)
+                ).fetchone()
+                if exists is None:
+                    conn.execute(sql.SQL("create database {}").format(sql.Identifier(DATABASE)))
+        except psycopg.Error as exc:
+            raise EmbeddedClusterError(
+                f"creating {DATABASE} in {cluster.name} failed: {exc}"
+            ) from None
 
-    def halt(self, names: tuple[str, ...] = ("db1", "db2")) -> None:
+    def halt(self, names: tuple[str, ...] = CLUSTER_NAMES) -> None:
         """Stop clusters but keep their data (`ensure` starts them again)."""
         clusters = self.load()
         bindir = pg_bindir()
@@ -311,10 +580,27 @@ class EmbeddedClusters:
                 stop = ["stop", "-w", "-t", "60", "-m", "fast", "-D", cluster.datadir]
                 _run([str(bindir / "pg_ctl"), *stop], account, f"stopping {cluster.name}")
 
-    def stop(self) -> None:
-        """Stop every cluster and remove the state directory."""
-        clusters = self.load()
-        if clusters:
-            self.halt(tuple(clusters))
-        if self.state_dir.exists():
-            shutil.rmtree(self.state_dir)
+    def stop(self) -> list[str]:
+        """Stop every cluster and remove what intake made in the state directory.
+
+        The directory itself goes when nothing else is left in it. Returns the
+        names left there that intake did not make (sorted), which it leaves alone.
+        """
+        with self.locked(create=False) as ours:
+            if not ours:
+                return []
+            clusters = self.load()
+            if clusters:
+                self.halt(tuple(clusters))
+            # Only the names intake makes: anything else here is someone else's.
+            for name in sorted(self._own_names() - {MARKER}):
+                path = self.state_dir / name
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink(missing_ok=True)
+            left = sorted(set(os.listdir(self.state_dir)) - {MARKER})
+            self.marker.unlink(missing_ok=True)
+            if not left:
+                self.state_dir.rmdir()
+            return left

@@ -82,3 +82,15 @@ class LedgerUnavailable(IntakeError):
     """DB2 could not be reached or refused the commit; it will be retried."""
 
     exit_code = 3
+
+
+class StateDirRefused(IntakeError):
+    """The state directory holds files intake did not create; intake will not use it."""
+
+    exit_code = 2
+
+
+class ExportFailed(IntakeError):
+    """The export could not be written and verified; nothing was torn down."""
+
+    exit_code = 1

@@ -1,8 +1,11 @@
 """DB2, the core ledger: its commit RPC, checked, called, and the example that `intake up` installs.
 
-The contract with DB2 is one function taking the intent as JSON and idempotent
-on the intent's key. intake never writes DB2's tables itself, so any ledger
-that offers such a function can sit behind the engine.
+The contract with DB2 is one function taking the intent as JSON, idempotent
+on the intent's key, and answering with proof of the commit: a JSON object
+whose `idempotency_key` is the payload's and whose `status` is `committed`
+(this call wrote it) or `duplicate` (an earlier call did). intake never
+writes DB2's tables itself, so any ledger that offers such a function can sit
+behind the engine; an answer that proves nothing never counts as a sale.
 
 The RPC's name comes from configuration. It is checked against a strict
 pattern, looked up in the catalog with bound parameters, and reaches SQL text
@@ -11,6 +14,7 @@ only as an identifier quoted by psycopg.sql.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -28,6 +32,9 @@ EXAMPLE_RPC = "public.finalize_transaction"
 
 ArgType = Literal["jsonb", "json"]
 _ARG_TYPES: tuple[ArgType, ...] = ("jsonb", "json")
+# What the RPC's answer says of a payload it committed: this call or an earlier one.
+PROOF_STATUSES = ("committed", "duplicate")
+PROOF_SHAPE = '{"idempotency_key": <the payload\'s>, "status": "committed" or "duplicate"}'
 
 
 def _q(name: str) -> str:
@@ -74,7 +81,7 @@ class RpcName:
 
 @dataclass(frozen=True)
 class CommitOutcome:
-    """What the RPC said about one payload: its result, or why it refused."""
+    """What the RPC said about one payload: ok only when its answer proves the commit."""
 
     ok: bool
     error: str | None
@@ -86,6 +93,9 @@ class CommitOutcome:
 
 
 def example_installed(conn: psycopg.Connection) -> bool:
+    """Whether DB2 has a public.finalize_transaction that needs nothing from intake."""
+    if _example_outdated(conn):
+        return False
     with conn.cursor(row_factory=tuple_row) as cur:
         row = cur.execute(_q("example_installed")).fetchone()
     return bool(row and row[0])
@@ -95,10 +105,16 @@ def install_example(conn: psycopg.Connection) -> bool:
     """Install the example ledger in one transaction; False (and nothing done) if present.
 
     Presence is judged by public.finalize_transaction alone: a DB2 that has
-    one is somebody's ledger, which intake must not touch.
+    one is somebody's ledger, which intake must not touch. The one exception
+    is the example's own RPC exactly as an earlier intake installed it (known
+    by its body), whose answer did not yet prove the commit: it is replaced
+    in place, and True returned.
     """
     try:
         with conn.transaction():
+            if _example_outdated(conn):
+                conn.execute(render("db2/finalize_transaction.sql"))
+                return True
             if example_installed(conn):
                 return False
             # The ledger's grants and policy name Supabase's roles and
@@ -117,8 +133,19 @@ def install_example(conn: psycopg.Connection) -> bool:
     return True
 
 
+def _example_outdated(conn: psycopg.Connection) -> bool:
+    with conn.cursor(row_factory=tuple_row) as cur:
+        row = cur.execute(_q("example_outdated")).fetchone()
+    return bool(row and row[0])
+
+
 # ---------------------------------------------------------------------------
 # Checking the contract
+
+
+# Where PostgreSQL keeps its own functions: none of them commits an intent,
+# and pg_catalog.jsonb_typeof(jsonb) would pass for one by its signature.
+_SYSTEM_SCHEMAS = ("pg_catalog", "information_schema")
 
 
 @dataclass(frozen=True)
@@ -129,6 +156,8 @@ class _Overload:
     nargs: int
     ndefaults: int
     first_arg_type: str | None
+    return_type: str
+    outdated_example: bool
     executable: bool
     role: str
 
@@ -140,6 +169,15 @@ class _Overload:
             and self.first_arg_type in _ARG_TYPES
         )
 
+    @property
+    def answers_json(self) -> bool:
+        return self.return_type in _ARG_TYPES and not self.returns_set
+
+
+def _system_schema(schema: str) -> bool:
+    # pg_* names are reserved for the system (pg_toast, pg_temp_N, ...).
+    return schema in _SYSTEM_SCHEMAS or schema.startswith("pg_")
+
 
 def _judge(rpc: RpcName, rows: Iterable[tuple[Any, ...]]) -> RpcName:
     """The RPC as it must be called, or a LedgerContractError saying what DB2 has instead."""
@@ -149,15 +187,22 @@ def _judge(rpc: RpcName, rows: Iterable[tuple[Any, ...]]) -> RpcName:
             f"DB2 has no function {rpc}(jsonb): install it, or set commit_rpc_name"
         )
     fitting = [o for o in overloads if o.takes_one_json]
-    callable_ = [o for o in fitting if o.kind == "f" and not o.returns_set]
+    callable_ = [o for o in fitting if o.kind == "f" and o.answers_json]
     if not callable_:
         have = "; ".join(_explain(o) for o in overloads)
         raise LedgerContractError(
             f"DB2's {rpc} cannot be the commit RPC: intake calls {rpc}(payload jsonb) "
-            f"(or json), one argument, returning one value per call. DB2 has: {have}"
+            f"(or json), one argument, and needs one json or jsonb answer per call, "
+            f"{PROOF_SHAPE}. DB2 has: {have}"
         )
     # jsonb first: it is what the payloads are sent as, so no cast is needed.
     best = min(callable_, key=lambda o: _ARG_TYPES.index(o.first_arg_type))  # type: ignore[arg-type]
+    if best.outdated_example:
+        raise LedgerContractError(
+            f"DB2's {best.signature} is intake's example ledger from before its answer "
+            "proved the commit: run `intake up` with db2.install_example_ledger: true "
+            "to replace it (the tickets stay)"
+        )
     if not best.executable:
         raise LedgerContractError(
             f"DB2: role {best.role} may not execute {best.signature}: "
@@ -173,15 +218,28 @@ def _explain(o: _Overload) -> str:
         return f"{o.signature} (an aggregate)"
     if o.takes_one_json and o.returns_set:
         return f"{o.signature} (returns a set)"
+    if o.takes_one_json and not o.answers_json:
+        return f"{o.signature} (returns {o.return_type})"
     return o.signature
 
 
-def check_rpc(conn: psycopg.Connection, rpc: RpcName) -> RpcName:
-    """Raise LedgerContractError unless DB2 offers `rpc` taking one jsonb (or json) argument.
+def _refuse_system(rpc: RpcName) -> None:
+    if _system_schema(rpc.schema):
+        raise LedgerContractError(
+            f"{rpc} cannot be the commit RPC: {rpc.schema} is PostgreSQL's own schema; "
+            f"name your ledger's function taking (payload jsonb) and answering {PROOF_SHAPE}"
+        )
 
-    Returns the RpcName with the argument type the function takes; commit_batch
-    needs it only for a function declared with json rather than jsonb.
+
+def check_rpc(conn: psycopg.Connection, rpc: RpcName) -> RpcName:
+    """Raise LedgerContractError unless DB2 offers `rpc` with the commit RPC's shape.
+
+    The shape: a function (not a procedure or an aggregate) outside the system
+    schemas, taking one jsonb (or json) argument and returning one jsonb (or
+    json) value. Returns the RpcName with the argument type the function
+    takes; commit_batch needs it only for a function declared with json.
     """
+    _refuse_system(rpc)
     try:
         with conn.cursor(row_factory=tuple_row) as cur:
             rows = cur.execute(
@@ -194,6 +252,7 @@ def check_rpc(conn: psycopg.Connection, rpc: RpcName) -> RpcName:
 
 async def check_rpc_async(conn: psycopg.AsyncConnection, rpc: RpcName) -> RpcName:
     """check_rpc for the drain worker's asynchronous connections."""
+    _refuse_system(rpc)
     try:
         async with conn.cursor(row_factory=tuple_row) as cur:
             await cur.execute(_q("rpc_overloads"), {"schema": rpc.schema, "name": rpc.name})
@@ -218,76 +277,131 @@ def _describe(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-def _unavailable(exc: BaseException) -> bool:
-    """The connection, not the data, is the problem: retrying the commit later may succeed.
+def _connection_lost(conn: psycopg.AsyncConnection) -> bool:
+    """After an error: is the connection gone (DB2 unavailable), or still usable?
 
-    Deadlocks and serialization failures (SQLSTATE class 40) are
-    OperationalErrors too, each its own class rather than a subclass of
-    TransactionRollback, but the server is fine: retried payload by payload,
-    they go through.
+    The connection's state tells, not the error's SQLSTATE: a statement
+    timeout (57014), a deadlock (40P01) or a lock timeout is an
+    OperationalError on a connection that is fine, and the payload's own
+    problem; only a connection that closed or broke says DB2 went away.
     """
-    if isinstance(exc, psycopg.Error) and (exc.sqlstate or "").startswith("40"):
-        return False
-    return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+    return conn.closed or conn.broken
+
+
+def _commit_sql(name: str, rpc: RpcName, timeout_ms: int | None) -> sql.Composable:
+    """The commit statement, led by its statement timeout when there is one.
+
+    `SET LOCAL` in the same query string as the call: the string runs as one
+    implicit transaction, so the setting ends with it (nothing leaks into the
+    next transaction on the connection, which behind a transaction-mode
+    pooler may be somebody else's), and it costs no round trip of its own.
+    PostgreSQL 13 and later time each statement of such a string separately,
+    so the timeout bounds the call that follows it.
+    """
+    call = sql.SQL(_q(name)).format(rpc=rpc.identifier(), arg_type=sql.SQL(rpc.arg_type))
+    if timeout_ms is None:
+        return call
+    return sql.SQL("set local statement_timeout = {}; {}").format(sql.Literal(timeout_ms), call)
 
 
 async def _fetch(
     conn: psycopg.AsyncConnection, query: sql.Composable, params: dict[str, Any]
 ) -> list[tuple[Any, ...]]:
-    # An autocommit statement is its own transaction, without the two extra
+    # Bound on the client and sent as one simple query: several statements
+    # in one round trip, and never a prepared statement (a transaction-mode
+    # pooler may hand the next transaction to another server connection).
+    # An autocommit string is its own transaction, without the two extra
     # round trips of BEGIN and COMMIT; otherwise the transaction is explicit.
-    async with conn.cursor(row_factory=tuple_row) as cur:
+    async with psycopg.AsyncClientCursor(conn, row_factory=tuple_row) as cur:
         if conn.autocommit:
             await cur.execute(query, params)
-            return await cur.fetchall()
-        async with conn.transaction():
-            await cur.execute(query, params)
-            return await cur.fetchall()
+        else:
+            async with conn.transaction():
+                await cur.execute(query, params)
+        # The call's rows are the last result (after the SET's, if any).
+        while cur.nextset():
+            pass
+        return await cur.fetchall()
 
 
-def _compose(name: str, rpc: RpcName) -> sql.Composable:
-    return sql.SQL(_q(name)).format(rpc=rpc.identifier(), arg_type=sql.SQL(rpc.arg_type))
+def _proof(payload: dict[str, Any], answer: Any) -> str | None:
+    """None when the RPC's answer proves this payload committed; else what it lacks."""
+    key = payload.get("idempotency_key") if isinstance(payload, dict) else None
+    if (
+        isinstance(answer, dict)
+        and isinstance(answer.get("idempotency_key"), str)
+        and isinstance(key, str)
+        and answer["idempotency_key"].lower() == key.lower()
+        and answer.get("status") in PROOF_STATUSES
+    ):
+        return None
+    shown = json.dumps(answer, default=str, ensure_ascii=True)
+    if len(shown) > 200:
+        shown = shown[:200] + "…"
+    return f"the answer does not prove the commit: expected {PROOF_SHAPE}, got {shown}"
+
+
+def _outcome(payload: dict[str, Any], answer: Any) -> CommitOutcome:
+    problem = _proof(payload, answer)
+    return CommitOutcome(problem is None, problem, answer)
+
+
+def _refusal(exc: psycopg.Error, timeout_ms: int | None) -> str:
+    text = _describe(exc)
+    if isinstance(exc, psycopg.errors.QueryCanceled) and timeout_ms is not None:
+        text += f" (the call ran past db2.commit_timeout_seconds, {timeout_ms / 1000:g} s)"
+    return text
 
 
 async def commit_batch(
-    conn: psycopg.AsyncConnection, rpc: RpcName, payloads: list[dict[str, Any]]
+    conn: psycopg.AsyncConnection,
+    rpc: RpcName,
+    payloads: list[dict[str, Any]],
+    *,
+    timeout_s: float | None = None,
 ) -> list[CommitOutcome]:
     """Call the RPC for every payload; one outcome per payload, in order.
 
-    All of them in one statement first. If DB2 refuses that transaction, one
+    All of them in one statement first. If DB2 refuses that statement, one
     payload may be to blame, so each is then retried in its own transaction
-    and the others still commit. Raises LedgerUnavailable when DB2 cannot be
-    reached: nothing is known to be committed then, and retrying is safe
-    because the RPC is idempotent.
+    and the others still commit. Each statement is cancelled by DB2 after
+    `timeout_s` (None: DB2's own statement_timeout), so a slow call costs its
+    batch at most twice that. An outcome is ok only when the RPC's answer
+    proves the commit (PROOF_SHAPE). Raises LedgerUnavailable when the
+    connection to DB2 is lost: nothing is known to be committed then, and
+    retrying is safe because the RPC is idempotent.
     """
     if not payloads:
         return []
     if conn.closed:
         raise LedgerUnavailable("DB2: the connection is closed")
+    timeout_ms = None if timeout_s is None else max(1, round(timeout_s * 1000))
     try:
         rows = await _fetch(
-            conn, _compose("commit_batch", rpc), {"payloads": [Jsonb(p) for p in payloads]}
+            conn,
+            _commit_sql("commit_batch", rpc, timeout_ms),
+            {"payloads": [Jsonb(p) for p in payloads]},
         )
     except psycopg.Error as exc:
-        if _unavailable(exc):
+        if _connection_lost(conn):
             raise LedgerUnavailable(f"DB2: {_describe(exc)}") from exc
     else:
         results = dict(rows)
         if len(results) == len(payloads):
-            return [CommitOutcome(True, None, results[i]) for i in range(1, len(payloads) + 1)]
+            return [_outcome(p, results[i]) for i, p in enumerate(payloads, start=1)]
         # Unreachable for a function returning one value, which check_rpc
         # ensures; should DB2 change under us, the slow path still answers.
 
-    one = _compose("commit_one", rpc)
+    one = _commit_sql("commit_one", rpc, timeout_ms)
     outcomes = []
     for payload in payloads:
         try:
             rows = await _fetch(conn, one, {"payload": Jsonb(payload)})
         except psycopg.Error as exc:
-            if _unavailable(exc):
+            if _connection_lost(conn):
                 # Items already committed here commit again as duplicates.
                 raise LedgerUnavailable(f"DB2: {_describe(exc)}") from exc
-            outcomes.append(CommitOutcome(False, _describe(exc), None))
+            outcomes.append(CommitOutcome(False, _refusal(exc, timeout_ms), None))
         else:
-            outcomes.append(CommitOutcome(True, None, rows[0][0] if rows else None))
+            outcomes.append(_outcome(payload, rows[0][0] if rows else None))
     return outcomes

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +18,13 @@ from intake_cli import inventory, ledger, pools, queue, recovery, schema, teleme
 from intake_cli.config import PoolSettings, Settings
 from intake_cli.db import Endpoints, connect, endpoints
 from intake_cli.embedded import EmbeddedClusters
-from intake_cli.errors import NotProvisioned, RefusedTeardown, UnknownPool
+from intake_cli.errors import (
+    ExportFailed,
+    NotProvisioned,
+    RefusedTeardown,
+    UnknownPool,
+    UsageError,
+)
 from intake_cli.sqlfiles import queries
 
 
@@ -44,6 +53,21 @@ def prepare_ledger(settings: Settings, db2_dsn: str) -> bool:
     return installed
 
 
+def _one_at_a_time(func: Callable[..., UpReport]) -> Callable[..., UpReport]:
+    """One `intake up` per state directory at a time: a second waits for the
+    first, then finds its clusters running and its schema applied."""
+
+    @functools.wraps(func)
+    def serialized(settings: Settings, *args: Any, **kwargs: Any) -> UpReport:
+        if not (settings.db1.embedded or settings.db2.embedded):
+            return func(settings, *args, **kwargs)
+        with EmbeddedClusters(settings.state_dir, settings.embedded).locked():
+            return func(settings, *args, **kwargs)
+
+    return serialized
+
+
+@_one_at_a_time
 def up(
     settings: Settings,
     on_seed_progress: Callable[[PoolSettings, int, int], None] | None = None,
@@ -192,25 +216,125 @@ def recover(
     return reports
 
 
+# How long `down` waits for a claim or a drain batch to let go of the queues.
+QUEUE_LOCK_TIMEOUT = "10s"
+
+
+def _export_target(settings: Settings, export: Path) -> Path:
+    """Where the export will go, checked before anything is read or torn down.
+
+    Never inside the state directory (the teardown removes it), never over an
+    existing file (it may be the only copy of an earlier export).
+    """
+    shown = f"--export {export}"
+    target = Path(os.path.abspath(export))
+    real = target.resolve()
+    state = settings.state_dir.resolve()
+    if real == state or state in real.parents:
+        raise UsageError(
+            f"{shown}: inside the state directory {state}, which `intake down` removes: "
+            "write the export somewhere else"
+        )
+    if target.is_dir():
+        raise UsageError(f"{shown}: is a directory; give the name of a new file")
+    if target.exists() or target.is_symlink():
+        raise UsageError(
+            f"{shown}: already exists; intake never overwrites a file (it may be an earlier "
+            "export): choose a new name"
+        )
+    if not real.parent.is_dir():
+        raise UsageError(f"{shown}: the directory {real.parent} does not exist")
+    return real
+
+
+def _close_queues(conn: psycopg.Connection, settings: Settings) -> tuple[tuple[str, ...], int, int]:
+    """Lock the queue and DLQ against writes until the transaction ends; count them.
+
+    No claim lands and no drain takes an intent between this count, the
+    export and the teardown: what is exported or refused is all there is.
+    """
+    names = queue.queue_names(conn)
+    present = tuple(n for n in (settings.queue_name, settings.dlq_name) if n in names)
+    conn.execute(f"set local lock_timeout = '{QUEUE_LOCK_TIMEOUT}'")
+    try:
+        for name in present:
+            conn.execute(
+                sql.SQL("lock table {} in exclusive mode").format(
+                    sql.Identifier("pgmq", f"q_{name}")
+                )
+            )
+    except psycopg.errors.LockNotAvailable:
+        raise RefusedTeardown(
+            f"DB1's queues stayed busy for {QUEUE_LOCK_TIMEOUT}: stop the drain workers "
+            "and run `intake down` again (nothing was torn down)"
+        ) from None
+    depth = {name: queue.metrics(conn, name).queue_length for name in present}
+    return present, depth.get(settings.queue_name, 0), depth.get(settings.dlq_name, 0)
+
+
 def _export(conn: psycopg.Connection, queue_names: tuple[str, ...], target: Path) -> int:
-    """Write every message still queued or dead-lettered, one JSON object per line."""
-    count = 0
-    with target.open("w", encoding="utf-8") as out:
-        for name in queue_names:
-            query = sql.SQL(
-                "select msg_id, read_ct, enqueued_at, message from {} order by msg_id"
-            ).format(sql.Identifier("pgmq", f"q_{name}"))
-            for msg_id, read_ct, enqueued_at, message in conn.execute(query):
-                record = {
-                    "queue": name,
-                    "msg_id": msg_id,
-                    "read_ct": read_ct,
-                    "enqueued_at": enqueued_at.isoformat(),
-                    "message": message,
-                }
-                out.write(json.dumps(record, sort_keys=True) + "\n")
-                count += 1
-    return count
+    """Write every message still queued or dead-lettered, one JSON object per line,
+    then prove it: synced to disk and read back, the same messages in the same order.
+
+    A failure removes the partial file; the intents are still in DB1.
+    """
+    written: list[tuple[str, int]] = []
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise UsageError(f"--export {target}: cannot create it: {exc.strerror}") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            for name in queue_names:
+                query = sql.SQL(
+                    "select msg_id, read_ct, enqueued_at, message from {} order by msg_id"
+                ).format(sql.Identifier("pgmq", f"q_{name}"))
+                for msg_id, read_ct, enqueued_at, message in conn.execute(query):
+                    record = {
+                        "queue": name,
+                        "msg_id": msg_id,
+                        "read_ct": read_ct,
+                        "enqueued_at": enqueued_at.isoformat(),
+                        "message": message,
+                    }
+                    out.write(json.dumps(record, sort_keys=True) + "\n")
+                    written.append((name, msg_id))
+            out.flush()
+            os.fsync(out.fileno())
+        directory = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+        _verify_export(target, written)
+    except OSError as exc:
+        target.unlink(missing_ok=True)
+        raise ExportFailed(
+            f"writing the export {target} failed ({exc.strerror}): nothing was torn down"
+        ) from None
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+    return len(written)
+
+
+def _verify_export(target: Path, written: list[tuple[str, int]]) -> None:
+    read: list[tuple[str, int]] = []
+    with target.open(encoding="utf-8") as back:
+        for number, line in enumerate(back, start=1):
+            try:
+                record = json.loads(line)
+                read.append((record["queue"], record["msg_id"]))
+            except (ValueError, KeyError, TypeError):
+                raise ExportFailed(
+                    f"the export {target} does not read back (line {number} is not an "
+                    "intent): nothing was torn down"
+                ) from None
+    if read != written:
+        raise ExportFailed(
+            f"the export {target} reads back {len(read)} intents where {len(written)} were "
+            "written: nothing was torn down"
+        )
 
 
 @dataclass
@@ -219,47 +343,53 @@ class DownReport:
     undrained: int
     dead: int
     stopped_embedded: bool
+    export_path: str | None = None
+    # What the state directory held that intake did not make: left alone.
+    left_in_state_dir: list[str] = field(default_factory=list)
 
 
 def down(settings: Settings, *, force: bool = False, export: Path | None = None) -> DownReport:
-    """Tear the event down, refusing while intents would be lost."""
+    """Tear the event down, refusing while intents would be lost.
+
+    With `export`, every queued and dead-lettered intent is written, synced
+    and read back before anything is torn down. The queues stay locked
+    against writes from the count to the teardown.
+    """
+    target = _export_target(settings, export) if export is not None else None
+    embedded = settings.db1.embedded or settings.db2.embedded
     clusters = EmbeddedClusters(settings.state_dir, settings.embedded)
-    if (settings.db1.embedded or settings.db2.embedded) and not clusters.load():
-        return DownReport(None, 0, 0, stopped_embedded=False)
-    where = endpoints(settings)
-    undrained = dead = 0
-    exported = None
-    with connect(where.db1, "DB1") as conn:
-        if schema.is_provisioned(conn):
-            names = set(queue.queue_names(conn))
-            undrained = (
-                queue.metrics(conn, settings.queue_name).queue_length
-                if settings.queue_name in names
-                else 0
-            )
-            dead = (
-                queue.metrics(conn, settings.dlq_name).queue_length
-                if settings.dlq_name in names
-                else 0
-            )
-            if (undrained or dead) and export is not None:
-                present = tuple(n for n in (settings.queue_name, settings.dlq_name) if n in names)
-                exported = _export(conn, present, export)
-            elif (undrained or dead) and not force:
-                raise RefusedTeardown(
-                    f"{undrained} intents are still queued and {dead} are dead-lettered. "
-                    "Drain them (`intake drain`), export them (`intake down --export FILE`), "
-                    "or discard them (`intake down --force`)"
-                )
-            if not settings.db1.embedded:
-                with conn.transaction():
+    report = DownReport(None, 0, 0, stopped_embedded=False)
+    with clusters.locked(create=False) if embedded else nullcontext(True):
+        if embedded and not clusters.load():
+            return report
+        where = endpoints(settings)
+        with connect(where.db1, "DB1", autocommit=False) as conn:
+            if schema.is_provisioned(conn):
+                present, report.undrained, report.dead = _close_queues(conn, settings)
+                if target is not None:
+                    report.exported = _export(conn, present, target)
+                    report.export_path = str(target)
+                elif (report.undrained or report.dead) and not force:
+                    raise RefusedTeardown(
+                        f"{report.undrained} intents are still queued and {report.dead} are "
+                        "dead-lettered. Drain them (`intake drain`), export them "
+                        "(`intake down --export FILE`), or discard them (`intake down --force`)"
+                    )
+                if not settings.db1.embedded:
                     telemetry.unschedule(conn)
                     for name in (settings.queue_name, settings.dlq_name):
                         queue.drop_queue(conn, name)
                     conn.execute("drop function if exists public.claim_resource(text)")
                     conn.execute("drop schema if exists intake cascade")
-    stopped = False
-    if where.embedded:
-        clusters.stop()
-        stopped = True
-    return DownReport(exported, undrained, dead, stopped)
+            if settings.db1.embedded:
+                # Stopped while this session still holds the queues: nothing
+                # lands in them after the count (the stop ends the session).
+                report.left_in_state_dir = clusters.stop()
+                report.stopped_embedded = True
+                conn.close()
+            else:
+                conn.commit()
+        if where.embedded and not report.stopped_embedded:
+            report.left_in_state_dir = clusters.stop()
+            report.stopped_embedded = True
+    return report

@@ -18,6 +18,8 @@ from typing import Any
 
 import aiohttp
 
+from intake_cli.display import safe
+
 LOGGER_NAME = "intake"
 
 
@@ -37,8 +39,10 @@ class JsonFormatter(logging.Formatter):
 
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        fields = " ".join(f"{k}={v}" for k, v in getattr(record, "fields", {}).items())
-        return f"{record.levelname.lower():7} {record.getMessage()} {fields}".rstrip()
+        # Values carry webhook answers and DB2's errors: escaped, so a line
+        # can neither drive the terminal nor forge the next line.
+        fields = " ".join(f"{safe(k)}={safe(v)}" for k, v in getattr(record, "fields", {}).items())
+        return f"{record.levelname.lower():7} {safe(record.getMessage())} {fields}".rstrip()
 
 
 def configure(

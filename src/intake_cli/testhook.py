@@ -10,7 +10,8 @@ through a small control API under /_control/:
     GET  /_control/calls[?limit=N]  {"calls": [...], "per_key": {...}, "total": n}
     GET  /_control/script           the behaviour in force
     POST /_control/script           {"decline_share", "fail_first", "fail_share",
-                                     "fail_status", "delay_ms", "slow_share", "slow_ms"}
+                                     "fail_status", "delay_ms", "slow_share", "slow_ms",
+                                     "decline_reason", "fail_reason"}
     POST /_control/reset            forget recorded calls and per-key counters
 
 Nothing is logged per request: the server has to outrun the drain worker.
@@ -59,6 +60,10 @@ class Script:
     # of a batch still in flight while the others have been answered.
     slow_share: float = 0.0
     slow_ms: int = 0
+    # The webhook's own words in a decline's or a failure's {"reason": …}
+    # (None: the usual body); any text, hostile to a terminal included.
+    decline_reason: str | None = None
+    fail_reason: str | None = None
 
     def update(self, changes: Any) -> None:
         """Apply a /_control/script body; all or nothing."""
@@ -78,6 +83,8 @@ class Script:
         self.fail_share = float(merged["fail_share"])
         self.slow_share = float(merged["slow_share"])
         self.slow_ms = int(merged["slow_ms"])
+        self.decline_reason = merged["decline_reason"]
+        self.fail_reason = merged["fail_reason"]
 
     def delay_s(self, key: str) -> float:
         return (self.slow_ms if answers_slowly(key, self.slow_share) else self.delay_ms) / 1000
@@ -99,6 +106,8 @@ def _script_problems(
     fail_share: Any,
     slow_share: Any,
     slow_ms: Any,
+    decline_reason: Any = None,
+    fail_reason: Any = None,
 ) -> list[str]:
     problems = []
     shares = (("decline_share", decline_share), ("fail_share", fail_share))
@@ -112,7 +121,14 @@ def _script_problems(
     for name, ms in (("delay_ms", delay_ms), ("slow_ms", slow_ms)):
         if not _is_int(ms) or ms < 0:
             problems.append(f"{name}: expected an integer >= 0, got {ms!r}")
+    for name, reason in (("decline_reason", decline_reason), ("fail_reason", fail_reason)):
+        if reason is not None and not isinstance(reason, str):
+            problems.append(f"{name}: expected a string or null, got {reason!r}")
     return problems
+
+
+def _reason_body(reason: str | None, stock: bytes) -> bytes:
+    return stock if reason is None else json.dumps({"reason": reason}).encode()
 
 
 def _drawn(key: str, share: float, salt: str) -> bool:
@@ -186,9 +202,9 @@ class TestWebhook:
         elif count <= script.fail_first or (
             count == 1 and fails_first_call(key, script.fail_share)
         ):
-            status, answer = script.fail_status, _FAILED
+            status, answer = script.fail_status, _reason_body(script.fail_reason, _FAILED)
         elif declines(key, script.decline_share):
-            status, answer = 402, _DECLINED
+            status, answer = 402, _reason_body(script.decline_reason, _DECLINED)
         else:
             status, answer = 200, _APPROVED
         # Recorded on arrival, so a test can see calls that are still in flight.
@@ -333,6 +349,12 @@ def webhook_server_command(
     ready_file: Path | None = typer.Option(
         None, "--ready-file", help="Write the bound port to this file once listening."
     ),
+    decline_reason: str | None = typer.Option(
+        None, "--decline-reason", help='Answer declines with {"reason": TEXT}.'
+    ),
+    fail_reason: str | None = typer.Option(
+        None, "--fail-reason", help='Answer failing calls with {"reason": TEXT}.'
+    ),
 ) -> None:
     """Run a scriptable validation webhook on loopback, for tests and demos."""
     secret = None
@@ -345,6 +367,8 @@ def webhook_server_command(
     script = Script(
         decline_share, fail_first, fail_status, delay_ms, fail_share, slow_share, slow_ms
     )
+    script.decline_reason = decline_reason
+    script.fail_reason = fail_reason
     asyncio.run(serve(TestWebhook(script, secret), host, port, ready_file))
 
 

@@ -24,6 +24,7 @@ from rich.text import Text
 from intake_cli import telemetry
 from intake_cli.config import Settings
 from intake_cli.db import connect, endpoints
+from intake_cli.display import cell
 from intake_cli.errors import NotProvisioned
 from intake_cli.schema import is_provisioned
 
@@ -184,7 +185,7 @@ def _pools_table(snap: Snapshot) -> Table:
         table.add_column(column, justify="right")
     table.add_column("consumed|locked|available", no_wrap=True)
     for pool in snap.pools[:MAX_POOLS]:
-        name = Text(pool["pool_id"])
+        name = cell(pool["pool_id"])
         if pool["paused"]:
             name.append(" ⏸", style="yellow")
         if pool.get("recovering"):
@@ -234,8 +235,9 @@ def _workers_table(snap: Snapshot) -> RenderableType:
     styles = {"alive": "green", "silent": "bold red", "stopped": "grey50"}
     for worker in snap.workers[:MAX_WORKERS]:
         table.add_row(
-            f"{worker.hostname}:{worker.pid}",
-            worker.pool_filter or "all",
+            # From DB1, not from us: shown literally.
+            cell(f"{worker.hostname}:{worker.pid}"),
+            cell(worker.pool_filter or "all"),
             f"{worker.heartbeat_age_s:.0f} s",
             f"{worker.batches:,}",
             f"{worker.committed:,}",

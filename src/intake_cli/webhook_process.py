@@ -45,6 +45,8 @@ class WebhookServer:
         fail_share: float = 0.0,
         slow_share: float = 0.0,
         slow_ms: int = 0,
+        decline_reason: str | None = None,
+        fail_reason: str | None = None,
     ) -> None:
         self._options: dict[str, Any] = {
             "decline_share": decline_share,
@@ -54,6 +56,8 @@ class WebhookServer:
             "delay_ms": delay_ms,
             "slow_share": slow_share,
             "slow_ms": slow_ms,
+            "decline_reason": decline_reason,
+            "fail_reason": fail_reason,
         }
         self.secret = secret
         self.port: int | None = port
@@ -95,6 +99,9 @@ class WebhookServer:
             "--slow-share", str(self._options["slow_share"]),
             "--slow-ms", str(self._options["slow_ms"]),
         ]  # fmt: skip
+        for name in ("decline_reason", "fail_reason"):
+            if self._options[name] is not None:
+                argv += [f"--{name.replace('_', '-')}", self._options[name]]
         env = dict(os.environ)
         if self.secret is not None:
             # Through the environment: argv is visible to every user in ps.

@@ -5,14 +5,20 @@ whatever the batch size (recording the webhook's answers: one per group of
 answers that arrive together):
 
 1. read up to batch_size messages (pgmq.read, leased for visibility_timeout)
-   and load what DB1 knows of their intents (intent_state);
+   and load what DB1 knows of their intents (intent_state) and of their units:
+   only an intent that DB1's claim path issued and that still holds its unit
+   (the same key, buyer and resource id on a locked or consumed unit) goes
+   on; any other message is refused into the DLQ, never shown to the webhook
+   or DB2;
 2. call the webhook for every intent not yet validated, concurrently; record
    each answer as it arrives (answers that come together share a round trip),
    the yeses before any commit so a crash cannot make us ask twice, the noes
    with the unit released and the message archived;
 3. commit every validated intent through the DB2 RPC (rate-limited across the
-   fleet), then consume the units and archive the messages; failures are
-   counted and retried with backoff via set_vt, or dead-lettered.
+   fleet, each statement bounded by db2.commit_timeout_seconds), then consume
+   the units and archive the messages, for the intents whose commit the RPC's
+   answer proves; failures are counted and retried with backoff via set_vt,
+   or dead-lettered.
 
 Several such loops run at once (--concurrency), so one batch's webhook calls
 overlap another's commits.
@@ -29,6 +35,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import signal
 import socket
 import time
@@ -71,6 +78,13 @@ from intake_cli.webhook import Verdict, WebhookClient
 # (seconds), so they are not re-read in a tight loop.
 FOREIGN_POOL_DELAY_S = 2
 PAUSED_POOL_DELAY_S = 5
+# A pool whose inventory a DB1 crash emptied: its intents cannot be checked
+# against their units until the rebuild (the next batch's) has run.
+LOST_INVENTORY_DELAY_S = 2
+
+# How the claim path writes an idempotency key or resource id (uuid → jsonb).
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_BIGINT_MAX = 2**63 - 1
 
 # Waiting for a database at start: the first try again after about half a
 # second, then twice as long each time (plus up to a second of jitter, so a
@@ -105,12 +119,21 @@ class Intent:
     key: str
     pool_id: str
     unit_no: int
+    user_id: str
+    resource_id: str
     state: str = "queued"
     attempts: int = 0
     webhook_calls: int = 0
     error: str | None = None
     # How long this batch's webhook call for the intent took.
     webhook_ms: float | None = None
+    # Checked against DB1 when read: None when the claim path issued this
+    # intent and its unit is still its own; LOST while the pool's inventory
+    # awaits its rebuild; otherwise why the message is refused.
+    refusal: str | None = None
+
+
+LOST = "inventory lost"
 
 
 @dataclass
@@ -130,6 +153,7 @@ class DrainStats:
                     "rejected",
                     "retried",
                     "dead",
+                    "refused",
                     "handed_back",
                     "batches",
                 )
@@ -156,20 +180,56 @@ def _columns(batch: list[Intent], **extra: Any) -> dict[str, Any]:
 
 
 def _parse(row: dict[str, Any]) -> Intent | str:
-    """An Intent, or the reason the message cannot be one."""
+    """An Intent, or the reason the message cannot be one.
+
+    Every field the unit check and DB2 rely on, in the form the claim path
+    writes it: nothing that could make the batch's DB1 query fail reaches it.
+    """
     message = row["message"]
     if not isinstance(message, dict):
-        return "message is not a JSON object"
-    try:
-        return Intent(
-            msg_id=int(row["msg_id"]),
-            message=message,
-            key=str(message["idempotency_key"]),
-            pool_id=str(message["pool_id"]),
-            unit_no=int(message["unit_no"]),
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        return f"malformed intent message ({type(exc).__name__}: {exc})"
+        return "malformed intent message: not a JSON object"
+    problems = []
+    for name in ("idempotency_key", "resource_id"):
+        value = message.get(name)
+        if not (isinstance(value, str) and _UUID.match(value)):
+            problems.append(f"{name} is not a UUID")
+    for name in ("pool_id", "user_id", "claimed_at"):
+        value = message.get(name)
+        if not (isinstance(value, str) and value):
+            problems.append(f"{name} is not a non-empty string")
+    unit_no = message.get("unit_no")
+    if isinstance(unit_no, bool) or not isinstance(unit_no, int) or not 0 < unit_no <= _BIGINT_MAX:
+        problems.append("unit_no is not a unit number")
+    if problems:
+        return f"malformed intent message: {'; '.join(problems)}"
+    return Intent(
+        msg_id=int(row["msg_id"]),
+        message=message,
+        key=message["idempotency_key"],
+        pool_id=message["pool_id"],
+        unit_no=unit_no,
+        user_id=message["user_id"],
+        resource_id=message["resource_id"],
+    )
+
+
+def _refusal(known: dict[str, Any], intent: Intent) -> str | None:
+    """Why DB1's units say this message is not a live intent of the claim path, or None."""
+    if not known["inventory_ready"]:
+        return LOST
+    where = f"unit {intent.unit_no} of pool {intent.pool_id}"
+    status = known["unit_status"]
+    if status is None:
+        return f"not issued by DB1's claim path: {where} does not exist"
+    if status not in ("locked", "consumed"):
+        return f"not issued by DB1's claim path: {where} is not claimed ({status})"
+    if not known["same_key"]:
+        return f"not issued by DB1's claim path: {where} is held under another idempotency key"
+    if not known["same_user"]:
+        return f"not issued by DB1's claim path: {where} is held by another buyer"
+    if not known["same_resource"]:
+        return f"not issued by DB1's claim path: {where} has another resource_id"
+    return None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -564,23 +624,36 @@ class Worker:
             for row in rows:
                 parsed = _parse(row)
                 if isinstance(parsed, str):
-                    broken.append((row, parsed))
+                    broken.append((row["msg_id"], row["message"], parsed))
                 else:
                     intents.append(parsed)
             states = await (
                 await conn.cursor(row_factory=dict_row).execute(
-                    _q("intent_states"), {"keys": [i.key for i in intents]}
+                    _q("intent_states"),
+                    {
+                        "keys": [i.key for i in intents],
+                        "pool_ids": [i.pool_id for i in intents],
+                        "unit_nos": [i.unit_no for i in intents],
+                        "user_ids": [i.user_id for i in intents],
+                        "resource_ids": [i.resource_id for i in intents],
+                    },
                 )
             ).fetchall()
-        known = {s["key"]: s for s in states}
-        for intent in intents:
-            if intent.key in known:
-                intent.state = known[intent.key]["state"]
-                intent.attempts = known[intent.key]["attempts"]
+        for intent, known in zip(intents, states, strict=True):
+            if known["state"] is not None:
+                intent.state = known["state"]
+                intent.attempts = known["attempts"]
+            if intent.state not in ("rejected", "dead"):
+                intent.refusal = _refusal(known, intent)
+            elif known["state_msg_id"] != intent.msg_id:
+                # Finished (its unit may be on sale again) as another message:
+                # this one is a copy. The same message read twice is archived.
+                intent.refusal = (
+                    f"not issued by DB1's claim path: intent {intent.key} was already "
+                    f"{intent.state} as message {known['state_msg_id']}"
+                )
 
-        batch = _Batch(self, pools, intents, vt)
-        if broken:
-            await self._dead_letter_broken(broken)
+        batch = _Batch(self, pools, intents, vt, broken)
         try:
             await batch.process()
         except asyncio.CancelledError:
@@ -588,34 +661,27 @@ class Worker:
             raise
         return len(rows)
 
-    async def _dead_letter_broken(self, broken: list[tuple[dict[str, Any], str]]) -> None:
-        """A message that is not an intent cannot be processed: keep it, in the DLQ."""
-        async with self.db1.connection() as conn, conn.transaction():
+    async def refuse(self, refused: list[tuple[int, Any, str, str | None]]) -> None:
+        """Messages that are not live intents of DB1's claim path: into the DLQ, marked refused.
+
+        Each is (msg_id, message, reason, pool_id). Nothing else changes: no
+        intent_state, no unit, and neither the webhook nor DB2 ever sees them.
+        """
+        async with self.db1.connection() as conn:
             await conn.execute(
-                _q("dead_letter"),
+                _q("refuse"),
                 {
                     "queue": self.queue,
                     "dlq": self.dlq,
-                    "msg_ids": [row["msg_id"] for row, _ in broken],
-                    "intents": [Jsonb(row["message"]) for row, _ in broken],
-                    "keys": [None] * len(broken),
-                    "pool_ids": [None] * len(broken),
-                    "states": ["queued"] * len(broken),
-                    "attempts": [0] * len(broken),
-                    "calls": [0] * len(broken),
-                    "errors": [reason for _, reason in broken],
+                    "msg_ids": [msg_id for msg_id, *_ in refused],
+                    "messages": [Jsonb(message) for _, message, *_ in refused],
+                    "errors": [reason for _, _, reason, _ in refused],
                 },
             )
-        for row, reason in broken:
-            event(
-                self.log,
-                logging.ERROR,
-                "dead_lettered",
-                msg_id=row["msg_id"],
-                pool_id=None,
-                error=reason,
-            )
-        self.stats.counts["dead"] += len(broken)
+        for msg_id, _, reason, pool_id in refused:
+            event(self.log, logging.ERROR, "refused", msg_id=msg_id, pool_id=pool_id, error=reason)
+        self.stats.counts["dead"] += len(refused)
+        self.stats.counts["refused"] += len(refused)
 
     async def resolve_rpc(self, rpc: ledger.RpcName) -> ledger.RpcName:
         """Check a commit RPC against DB2's catalog the first time it is seen.
@@ -665,19 +731,32 @@ class _Batch:
     """The intents of one read, from webhook to archive."""
 
     def __init__(
-        self, worker: Worker, pools: dict[str, PoolRuntime], intents: list[Intent], vt: int
+        self,
+        worker: Worker,
+        pools: dict[str, PoolRuntime],
+        intents: list[Intent],
+        vt: int,
+        broken: list[tuple[int, Any, str]] | None = None,
     ) -> None:
         self.w = worker
         self.pools = pools
         self.intents = intents
         self.vt = vt
         self.unfinished = {i.msg_id for i in intents}
+        # (msg_id, message, reason, pool_id): never to the webhook or DB2.
+        self.refused: list[tuple[int, Any, str, str | None]] = [
+            (msg_id, message, reason, None) for msg_id, message, reason in broken or []
+        ]
         self.committed: list[Intent] = []
         self.rejected: list[Intent] = []
         self.failed: list[Intent] = []
         self.validated_now: list[Intent] = []
         self.done_already: list[Intent] = []
         self.handed_back: dict[int, list[Intent]] = {}
+
+    def _refuse(self, intent: Intent, reason: str) -> None:
+        self.refused.append((intent.msg_id, intent.message, reason, intent.pool_id))
+        self.unfinished.discard(intent.msg_id)
 
     def _log(self, intent: Intent, name: str, level: int = logging.INFO, **fields: Any) -> None:
         event(
@@ -695,12 +774,16 @@ class _Batch:
         for intent in self.intents:
             pool = self.pools.get(intent.pool_id)
             if pool is None:
-                intent.error = f"pool {intent.pool_id!r} is not provisioned"
-                self.failed.append(intent)
+                self._refuse(intent, f"pool {intent.pool_id!r} is not provisioned in DB1")
             elif self.w.pool_filter not in (None, intent.pool_id):
                 self.handed_back.setdefault(FOREIGN_POOL_DELAY_S, []).append(intent)
             elif pool.paused:
                 self.handed_back.setdefault(PAUSED_POOL_DELAY_S, []).append(intent)
+            elif intent.refusal == LOST:
+                # After a DB1 crash, until the rebuild: no unit to check against.
+                self.handed_back.setdefault(LOST_INVENTORY_DELAY_S, []).append(intent)
+            elif intent.refusal is not None:
+                self._refuse(intent, intent.refusal)
             elif intent.state in ("committed", "rejected", "dead"):
                 # Finished before a crash between DB2 and the archive; the
                 # commit (if any) is replayed idempotently for committed ones.
@@ -723,6 +806,8 @@ class _Batch:
         try:
             if self.handed_back:
                 await self._hand_back()
+            if self.refused:
+                await self.w.refuse(self.refused)
             if to_validate:
                 to_commit += await self._validate(to_validate)
                 lap("validate")
@@ -895,7 +980,9 @@ class _Batch:
         started = time.perf_counter()
         try:
             async with self.w.db2.connection() as conn:
-                outcomes = await ledger.commit_batch(conn, rpc, payloads)
+                outcomes = await ledger.commit_batch(
+                    conn, rpc, payloads, timeout_s=self.w.settings.db2.commit_timeout_seconds
+                )
         except (LedgerUnavailable, PoolTimeout, psycopg.OperationalError) as exc:
             self._fail_all(chunk, f"DB2 unavailable: {exc}".strip())
             return

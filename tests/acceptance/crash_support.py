@@ -10,6 +10,8 @@ import signal
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -152,6 +154,18 @@ def make_crash_event(
     config.write_text(yaml.safe_dump({"pools": [spec]}, sort_keys=False))
     run_intake("up", config=config, check=True)
     return CrashEvent(config, directory / ".intake", "drop")
+
+
+@contextmanager
+def crash_event(
+    workdir: Path, name: str, webhook_url: str, inventory: int, listed: bool = False, **pool: object
+) -> Iterator[CrashEvent]:
+    """make_crash_event, and its clusters stopped afterwards, whatever happened."""
+    event = make_crash_event(workdir, name, webhook_url, inventory, listed, **pool)
+    try:
+        yield event
+    finally:
+        EmbeddedClusters(event.state_dir).stop()
 
 
 @dataclass

@@ -18,7 +18,7 @@ from collections import Counter
 import pytest
 
 from intake_cli.webhook_process import WebhookServer
-from tests.acceptance.crash_support import CrashEvent, Herd, make_crash_event
+from tests.acceptance.crash_support import CrashEvent, Herd, crash_event
 from tests.acceptance.drain_support import Event, draining, wait_for
 from tests.conftest import run_intake
 
@@ -93,9 +93,11 @@ def _assert_exact_sale(event: CrashEvent, herd: Herd, before: dict[int, tuple]) 
     ("how", "listed"), [("immediate", False), ("sigkill", False), ("immediate", True)]
 )
 def test_crash_mid_herd_sells_each_unit_once(workdir, how, listed):
-    with WebhookServer(fail_share=0.1) as webhook:
-        name = f"crash-{how}{'-listed' if listed else ''}"
-        event = make_crash_event(workdir, name, webhook.url, UNITS, listed=listed)
+    name = f"crash-{how}{'-listed' if listed else ''}"
+    with (
+        WebhookServer(fail_share=0.1) as webhook,
+        crash_event(workdir, name, webhook.url, UNITS, listed=listed) as event,
+    ):
         before = event.units()
         with draining(_as_drain_event(event), workers=2) as workers:
             herd = _herd_with_crash(event, how, workers)
@@ -108,7 +110,11 @@ def test_crash_mid_herd_sells_each_unit_once(workdir, how, listed):
 
 
 def test_up_after_a_crash_recovers_and_never_reseeds(workdir):
-    event = make_crash_event(workdir, "crash-up", "http://127.0.0.1:9/validate", 100)
+    with crash_event(workdir, "crash-up", "http://127.0.0.1:9/validate", 100) as event:
+        _up_after_a_crash(event)
+
+
+def _up_after_a_crash(event: CrashEvent) -> None:
     first = Herd(event.db1, event.pool_id)
     asyncio.run(first.run([f"early-{n}" for n in range(40)], concurrency=4, pace_s=0))
     assert first.claimed == 40

@@ -195,7 +195,7 @@ def test_pg_cron_14_fallback_collects_every_five_seconds_across_minutes(workdir)
         assert status["metrics"]["mode"] == "minute-loop"
         assert status["pg_cron"].startswith("1.4")
         db1 = embedded.EmbeddedClusters(event / ".intake").load()["db1"]
-        dsn = f"host=127.0.0.1 port={db1.port} user=intake dbname=intake"
+        dsn = db1.dsn
 
         def collected() -> list:
             with psycopg.connect(dsn) as conn:

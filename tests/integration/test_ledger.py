@@ -176,9 +176,12 @@ def test_a_batch_commits_in_one_transaction_and_again_only_as_duplicates(ledger_
         assert row[6:] == (payload["user_id"], payload["pool_id"], "C", payload["resource_id"])
 
     again = commit(ledger_dsn, payloads)
+    # The answer proves the commit: the payload's key, and who wrote the ticket.
     assert [o.result for o in again] == [
-        {"status": "duplicate", "ticket_id": t} for t in ticket_ids
+        {"status": "duplicate", "idempotency_key": p["idempotency_key"], "ticket_id": t}
+        for p, t in zip(payloads, ticket_ids, strict=True)
     ]
+    assert all(o.ok for o in again)
     assert scalar(ledger_dsn, "select count(*) from public.tickets") == 50
     assert scalar(ledger_dsn, "select count(*) from public.legacy_orders") == 50
 

@@ -18,12 +18,19 @@ from tests.integration.test_claims import provision
 
 def official_client(dsn: str) -> SyncPGMQueue:
     info = psycopg.conninfo.conninfo_to_dict(dsn)
+    # The client takes a password, not a passfile: the embedded cluster's,
+    # from the passfile intake's DSN names.
+    password = next(
+        line.rsplit(":", 1)[1]
+        for line in Path(info["passfile"]).read_text().splitlines()
+        if line.startswith(f"127.0.0.1:{info['port']}:")
+    )
     return SyncPGMQueue(
         host=info["host"],
         port=str(info["port"]),
         database=info["dbname"],
         username=info["user"],
-        password="unused-with-trust-auth",
+        password=password,
         # SQL-only install: there is no extension for the client to create.
         init_extension=False,
     )

@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from intake_cli import config
-from intake_cli.errors import ConfigError
+from intake_cli.errors import ConfigError, UsageError
 
 BASE_POOL = {
     "pool_id": "drop-1",
@@ -103,7 +104,7 @@ def test_queue_name_pattern_and_duplicate_pools():
 
 def test_environment_interpolation(monkeypatch):
     monkeypatch.setenv("DB1_URL", "host=db1.internal dbname=intake")
-    monkeypatch.setenv("HOOK_SECRET", "whsec_abc")
+    monkeypatch.setenv("HOOK_SECRET", "whsec_c2VjcmV0")
     monkeypatch.delenv("DB2_URL", raising=False)
     settings = parse(
         {
@@ -114,7 +115,7 @@ def test_environment_interpolation(monkeypatch):
     )
     assert settings.db1.dsn == "host=db1.internal dbname=intake"
     assert settings.db2.embedded
-    assert settings.pools[0].webhook_secret == "whsec_abc"
+    assert settings.pools[0].webhook_secret == "whsec_c2VjcmV0"
 
 
 def test_missing_environment_variable_is_an_error(monkeypatch):
@@ -280,3 +281,103 @@ def test_inventory_or_inventory_file_is_required():
         "pools[0].inventory: required: the number of units to seed, "
         "or an inventory_file listing their ids"
     ]
+
+
+# What the bad-input rules must still let through (the refusals are in the
+# corpus, tests/corpus/cases.py).
+
+
+def test_a_password_from_the_environment_is_quoted_for_where_it_goes(monkeypatch):
+    # Spaces, quotes and backslashes cannot break the string apart, in either form.
+    monkeypatch.setenv("DB_PW", "a b'c\\d")
+    keyword = parse({"db1": {"dsn": "host=db user=app password=${DB_PW}"}, "pools": [BASE_POOL]})
+    assert keyword.db1.dsn == "host=db user=app password='a b\\'c\\\\d'"
+    url = parse({"db1": {"dsn": "postgresql://app:${DB_PW}@db/intake"}, "pools": [BASE_POOL]})
+    assert url.db1.dsn == "postgresql://app:a%20b%27c%5Cd@db/intake"
+    for dsn in (keyword.db1.dsn, url.db1.dsn):
+        assert psycopg.conninfo.conninfo_to_dict(dsn)["password"] == "a b'c\\d"
+
+
+def test_a_whole_dsn_from_the_environment_may_hold_its_password(monkeypatch):
+    monkeypatch.setenv("DB1_DSN", "host=db password=from-the-environment")
+    settings = parse({"db1": {"dsn": "${DB1_DSN}"}, "pools": [BASE_POOL]})
+    assert settings.db1.dsn == "host=db password=from-the-environment"
+
+
+def test_an_empty_default_makes_a_secret_optional(monkeypatch):
+    monkeypatch.delenv("HOOK_SECRET", raising=False)
+    pool = {**BASE_POOL, "webhook_secret": "${HOOK_SECRET:-}"}
+    assert parse({"pools": [pool]}).pools[0].webhook_secret is None
+    monkeypatch.setenv("HOOK_SECRET", "")
+    assert parse({"pools": [pool]}).pools[0].webhook_secret is None
+    monkeypatch.setenv("HOOK_SECRET", "plain-text-secret")
+    assert parse({"pools": [pool]}).pools[0].webhook_secret == "plain-text-secret"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:9/validate",
+        "http://[::1]:8080/v",
+        "https://pay.example./v?shop=1#x",
+        "https://bücher.example/v",
+        "http://payments_service:8000/v",
+        "HTTPS://PAY.EXAMPLE/V",
+        "http://pay.example:/v",
+    ],
+)
+def test_urls_intake_can_call_are_accepted(url):
+    assert parse({"pools": [{**BASE_POOL, "validation_webhook_url": url}]}).pools[0]
+
+
+def test_retry_base_may_equal_the_ceiling():
+    pool = {**BASE_POOL, "retry_base_seconds": 5, "retry_max_seconds": 5}
+    assert parse({"pools": [pool]}).pools[0].retry_base_seconds == 5.0
+
+
+def test_merge_keys_may_be_overridden_and_aliases_reused(tmp_path):
+    cfg = tmp_path / "intake.yaml"
+    cfg.write_text(
+        "defaults: &defaults\n"
+        "  validation_webhook_url: https://pay.example/validate\n"
+        "  batch_size: 50\n"
+        "pools:\n"
+        "  - <<: *defaults\n"
+        "    pool_id: a\n"
+        "    inventory: 5\n"
+        "    batch_size: 10\n"
+        "  - <<: *defaults\n"
+        "    pool_id: b\n"
+        "    inventory: 5\n"
+    )
+    with pytest.raises(ConfigError, match="defaults: unknown key"):
+        config.load(cfg)  # `defaults` is not a known key, but the merges were read
+    cfg.write_text(cfg.read_text().replace("defaults: &defaults", "event: &defaults"))
+    pools = config.load(cfg).pools
+    assert [(p.pool_id, p.batch_size) for p in pools] == [("a", 10), ("b", 50)]
+
+
+def test_redact_hides_credentials_and_nothing_else():
+    assert config.redact("host=db password=x user=u") == "host=db password=*** user=u"
+    assert config.redact("postgresql://u:pw@db/x?sslpassword=y&a=1") == (
+        "postgresql://***@db/x?sslpassword=***&a=1"
+    )
+    assert config.redact("https://pay.example/v?shop=1") == "https://pay.example/v?shop=1"
+
+
+@pytest.mark.parametrize("user", ["alice", "ünïcødé", "user with spaces", "x" * 300, "a\x1bb"])
+def test_user_ids_are_left_to_db1_unless_they_cannot_be_sent(user):
+    assert config.check_user_id(user) is None
+    assert config.check_user_id(user + "\udcff") is not None
+
+
+def test_write_example_writes_and_refuses_to_overwrite(tmp_path):
+    target = tmp_path / "intake.yaml"
+    config.write_example(target)
+    assert "pools:" in target.read_text()
+    target.write_text("mine")
+    with pytest.raises(UsageError, match="exists; pass --force"):
+        config.write_example(target)
+    assert target.read_text() == "mine"
+    config.write_example(target, force=True)
+    assert "pools:" in target.read_text()

@@ -1,0 +1,1 @@
+"""The bad-input corpus: inputs intake must refuse cleanly (see docs/bad-input.md)."""
