@@ -17,9 +17,9 @@ import psycopg
 import pytest
 import yaml
 
-from intake_cli import schema
-from intake_cli.config import EmbeddedSettings
-from intake_cli.embedded import Cluster, EmbeddedClusters
+from intake_cli.engine import schema
+from intake_cli.platform.config import EmbeddedSettings
+from intake_cli.platform.embedded import Cluster, EmbeddedClusters
 
 ROOT = Path(__file__).resolve().parents[1]
 INTAKE = [sys.executable, "-m", "intake_cli"]

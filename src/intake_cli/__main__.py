@@ -1,3 +1,3 @@
-from intake_cli.cli import main
+from intake_cli.faces.cli import main
 
 main()

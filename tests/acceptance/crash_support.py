@@ -18,8 +18,8 @@ from pathlib import Path
 import psycopg
 import yaml
 
-from intake_cli import claims
-from intake_cli.embedded import Cluster, EmbeddedClusters, _as, _server_account, pg_bindir
+from intake_cli.engine import claims
+from intake_cli.platform.embedded import Cluster, EmbeddedClusters, _as, _server_account, pg_bindir
 from tests.conftest import pool_spec, run_intake
 
 

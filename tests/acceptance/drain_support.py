@@ -17,7 +17,7 @@ from pathlib import Path
 import psycopg
 import yaml
 
-from intake_cli import claims
+from intake_cli.engine import claims
 from tests.conftest import INTAKE, ROOT, pool_spec, run_intake, write_config
 
 

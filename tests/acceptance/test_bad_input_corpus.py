@@ -23,8 +23,8 @@ import psycopg
 import pytest
 import yaml
 
-from intake_cli import claims
-from intake_cli.webhook_process import WebhookServer
+from intake_cli.engine import claims
+from intake_cli.tools.webhook_process import WebhookServer
 from tests.acceptance.drain_support import Event, make_event
 from tests.conftest import INTAKE, ROOT, new_database, run_intake, snapshot
 from tests.corpus import cases

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from intake_cli.bench import bench_app
-from intake_cli.cli import app
+from intake_cli.faces.cli import app
+from intake_cli.tools.bench.claims import bench_app
 
 WORKLOADS = {
     "select1",

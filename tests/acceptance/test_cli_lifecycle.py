@@ -31,8 +31,8 @@ def test_up_twice_changes_nothing(workdir, empty_db_dsn, db2_dsn):
 
 
 def test_up_upgrades_a_db1_left_at_an_older_schema_version(workdir, empty_db_dsn, db2_dsn):
-    from intake_cli import schema
-    from intake_cli.sqlfiles import render
+    from intake_cli.engine import schema
+    from intake_cli.platform.sqlfiles import render
 
     with psycopg.connect(empty_db_dsn, autocommit=True) as conn, conn.transaction():
         # DB1 as a release that only knew migration 0001 left it.

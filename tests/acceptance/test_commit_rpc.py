@@ -15,7 +15,7 @@ import psycopg
 import pytest
 import yaml
 
-from intake_cli.webhook_process import WebhookServer
+from intake_cli.tools.webhook_process import WebhookServer
 from tests.acceptance.drain_support import Event, draining, make_event, wait_for
 from tests.conftest import pool_spec, run_intake, snapshot, write_config
 

@@ -17,7 +17,7 @@ from collections import Counter
 
 import pytest
 
-from intake_cli.webhook_process import WebhookServer
+from intake_cli.tools.webhook_process import WebhookServer
 from tests.acceptance.crash_support import CrashEvent, Herd, crash_event
 from tests.acceptance.drain_support import Event, draining, wait_for
 from tests.conftest import run_intake

@@ -11,9 +11,9 @@ import time
 import psycopg
 import pytest
 
-from intake_cli.config import EmbeddedSettings
-from intake_cli.embedded import EmbeddedClusters
-from intake_cli.webhook_process import WebhookServer
+from intake_cli.platform.config import EmbeddedSettings
+from intake_cli.platform.embedded import EmbeddedClusters
+from intake_cli.tools.webhook_process import WebhookServer
 from tests.acceptance.drain_support import (
     Event,
     drain_all,

@@ -19,9 +19,9 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from intake_cli import config
-from intake_cli.webhook_process import WebhookServer
-from intake_cli.worker import Worker
+from intake_cli.engine.worker import Worker
+from intake_cli.platform import config
+from intake_cli.tools.webhook_process import WebhookServer
 from tests.acceptance.drain_support import Event, _rows, drain_all, make_event
 from tests.conftest import run_intake
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from intake_cli.embedded import _as, _server_account, pg_bindir
+from intake_cli.platform.embedded import _as, _server_account, pg_bindir
 from tests.conftest import pool_spec, run_intake
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="running as a second OS user needs root")

@@ -6,8 +6,8 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from intake_cli.embedded import free_port
-from intake_cli.webhook_process import WebhookServer
+from intake_cli.platform.embedded import free_port
+from intake_cli.tools.webhook_process import WebhookServer
 from tests.acceptance.drain_support import Event, draining, stop, wait_for
 from tests.conftest import pool_spec, run_intake, write_config
 

@@ -13,8 +13,8 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import yaml
 
-from intake_cli import embedded
-from intake_cli.webhook_process import WebhookServer
+from intake_cli.platform import embedded
+from intake_cli.tools.webhook_process import WebhookServer
 from tests.acceptance.drain_support import make_event, start_drain, stop, wait_for
 from tests.conftest import pool_spec, run_intake, write_config
 

@@ -18,7 +18,7 @@ import subprocess
 import psycopg
 from psycopg.types.json import Jsonb
 
-from intake_cli.webhook_process import WebhookServer
+from intake_cli.tools.webhook_process import WebhookServer
 from tests.acceptance.drain_support import make_event
 from tests.conftest import pool_spec, run_intake, write_config
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from intake_cli.config import EmbeddedSettings
-from intake_cli.embedded import EmbeddedClusters, free_port
-from intake_cli.testhook import answers_slowly, declines
-from intake_cli.webhook_process import WebhookServer
+from intake_cli.platform.config import EmbeddedSettings
+from intake_cli.platform.embedded import EmbeddedClusters, free_port
+from intake_cli.tools.testhook import answers_slowly, declines
+from intake_cli.tools.webhook_process import WebhookServer
 from tests.acceptance.drain_support import (
     Event,
     drain_all,

@@ -7,7 +7,7 @@ Four kinds, each run by its own harness:
   read by `config.load` in-process (tests/unit/test_bad_input_corpus.py);
   the ones marked `cli=True` also through the real `intake -c FILE status`
   (tests/acceptance/test_bad_input_corpus.py).
-- CLI: command-line arguments, run through `intake_cli.cli.main` in-process;
+- CLI: command-line arguments, run through `intake_cli.faces.cli.main` in-process;
   `cli=True` ones in a subprocess too. `{dir}` in an argument is the case's
   own scratch directory, which holds a valid embedded-cluster `intake.yaml`.
 - WEBHOOK: what a validation webhook answers (a status, or a whole scripted

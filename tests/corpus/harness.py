@@ -86,11 +86,11 @@ def environment(env: Mapping[str, str | None]) -> Iterator[dict[str, str]]:
 
 
 def run_main(args: list[str]) -> tuple[int, str]:
-    """`intake ARGS` through intake_cli.cli.main in this process: (exit code, stderr+stdout).
+    """`intake ARGS` through intake_cli.faces.cli.main in this process: (exit code, stderr+stdout).
 
     Anything but a clean exit (a traceback's exception) propagates and fails the test.
     """
-    from intake_cli import cli
+    from intake_cli.faces import cli
 
     captured = io.StringIO()
     argv = sys.argv

@@ -8,8 +8,8 @@ from collections import Counter
 import psycopg
 import pytest
 
-from intake_cli import claims
-from intake_cli.errors import UsageError
+from intake_cli.engine import claims
+from intake_cli.platform.errors import UsageError
 from tests.conftest import pool_spec
 from tests.integration.test_claims import provision
 

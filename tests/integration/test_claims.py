@@ -8,7 +8,8 @@ from pathlib import Path
 
 import psycopg
 
-from intake_cli import claims, config, lifecycle
+from intake_cli.engine import claims, lifecycle
+from intake_cli.platform import config
 from tests.conftest import pool_spec, write_config
 
 

@@ -19,8 +19,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from intake_cli import ledger
-from intake_cli.errors import LedgerContractError, LedgerUnavailable
+from intake_cli.engine import ledger
+from intake_cli.platform.errors import LedgerContractError, LedgerUnavailable
 from tests.integration.test_ledger import RPC, commit, intent, scalar
 
 

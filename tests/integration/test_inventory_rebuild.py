@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from intake_cli import claims, recovery
+from intake_cli.engine import claims, recovery
 from tests.conftest import pool_spec
 from tests.integration.test_claims import provision
 

@@ -14,8 +14,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from intake_cli import ledger
-from intake_cli.errors import LedgerContractError, LedgerUnavailable
+from intake_cli.engine import ledger
+from intake_cli.platform.errors import LedgerContractError, LedgerUnavailable
 
 RPC = ledger.RpcName.parse("public.finalize_transaction")
 USER_A = str(uuid.uuid4())

@@ -10,8 +10,8 @@ from pathlib import Path
 import psycopg
 from pgmq import SyncPGMQueue
 
-from intake_cli import claims, queue
-from intake_cli.sqlfiles import sql_root
+from intake_cli.engine import claims, queue
+from intake_cli.platform.sqlfiles import sql_root
 from tests.conftest import ROOT, pool_spec
 from tests.integration.test_claims import provision
 
@@ -97,7 +97,7 @@ def test_only_functions_of_pgmq_1_4_4_and_1_5_1_are_called():
 
 
 def test_pgmq_is_not_installed_twice(workdir, empty_db_dsn, db2_dsn):
-    from intake_cli import schema
+    from intake_cli.engine import schema
 
     with psycopg.connect(empty_db_dsn, autocommit=True) as conn:
         first = schema.apply_db1(conn, "intents", "intents_dlq")

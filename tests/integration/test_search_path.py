@@ -21,7 +21,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from intake_cli import schema
+from intake_cli.engine import schema
 from tests.conftest import pool_spec
 from tests.integration.test_claims import provision
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from intake_cli.testhook import declines
-from intake_cli.webhook import Verdict, WebhookClient, WebhookResult
-from intake_cli.webhook_process import WebhookServer
+from intake_cli.engine.webhook import Verdict, WebhookClient, WebhookResult
+from intake_cli.tools.testhook import declines
+from intake_cli.tools.webhook_process import WebhookServer
 
 SECRET = "whsec_" + base64.b64encode(b"integration-secret").decode()
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from intake_cli import config
-from intake_cli.db import describe_dsn
-from intake_cli.errors import IntakeError
-from intake_cli.webhook import WebhookClient, WebhookResult
+from intake_cli.engine.webhook import WebhookClient, WebhookResult
+from intake_cli.platform import config
+from intake_cli.platform.db import describe_dsn
+from intake_cli.platform.errors import IntakeError
 from tests.corpus import cases
 from tests.corpus.harness import (
     ScriptedWebhook,

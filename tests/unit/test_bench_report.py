@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
-from intake_cli import bench_chart
-from intake_cli.bench import Report, Run, Sellout, _parse_batch_sizes, markdown
-from intake_cli.errors import UsageError
+from intake_cli.platform.errors import UsageError
+from intake_cli.tools.bench import chart as bench_chart
+from intake_cli.tools.bench.claims import Report, Run, Sellout, _parse_batch_sizes, markdown
 
 
 def run(workload: str, clients: int, tps: float, batch: int = 1) -> Run:

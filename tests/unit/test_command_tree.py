@@ -11,7 +11,7 @@ from typing import Any
 
 import typer
 
-from intake_cli import cli
+from intake_cli.faces import cli
 
 RECORD = Path(__file__).with_name("command_tree.json")
 

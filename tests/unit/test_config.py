@@ -8,8 +8,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from intake_cli import config
-from intake_cli.errors import ConfigError, UsageError
+from intake_cli.platform import config
+from intake_cli.platform.errors import ConfigError, UsageError
 
 BASE_POOL = {
     "pool_id": "drop-1",

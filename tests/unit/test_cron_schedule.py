@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from intake_cli import telemetry
-from intake_cli.watch import sparkline
+from intake_cli.engine import telemetry
+from intake_cli.faces.watch import sparkline
 
 
 @pytest.mark.parametrize("version", ["1.5", "1.5.2", "1.6.4"])

@@ -1,4 +1,4 @@
-"""intake_cli.display: outside text shown on a terminal, escaped."""
+"""intake_cli.platform.display: outside text shown on a terminal, escaped."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ from datetime import UTC, datetime
 import pytest
 from rich.console import Console
 
-from intake_cli import telemetry, watch
-from intake_cli.display import cell, markup, safe
-from intake_cli.logs import JsonFormatter, TextFormatter
+from intake_cli.engine import telemetry
+from intake_cli.faces import watch
+from intake_cli.platform.display import cell, markup, safe
+from intake_cli.platform.logs import JsonFormatter, TextFormatter
 
 CASES = [
     # (outside text, what the operator sees)

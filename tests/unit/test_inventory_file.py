@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from intake_cli import inventory
-from intake_cli.errors import ConfigError
+from intake_cli.platform import inventory
+from intake_cli.platform.errors import ConfigError
 
 IDS = [str(uuid.UUID(int=n * 0x1_0001_0001)) for n in range(1, 6)]
 

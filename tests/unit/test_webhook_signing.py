@@ -9,16 +9,9 @@ import hmac
 
 import pytest
 
-from intake_cli.testhook import declines
-from intake_cli.webhook import (
-    DECLINE_STATUSES,
-    Verdict,
-    _body_reason,
-    check_secret,
-    classify,
-    sign,
-    verify,
-)
+from intake_cli.engine.webhook import DECLINE_STATUSES, Verdict, _body_reason, classify
+from intake_cli.platform.signing import check_secret, sign, verify
+from intake_cli.tools.testhook import declines
 
 RAW_KEY = b"test-secret"
 SECRET = "whsec_" + base64.b64encode(RAW_KEY).decode()

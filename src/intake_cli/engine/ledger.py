@@ -1,0 +1,407 @@
+"""DB2, the core ledger: its commit RPC, checked, called, and the example that `intake up` installs.
+
+The contract with DB2 is one function taking the intent as JSON, idempotent
+on the intent's key, and answering with proof of the commit: a JSON object
+whose `idempotency_key` is the payload's and whose `status` is `committed`
+(this call wrote it) or `duplicate` (an earlier call did). intake never
+writes DB2's tables itself, so any ledger that offers such a function can sit
+behind the engine; an answer that proves nothing never counts as a sale.
+
+The RPC's name comes from configuration. It is checked against a strict
+pattern, looked up in the catalog with bound parameters, and reaches SQL text
+only as an identifier quoted by psycopg.sql.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import tuple_row
+from psycopg.types.json import Jsonb
+
+from intake_cli.platform.config import check_rpc_name
+from intake_cli.platform.errors import ConnectionFailed, LedgerContractError, LedgerUnavailable
+from intake_cli.platform.sqlfiles import queries, render
+
+EXAMPLE_RPC = "public.finalize_transaction"
+
+ArgType = Literal["jsonb", "json"]
+_ARG_TYPES: tuple[ArgType, ...] = ("jsonb", "json")
+# What the RPC's answer says of a payload it committed: this call or an earlier one.
+PROOF_STATUSES = ("committed", "duplicate")
+PROOF_SHAPE = '{"idempotency_key": <the payload\'s>, "status": "committed" or "duplicate"}'
+
+
+def _q(name: str) -> str:
+    return queries("db2")[name]
+
+
+@dataclass(frozen=True)
+class RpcName:
+    """A commit RPC, `schema.name`, and the JSON type its one argument takes."""
+
+    schema: str
+    name: str
+    # What the payload is cast to in the call; check_rpc finds out which one
+    # the function takes (jsonb unless the function only accepts json).
+    arg_type: ArgType = "jsonb"
+
+    def __post_init__(self) -> None:
+        # Constructed directly or via parse: either way nothing unchecked gets
+        # near SQL text, even though identifier() would quote it.
+        if reason := check_rpc_name(f"{self.schema}.{self.name}"):
+            raise LedgerContractError(f"commit RPC name: {reason}")
+        if self.arg_type not in _ARG_TYPES:
+            raise LedgerContractError(f"commit RPC argument type: {self.arg_type!r} is not json")
+
+    @classmethod
+    def parse(cls, text: str) -> RpcName:
+        """`schema.name` or `name` (schema public), lower-case identifiers only."""
+        if not isinstance(text, str):
+            raise LedgerContractError(f"commit RPC name: expected a string, got {text!r}")
+        if reason := check_rpc_name(text):
+            raise LedgerContractError(f"commit RPC name: {reason}")
+        schema, _, name = text.rpartition(".")
+        return cls(schema or "public", name)
+
+    def identifier(self) -> sql.Composable:
+        return sql.Identifier(self.schema, self.name)
+
+    def with_arg_type(self, arg_type: ArgType) -> RpcName:
+        return RpcName(self.schema, self.name, arg_type)
+
+    def __str__(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+
+@dataclass(frozen=True)
+class CommitOutcome:
+    """What the RPC said about one payload: ok only when its answer proves the commit."""
+
+    ok: bool
+    error: str | None
+    result: Any
+
+
+# ---------------------------------------------------------------------------
+# The example ledger
+
+
+def example_installed(conn: psycopg.Connection) -> bool:
+    """Whether DB2 has a public.finalize_transaction that needs nothing from intake."""
+    if _example_outdated(conn):
+        return False
+    with conn.cursor(row_factory=tuple_row) as cur:
+        row = cur.execute(_q("example_installed")).fetchone()
+    return bool(row and row[0])
+
+
+def install_example(conn: psycopg.Connection) -> bool:
+    """Install the example ledger in one transaction; False (and nothing done) if present.
+
+    Presence is judged by public.finalize_transaction alone: a DB2 that has
+    one is somebody's ledger, which intake must not touch. The one exception
+    is the example's own RPC exactly as an earlier intake installed it (known
+    by its body), whose answer did not yet prove the commit: it is replaced
+    in place, and True returned.
+    """
+    try:
+        with conn.transaction():
+            if _example_outdated(conn):
+                conn.execute(render("db2/finalize_transaction.sql"))
+                return True
+            if example_installed(conn):
+                return False
+            # The ledger's grants and policy name Supabase's roles and
+            # auth.uid(); on plain PostgreSQL they are created first.
+            conn.execute(render("common/supabase_compat.sql"))
+            conn.execute(render("db2/example_ledger.sql"))
+    except psycopg.OperationalError as exc:
+        raise ConnectionFailed(
+            f"DB2: the connection failed while installing the example ledger: {_describe(exc)}"
+        ) from None
+    except psycopg.Error as exc:
+        raise LedgerContractError(
+            "DB2: the example ledger could not be installed and nothing was changed "
+            f"(it needs a database without its tables): {_describe(exc)}"
+        ) from None
+    return True
+
+
+def _example_outdated(conn: psycopg.Connection) -> bool:
+    with conn.cursor(row_factory=tuple_row) as cur:
+        row = cur.execute(_q("example_outdated")).fetchone()
+    return bool(row and row[0])
+
+
+# ---------------------------------------------------------------------------
+# Checking the contract
+
+
+# Where PostgreSQL keeps its own functions: none of them commits an intent,
+# and pg_catalog.jsonb_typeof(jsonb) would pass for one by its signature.
+_SYSTEM_SCHEMAS = ("pg_catalog", "information_schema")
+
+
+@dataclass(frozen=True)
+class _Overload:
+    signature: str
+    kind: str
+    returns_set: bool
+    nargs: int
+    ndefaults: int
+    first_arg_type: str | None
+    return_type: str
+    outdated_example: bool
+    executable: bool
+    role: str
+
+    @property
+    def takes_one_json(self) -> bool:
+        return (
+            self.nargs >= 1
+            and self.nargs - self.ndefaults <= 1
+            and self.first_arg_type in _ARG_TYPES
+        )
+
+    @property
+    def answers_json(self) -> bool:
+        return self.return_type in _ARG_TYPES and not self.returns_set
+
+
+def _system_schema(schema: str) -> bool:
+    # pg_* names are reserved for the system (pg_toast, pg_temp_N, ...).
+    return schema in _SYSTEM_SCHEMAS or schema.startswith("pg_")
+
+
+def _judge(rpc: RpcName, rows: Iterable[tuple[Any, ...]]) -> RpcName:
+    """The RPC as it must be called, or a LedgerContractError saying what DB2 has instead."""
+    overloads = [_Overload(*row) for row in rows]
+    if not overloads:
+        raise LedgerContractError(
+            f"DB2 has no function {rpc}(jsonb): install it, or set commit_rpc_name"
+        )
+    fitting = [o for o in overloads if o.takes_one_json]
+    callable_ = [o for o in fitting if o.kind == "f" and o.answers_json]
+    if not callable_:
+        have = "; ".join(_explain(o) for o in overloads)
+        raise LedgerContractError(
+            f"DB2's {rpc} cannot be the commit RPC: intake calls {rpc}(payload jsonb) "
+            f"(or json), one argument, and needs one json or jsonb answer per call, "
+            f"{PROOF_SHAPE}. DB2 has: {have}"
+        )
+    # jsonb first: it is what the payloads are sent as, so no cast is needed.
+    best = min(callable_, key=lambda o: _ARG_TYPES.index(o.first_arg_type))  # type: ignore[arg-type]
+    if best.outdated_example:
+        raise LedgerContractError(
+            f"DB2's {best.signature} is intake's example ledger from before its answer "
+            "proved the commit: run `intake up` with db2.install_example_ledger: true "
+            "to replace it (the tickets stay)"
+        )
+    if not best.executable:
+        raise LedgerContractError(
+            f"DB2: role {best.role} may not execute {best.signature}: "
+            f"grant execute on function {best.signature} to {best.role}"
+        )
+    return rpc.with_arg_type(best.first_arg_type)  # type: ignore[arg-type]
+
+
+def _explain(o: _Overload) -> str:
+    if o.kind == "p":
+        return f"{o.signature} (a procedure)"
+    if o.kind in ("a", "w"):
+        return f"{o.signature} (an aggregate)"
+    if o.takes_one_json and o.returns_set:
+        return f"{o.signature} (returns a set)"
+    if o.takes_one_json and not o.answers_json:
+        return f"{o.signature} (returns {o.return_type})"
+    return o.signature
+
+
+def _refuse_system(rpc: RpcName) -> None:
+    if _system_schema(rpc.schema):
+        raise LedgerContractError(
+            f"{rpc} cannot be the commit RPC: {rpc.schema} is PostgreSQL's own schema; "
+            f"name your ledger's function taking (payload jsonb) and answering {PROOF_SHAPE}"
+        )
+
+
+def check_rpc(conn: psycopg.Connection, rpc: RpcName) -> RpcName:
+    """Raise LedgerContractError unless DB2 offers `rpc` with the commit RPC's shape.
+
+    The shape: a function (not a procedure or an aggregate) outside the system
+    schemas, taking one jsonb (or json) argument and returning one jsonb (or
+    json) value. Returns the RpcName with the argument type the function
+    takes; commit_batch needs it only for a function declared with json.
+    """
+    _refuse_system(rpc)
+    try:
+        with conn.cursor(row_factory=tuple_row) as cur:
+            rows = cur.execute(
+                _q("rpc_overloads"), {"schema": rpc.schema, "name": rpc.name}
+            ).fetchall()
+    except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+        raise LedgerUnavailable(f"DB2: {_describe(exc)}") from None
+    return _judge(rpc, rows)
+
+
+async def check_rpc_async(conn: psycopg.AsyncConnection, rpc: RpcName) -> RpcName:
+    """check_rpc for the drain worker's asynchronous connections."""
+    _refuse_system(rpc)
+    try:
+        async with conn.cursor(row_factory=tuple_row) as cur:
+            await cur.execute(_q("rpc_overloads"), {"schema": rpc.schema, "name": rpc.name})
+            rows = await cur.fetchall()
+    except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+        raise LedgerUnavailable(f"DB2: {_describe(exc)}") from None
+    return _judge(rpc, rows)
+
+
+# ---------------------------------------------------------------------------
+# Committing
+
+
+def _describe(exc: BaseException) -> str:
+    """One line an operator can read: SQLSTATE, message, and the server's detail."""
+    if isinstance(exc, psycopg.Error) and exc.diag.message_primary:
+        text = exc.diag.message_primary
+        if exc.diag.message_detail:
+            text += f" ({exc.diag.message_detail})"
+        return f"{exc.sqlstate}: {text}" if exc.sqlstate else text
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def _connection_lost(conn: psycopg.AsyncConnection) -> bool:
+    """After an error: is the connection gone (DB2 unavailable), or still usable?
+
+    The connection's state tells, not the error's SQLSTATE: a statement
+    timeout (57014), a deadlock (40P01) or a lock timeout is an
+    OperationalError on a connection that is fine, and the payload's own
+    problem; only a connection that closed or broke says DB2 went away.
+    """
+    return conn.closed or conn.broken
+
+
+def _commit_sql(name: str, rpc: RpcName, timeout_ms: int | None) -> sql.Composable:
+    """The commit statement, led by its statement timeout when there is one.
+
+    `SET LOCAL` in the same query string as the call: the string runs as one
+    implicit transaction, so the setting ends with it (nothing leaks into the
+    next transaction on the connection, which behind a transaction-mode
+    pooler may be somebody else's), and it costs no round trip of its own.
+    PostgreSQL 13 and later time each statement of such a string separately,
+    so the timeout bounds the call that follows it.
+    """
+    call = sql.SQL(_q(name)).format(rpc=rpc.identifier(), arg_type=sql.SQL(rpc.arg_type))
+    if timeout_ms is None:
+        return call
+    return sql.SQL("set local statement_timeout = {}; {}").format(sql.Literal(timeout_ms), call)
+
+
+async def _fetch(
+    conn: psycopg.AsyncConnection, query: sql.Composable, params: dict[str, Any]
+) -> list[tuple[Any, ...]]:
+    # Bound on the client and sent as one simple query: several statements
+    # in one round trip, and never a prepared statement (a transaction-mode
+    # pooler may hand the next transaction to another server connection).
+    # An autocommit string is its own transaction, without the two extra
+    # round trips of BEGIN and COMMIT; otherwise the transaction is explicit.
+    async with psycopg.AsyncClientCursor(conn, row_factory=tuple_row) as cur:
+        if conn.autocommit:
+            await cur.execute(query, params)
+        else:
+            async with conn.transaction():
+                await cur.execute(query, params)
+        # The call's rows are the last result (after the SET's, if any).
+        while cur.nextset():
+            pass
+        return await cur.fetchall()
+
+
+def _proof(payload: dict[str, Any], answer: Any) -> str | None:
+    """None when the RPC's answer proves this payload committed; else what it lacks."""
+    key = payload.get("idempotency_key") if isinstance(payload, dict) else None
+    if (
+        isinstance(answer, dict)
+        and isinstance(answer.get("idempotency_key"), str)
+        and isinstance(key, str)
+        and answer["idempotency_key"].lower() == key.lower()
+        and answer.get("status") in PROOF_STATUSES
+    ):
+        return None
+    shown = json.dumps(answer, default=str, ensure_ascii=True)
+    if len(shown) > 200:
+        shown = shown[:200] + "…"
+    return f"the answer does not prove the commit: expected {PROOF_SHAPE}, got {shown}"
+
+
+def _outcome(payload: dict[str, Any], answer: Any) -> CommitOutcome:
+    problem = _proof(payload, answer)
+    return CommitOutcome(problem is None, problem, answer)
+
+
+def _refusal(exc: psycopg.Error, timeout_ms: int | None) -> str:
+    text = _describe(exc)
+    if isinstance(exc, psycopg.errors.QueryCanceled) and timeout_ms is not None:
+        text += f" (the call ran past db2.commit_timeout_seconds, {timeout_ms / 1000:g} s)"
+    return text
+
+
+async def commit_batch(
+    conn: psycopg.AsyncConnection,
+    rpc: RpcName,
+    payloads: list[dict[str, Any]],
+    *,
+    timeout_s: float | None = None,
+) -> list[CommitOutcome]:
+    """Call the RPC for every payload; one outcome per payload, in order.
+
+    All of them in one statement first. If DB2 refuses that statement, one
+    payload may be to blame, so each is then retried in its own transaction
+    and the others still commit. Each statement is cancelled by DB2 after
+    `timeout_s` (None: DB2's own statement_timeout), so a slow call costs its
+    batch at most twice that. An outcome is ok only when the RPC's answer
+    proves the commit (PROOF_SHAPE). Raises LedgerUnavailable when the
+    connection to DB2 is lost: nothing is known to be committed then, and
+    retrying is safe because the RPC is idempotent.
+    """
+    if not payloads:
+        return []
+    if conn.closed:
+        raise LedgerUnavailable("DB2: the connection is closed")
+    timeout_ms = None if timeout_s is None else max(1, round(timeout_s * 1000))
+    try:
+        rows = await _fetch(
+            conn,
+            _commit_sql("commit_batch", rpc, timeout_ms),
+            {"payloads": [Jsonb(p) for p in payloads]},
+        )
+    except psycopg.Error as exc:
+        if _connection_lost(conn):
+            raise LedgerUnavailable(f"DB2: {_describe(exc)}") from exc
+    else:
+        results = dict(rows)
+        if len(results) == len(payloads):
+            return [_outcome(p, results[i]) for i, p in enumerate(payloads, start=1)]
+        # Unreachable for a function returning one value, which check_rpc
+        # ensures; should DB2 change under us, the slow path still answers.
+
+    one = _commit_sql("commit_one", rpc, timeout_ms)
+    outcomes = []
+    for payload in payloads:
+        try:
+            rows = await _fetch(conn, one, {"payload": Jsonb(payload)})
+        except psycopg.Error as exc:
+            if _connection_lost(conn):
+                # Items already committed here commit again as duplicates.
+                raise LedgerUnavailable(f"DB2: {_describe(exc)}") from exc
+            outcomes.append(CommitOutcome(False, _refusal(exc, timeout_ms), None))
+        else:
+            outcomes.append(_outcome(payload, rows[0][0] if rows else None))
+    return outcomes

@@ -1,0 +1,161 @@
+"""Engine metrics: how they are scheduled, collected and read.
+
+The collector itself is SQL (sql/templates/db1/telemetry.sql.j2) so that
+pg_cron can run it inside DB1 every 5 s. This module renders its schedule
+for the pg_cron at hand, reports which schedule is in use, and reads the
+figures `intake status` and `intake watch` show.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from intake_cli.platform.sqlfiles import queries, render
+
+INTERVAL_S = 5
+# Metrics older than this many intervals are flagged as stale.
+STALE_AFTER_S = 3 * INTERVAL_S
+# A worker that has not heartbeaten for this long is shown as silent.
+SILENT_AFTER_S = 10.0
+HEARTBEAT_S = 2.0
+
+_VERSION = re.compile(r"^(\d+)\.(\d+)")
+
+
+def query(name: str) -> str:
+    return queries("telemetry")[name]
+
+
+def has_seconds_schedule(pg_cron_version: str) -> bool:
+    """pg_cron 1.5 added schedules in seconds ('5 seconds')."""
+    match = _VERSION.match(pg_cron_version)
+    if match is None:
+        raise ValueError(f"pg_cron version not understood: {pg_cron_version!r}")
+    return (int(match.group(1)), int(match.group(2))) >= (1, 5)
+
+
+def cron_sql(pg_cron_version: str) -> str:
+    return render("db1/cron.sql.j2", seconds_schedule=has_seconds_schedule(pg_cron_version))
+
+
+def schedule(conn: psycopg.Connection) -> None:
+    """(Re)schedule the metrics and housekeeping jobs where pg_cron is installed."""
+    version = pg_cron_version(conn)
+    if version is not None:
+        conn.execute(cron_sql(version))
+
+
+def unschedule(conn: psycopg.Connection) -> None:
+    if pg_cron_version(conn) is None:
+        return
+    for job in cron_jobs(conn):
+        conn.execute(query("unschedule"), {"jobname": job["jobname"]})
+
+
+def pg_cron_version(conn: psycopg.Connection) -> str | None:
+    row = conn.execute(queries("db1")["pg_cron_version"]).fetchone()
+    return str(row[0]) if row else None
+
+
+def cron_jobs(conn: psycopg.Connection) -> list[dict[str, Any]]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(query("cron_jobs")).fetchall()
+
+
+@dataclass(frozen=True)
+class ScheduleMode:
+    mode: str  # seconds | minute-loop | none
+    pg_cron: str | None
+    description: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {"mode": self.mode, "pg_cron": self.pg_cron, "description": self.description}
+
+
+def schedule_mode(conn: psycopg.Connection) -> ScheduleMode:
+    version = pg_cron_version(conn)
+    jobs = {job["jobname"]: job for job in cron_jobs(conn)} if version else {}
+    job = jobs.get("intake-metrics")
+    if version is None or job is None or not job["active"]:
+        return ScheduleMode(
+            "none",
+            version,
+            "not scheduled (pg_cron not in DB1): `intake watch` collects while it runs",
+        )
+    if job["schedule"].strip().endswith("seconds"):
+        return ScheduleMode("seconds", version, f"pg_cron {version}: every {job['schedule']}")
+    return ScheduleMode(
+        "minute-loop",
+        version,
+        f"pg_cron {version} (minute schedules only): a minute job collecting every {INTERVAL_S} s",
+    )
+
+
+def collect(conn: psycopg.Connection) -> int:
+    return int(conn.execute(query("collect")).fetchone()[0])  # type: ignore[index]
+
+
+def pool_metrics(conn: psycopg.Connection) -> list[dict[str, Any]]:
+    """Each pool's figures computed now (what a collection would write)."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(query("pool_metrics")).fetchall()
+
+
+def latest(conn: psycopg.Connection) -> list[dict[str, Any]]:
+    """Each pool's newest engine_metrics row, with `age_s`."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(query("latest")).fetchall()
+
+
+def newest_age_s(rows: list[dict[str, Any]]) -> float | None:
+    """How old the newest of `latest`'s rows is; None when nothing was collected."""
+    return min((float(row["age_s"]) for row in rows), default=None)
+
+
+def velocity_history(conn: psycopg.Connection, seconds: int) -> list[float]:
+    """Commits per second across pools, one figure per collection, oldest first."""
+    rows = conn.execute(query("velocity_history"), {"seconds": seconds}).fetchall()
+    return [float(row[1]) for row in rows]
+
+
+@dataclass(frozen=True)
+class WorkerView:
+    worker_id: str
+    hostname: str
+    pid: int
+    pool_filter: str | None
+    concurrency: int
+    batches: int
+    committed: int
+    rejected: int
+    retried: int
+    dead_lettered: int
+    log_lines_dropped: int
+    heartbeat_age_s: float
+    stopped: bool
+
+    @property
+    def state(self) -> str:
+        if self.stopped:
+            return "stopped"
+        return "silent" if self.heartbeat_age_s > SILENT_AFTER_S else "alive"
+
+    def as_json(self) -> dict[str, Any]:
+        return {**self.__dict__, "state": self.state}
+
+
+def workers(conn: psycopg.Connection) -> list[WorkerView]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(query("workers")).fetchall()
+    return [
+        WorkerView(
+            **{k: v for k, v in row.items() if k not in ("started_at", "heartbeat_age_s")},
+            heartbeat_age_s=float(row["heartbeat_age_s"]),
+        )
+        for row in rows
+    ]

@@ -1,0 +1,74 @@
+"""Where DB1 and DB2 are, and connections to them with errors an operator can act on."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import psycopg
+
+from intake_cli.platform.config import DatabaseSettings, Settings
+from intake_cli.platform.embedded import EmbeddedClusters
+from intake_cli.platform.errors import ConnectionFailed, NotProvisioned
+
+CONNECT_TIMEOUT_S = 5
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    db1: str
+    db2: str
+    embedded: bool
+
+
+def _configured(db: DatabaseSettings) -> str:
+    # An empty conninfo makes libpq read PGHOST, PGPORT, PGUSER, … itself.
+    return db.dsn or ""
+
+
+def endpoints(settings: Settings, *, start: bool = False) -> Endpoints:
+    """DSNs for DB1 and DB2; with start=True the embedded clusters are brought up."""
+    wanted = tuple(
+        name for name, db in (("db1", settings.db1), ("db2", settings.db2)) if db.embedded
+    )
+    clusters = EmbeddedClusters(settings.state_dir, settings.embedded)
+    if wanted and start:
+        running = clusters.ensure(wanted)
+    else:
+        running = clusters.load()
+        missing = [name for name in wanted if name not in running]
+        if missing:
+            raise NotProvisioned(
+                f"no embedded {' and '.join(missing)} under {settings.state_dir}: "
+                "run `intake up` first"
+            )
+    db1 = running["db1"].dsn if settings.db1.embedded else _configured(settings.db1)
+    db2 = running["db2"].dsn if settings.db2.embedded else _configured(settings.db2)
+    return Endpoints(db1=db1, db2=db2, embedded=bool(wanted))
+
+
+def describe_dsn(dsn: str) -> str:
+    """The DSN without its passwords (the server's and the client key's), for messages."""
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "(unparsable connection string)"
+    info.pop("password", None)
+    info.pop("sslpassword", None)
+    return " ".join(f"{k}={v}" for k, v in info.items()) or "(PG* environment)"
+
+
+@contextmanager
+def connect(dsn: str, label: str, *, autocommit: bool = True) -> Iterator[psycopg.Connection]:
+    try:
+        conn = psycopg.connect(dsn, autocommit=autocommit, connect_timeout=CONNECT_TIMEOUT_S)
+    except psycopg.OperationalError as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        reason = lines[0].removeprefix("connection failed: ") if lines else type(exc).__name__
+        where = describe_dsn(dsn)
+        raise ConnectionFailed(f"cannot connect to {label} ({where}): {reason}") from None
+    except psycopg.ProgrammingError as exc:
+        raise ConnectionFailed(f"{label}: invalid connection string: {exc}") from None
+    with conn:
+        yield conn

@@ -1,0 +1,120 @@
+"""The claim benchmark as a picture: claims/s by client count, intake against
+the baselines of the same run, from the JSON `intake bench claims` saves.
+
+matplotlib is an optional extra (`pip install 'intake-cli[bench]'`): nothing
+else in intake needs it, and it is large.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from intake_cli.platform.errors import UsageError
+
+# Baselines in greys and thin lines, intake in colour: the eye should land on
+# intake and read the baselines as context.
+_STYLES: dict[str, dict[str, Any]] = {
+    "select1": {"label": "SELECT 1 (ceiling)", "color": "0.55", "linestyle": ":"},
+    "hot_row": {"label": "hot row (transaction)", "color": "0.35", "linestyle": "--"},
+    "hot_row_one_statement": {
+        "label": "hot row (one statement)",
+        "color": "0.6",
+        "linestyle": "--",
+    },
+    "skip_locked": {"label": "literal SKIP LOCKED", "color": "0.25", "linestyle": "-."},
+    "claim": {"label": "intake claim", "color": "tab:blue", "linewidth": 2.5},
+}
+_BATCH_COLOURS = ("tab:orange", "tab:red", "tab:purple", "tab:green", "tab:brown")
+
+
+def require_matplotlib() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise UsageError(
+            "--chart needs matplotlib, which is optional: install it with "
+            "pip install 'intake-cli[bench]' (scripts/bootstrap.sh does)"
+        ) from None
+
+
+def _series(document: dict[str, Any]) -> dict[str, list[tuple[int, float]]]:
+    """Points per workload: baselines first, then intake, batches by size."""
+    series: dict[str, list[tuple[int, float]]] = {}
+    batch: dict[str, int] = {}
+    for run in document["runs"]:
+        series.setdefault(run["workload"], []).append((run["clients"], run["claims_per_s"]))
+        batch[run["workload"]] = run.get("batch", 1)
+    order = list(_STYLES)
+    keys = sorted(series, key=lambda k: (order.index(k) if k in order else len(order), batch[k], k))
+    return {key: sorted(series[key]) for key in keys}
+
+
+def draw_claims(document: dict[str, Any], path: Path) -> Path:
+    """Write the chart as a PNG at path and return it."""
+    require_matplotlib()
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: files only
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    machine, settings = document["machine"], document["settings"]
+    fig, ax = plt.subplots(figsize=(11, 6), dpi=120)
+    batch_sizes = settings.get("batch_sizes") or []
+    for key, points in _series(document).items():
+        if key.startswith("claim_batch_"):
+            size = int(key.rsplit("_", 1)[1])
+            colour = _BATCH_COLOURS[batch_sizes.index(size) % len(_BATCH_COLOURS)]
+            style: dict[str, Any] = {
+                "label": f"intake claim_resources, {size} per call",
+                "color": colour,
+                "linewidth": 2,
+            }
+        else:
+            style = _STYLES.get(key, {"label": key})
+        xs, ys = zip(*points, strict=True)
+        ax.plot(xs, ys, marker="o", **style)
+
+    # The bar's absolute lines, where the run measured what they judge.
+    bar = settings.get("bar_clients")
+    for target in document.get("targets", []):
+        if "claims/s" in target["target"] and target.get("threshold"):
+            ax.axhline(target["threshold"], color="0.8", linewidth=0.8, zorder=0)
+            ax.annotate(
+                f"bar: {target['threshold']:,.0f}/s",
+                (max(settings["clients"]), target["threshold"]),
+                textcoords="offset points",
+                xytext=(0, 3),
+                ha="right",
+                fontsize=8,
+                color="0.45",
+            )
+    if bar:
+        ax.axvline(bar, color="0.85", linewidth=0.8, zorder=0)
+
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xticks(settings["clients"])
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("pgbench clients")
+    ax.set_ylabel("claims/s (transactions/s x buyers per transaction)")
+    sync = "on" if settings.get("synchronous_commit") else "off"
+    version = str(machine.get("postgresql") or "?").split()[0]
+    ax.set_title(
+        "intake bench claims: claims/s by client count, baselines from the same run\n"
+        f"{machine['cores']} cores, PostgreSQL {version}, synchronous_commit = {sync}, "
+        f"{settings['duration_s']} s per run",
+        fontsize=10,
+    )
+    ax.grid(True, which="major", color="0.92")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    plt.close(fig)
+    return path
