@@ -13,6 +13,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from intake_cli.platform.errors import UsageError
+from intake_cli.platform.pgconn import open_async
 from intake_cli.platform.sqlfiles import queries
 
 # `intake claim` exits with this (EX_TEMPFAIL) when the pool answers
@@ -107,11 +108,9 @@ async def burst(dsn: str, pool_id: str, users: list[str], concurrency: int) -> B
     sql_text = _claim_sql()
 
     async def buyer() -> None:
-        # prepare_threshold=None: buyers reach a hosted DB1 through a
-        # transaction-mode pooler, where prepared statements are not allowed.
-        async with await psycopg.AsyncConnection.connect(
-            dsn, autocommit=True, prepare_threshold=None
-        ) as conn:
+        # Buyers reach a hosted DB1 through a transaction-mode pooler:
+        # open_async never prepares a statement on the server.
+        async with await open_async(dsn) as conn:
             while not pending.empty():
                 user = pending.get_nowait()
                 started = time.perf_counter()

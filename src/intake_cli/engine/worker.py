@@ -75,6 +75,7 @@ from intake_cli.platform.errors import (
     UnknownPool,
 )
 from intake_cli.platform.logs import LogDrain, event
+from intake_cli.platform.pgconn import async_pool, open_async
 from intake_cli.platform.sqlfiles import queries
 
 # Waiting for a database at start: the first try again after about half a
@@ -97,9 +98,7 @@ def _first_line(exc: BaseException) -> str:
 async def _connect(dsn: str, label: str) -> AsyncIterator[psycopg.AsyncConnection]:
     """A direct connection for the start-up checks; losing the server is DatabaseUnreachable."""
     try:
-        conn = await psycopg.AsyncConnection.connect(
-            dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S
-        )
+        conn = await open_async(dsn, connect_timeout=CONNECT_TIMEOUT_S)
     except psycopg.OperationalError as exc:
         raise DatabaseUnreachable(
             label, f"cannot connect to {label} ({describe_dsn(dsn)}): {_first_line(exc)}"
@@ -196,7 +195,7 @@ class Worker:
         # Throughput is measured over the draining, not the wait for the databases.
         self.stats.started = time.monotonic()
         pool_size = self.concurrency + 2
-        self.db1 = AsyncConnectionPool(
+        self.db1 = async_pool(
             self.db1_dsn,
             min_size=1,
             max_size=pool_size,
@@ -208,7 +207,7 @@ class Worker:
         )
         # DB2 may be down for a while: connections are checked before use and
         # a missing server fails fast (the commit is retried later).
-        self.db2 = AsyncConnectionPool(
+        self.db2 = async_pool(
             self.db2_dsn,
             min_size=0,
             max_size=pool_size,
@@ -548,5 +547,3 @@ class Worker:
             async with self.db2.connection() as conn:
                 self._resolved_rpcs[rpc] = await ledger.check_rpc_async(conn, rpc)
         return self._resolved_rpcs[rpc]
-
-

@@ -11,6 +11,7 @@ import psycopg
 from intake_cli.platform.config import DatabaseSettings, Settings
 from intake_cli.platform.embedded import EmbeddedClusters
 from intake_cli.platform.errors import ConnectionFailed, NotProvisioned
+from intake_cli.platform.pgconn import open_sync
 
 CONNECT_TIMEOUT_S = 5
 
@@ -62,7 +63,7 @@ def describe_dsn(dsn: str) -> str:
 @contextmanager
 def connect(dsn: str, label: str, *, autocommit: bool = True) -> Iterator[psycopg.Connection]:
     try:
-        conn = psycopg.connect(dsn, autocommit=autocommit, connect_timeout=CONNECT_TIMEOUT_S)
+        conn = open_sync(dsn, autocommit=autocommit, connect_timeout=CONNECT_TIMEOUT_S)
     except psycopg.OperationalError as exc:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         reason = lines[0].removeprefix("connection failed: ") if lines else type(exc).__name__

@@ -41,6 +41,7 @@ from psycopg.conninfo import make_conninfo
 from intake_cli import __version__
 from intake_cli.platform.config import EmbeddedSettings
 from intake_cli.platform.errors import EmbeddedClusterError, StateDirRefused
+from intake_cli.platform.pgconn import open_sync
 
 SUPERUSER = "intake"
 DATABASE = "intake"
@@ -495,7 +496,7 @@ class EmbeddedClusters:
         """
         password = secrets.token_hex(24)
         try:
-            with psycopg.connect(cluster.dsn_for("postgres"), autocommit=True) as conn:
+            with open_sync(cluster.dsn_for("postgres")) as conn:
                 # The SCRAM verifier is computed here: the password itself
                 # never reaches the server (or its log).
                 verifier = conn.pgconn.encrypt_password(
@@ -556,7 +557,7 @@ class EmbeddedClusters:
         # Connected as intake's user, who holds the passfile (the server's
         # user does not).
         try:
-            with psycopg.connect(cluster.dsn_for("postgres"), autocommit=True) as conn:
+            with open_sync(cluster.dsn_for("postgres")) as conn:
                 exists = conn.execute(
                     "select 1 from pg_database where datname = %s", (DATABASE,)
                 ).fetchone()

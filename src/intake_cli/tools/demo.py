@@ -35,6 +35,7 @@ from intake_cli.platform import config
 from intake_cli.platform.db import endpoints
 from intake_cli.platform.display import safe
 from intake_cli.platform.errors import UsageError
+from intake_cli.platform.pgconn import open_sync
 from intake_cli.platform.sqlfiles import queries
 from intake_cli.tools.webhook_process import WebhookServer
 
@@ -155,7 +156,7 @@ class LedgerCheck:
 
 
 def _check_ledger(db2: str) -> LedgerCheck:
-    with psycopg.connect(db2) as conn:
+    with open_sync(db2, autocommit=False) as conn:
         committed, keys, units, span = conn.execute(
             _q("ledger_tickets"), {"pool_id": POOL}
         ).fetchone()  # type: ignore[misc]
@@ -242,7 +243,7 @@ def run(plan: DemoPlan, console: Console, live_view: bool, keep: bool) -> DemoRe
         report.herd = json.loads((logs / "herd.json").read_text())
         report.timings_s["first_sold_out"] = report.herd.get("first_sold_out_s")
         webhook_calls = hook.calls()
-        with psycopg.connect(where.db1) as conn:
+        with open_sync(where.db1, autocommit=False) as conn:
             rejected = conn.execute(_q("rejected_intents")).fetchone()[0]  # type: ignore[index]
             depth = _queue_depth(conn, settings.queue_name)
             dead = _queue_depth(conn, settings.dlq_name)
@@ -286,7 +287,7 @@ def _follow(
     """
     herd_done: float | None = None
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
-    with psycopg.connect(db1, autocommit=True) as conn:
+    with open_sync(db1) as conn:
         view = Live(console=console, auto_refresh=False) if live_view else None
         last_line = 0.0
         if view:

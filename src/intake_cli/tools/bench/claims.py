@@ -42,6 +42,7 @@ from intake_cli.platform import config
 from intake_cli.platform.config import EmbeddedSettings, PoolSettings
 from intake_cli.platform.embedded import DATABASE, SUPERUSER, Cluster, EmbeddedClusters, pg_bindir
 from intake_cli.platform.errors import IntakeError, UsageError
+from intake_cli.platform.pgconn import open_sync
 from intake_cli.platform.sqlfiles import sql_root
 from intake_cli.tools.bench import chart as bench_chart
 
@@ -612,7 +613,7 @@ def measure(plan: Plan, workdir: Path) -> Report:
     clusters = EmbeddedClusters(workdir / "cluster", settings)
     try:
         cluster = clusters.ensure(("db1",))["db1"]
-        with psycopg.connect(cluster.dsn, autocommit=True) as conn:
+        with open_sync(cluster.dsn) as conn:
             bench = Bench(workdir, cluster, conn)
             bench.provision()
             report = Report(

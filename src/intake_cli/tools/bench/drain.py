@@ -30,6 +30,7 @@ from intake_cli.engine import claims, lifecycle
 from intake_cli.engine.webhook import WebhookClient
 from intake_cli.platform import config
 from intake_cli.platform.embedded import Cluster, EmbeddedClusters
+from intake_cli.platform.pgconn import open_sync
 from intake_cli.tools.bench import claims as bench
 from intake_cli.tools.webhook_process import WebhookServer
 
@@ -95,7 +96,7 @@ class DrainResult:
 
 
 def _database(cluster: Cluster, name: str) -> str:
-    with psycopg.connect(cluster.dsn, autocommit=True) as conn:
+    with open_sync(cluster.dsn) as conn:
         conn.execute(
             psycopg.sql.SQL("drop database if exists {}").format(psycopg.sql.Identifier(name))
         )
@@ -118,7 +119,7 @@ async def _webhook_ceiling(url: str, count: int, concurrency: int) -> float:
 
 
 def _archived(dsn: str) -> int:
-    with psycopg.connect(dsn) as conn:
+    with open_sync(dsn, autocommit=False) as conn:
         return int(conn.execute("select count(*) from pgmq.a_intents").fetchone()[0])  # type: ignore[index]
 
 

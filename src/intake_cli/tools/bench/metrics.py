@@ -22,6 +22,7 @@ from typing import Any
 import psycopg
 import typer
 
+from intake_cli.platform.pgconn import open_sync
 from intake_cli.platform.sqlfiles import queries
 from intake_cli.tools.bench import claims as bench
 
@@ -56,7 +57,7 @@ def _summary(times: list[float]) -> dict[str, float]:
 def measure(units: int, claims: int, runs: int, workdir: Path) -> dict[str, Any]:
     with bench.throwaway_event(workdir, POOL, units) as (_, dsn):
         states: list[dict[str, Any]] = []
-        with psycopg.connect(dsn, autocommit=True) as conn:
+        with open_sync(dsn) as conn:
             conn.execute("analyze")
 
             def state(name: str) -> None:

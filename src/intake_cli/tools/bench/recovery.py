@@ -61,6 +61,7 @@ from intake_cli.platform.embedded import (
     _server_account,
     pg_bindir,
 )
+from intake_cli.platform.pgconn import open_sync
 from intake_cli.platform.sqlfiles import queries
 from intake_cli.tools.bench import claims as bench
 
@@ -127,7 +128,7 @@ class Shape:
 
 
 def _connect(dsn: str) -> psycopg.Connection:
-    return psycopg.connect(dsn, autocommit=True)
+    return open_sync(dsn)
 
 
 def _one(conn: psycopg.Connection, name: str, **params: Any) -> dict[str, Any]:

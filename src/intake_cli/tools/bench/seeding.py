@@ -24,6 +24,7 @@ import typer
 from intake_cli.engine import pools, schema
 from intake_cli.platform.config import EmbeddedSettings, PoolSettings
 from intake_cli.platform.embedded import EmbeddedClusters
+from intake_cli.platform.pgconn import open_sync
 from intake_cli.tools.bench.claims import (
     QUEUE,
     _machine,
@@ -84,7 +85,7 @@ def measure(units: int, repeat: int, workdir: Path) -> dict[str, Any]:
     clusters = EmbeddedClusters(workdir / "cluster", settings)
     try:
         cluster = clusters.ensure(("db1",))["db1"]
-        with psycopg.connect(cluster.dsn, autocommit=True) as conn:
+        with open_sync(cluster.dsn) as conn:
             schema.apply_db1(conn, QUEUE, f"{QUEUE}_dlq")
             # The webhook is never called: only the seed is measured.
             pool = PoolSettings(POOL_ID, units, "http://127.0.0.1:9/validate")
