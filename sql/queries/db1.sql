@@ -27,6 +27,13 @@ select extversion from pg_extension where extname = 'pg_cron';
 -- pgmq_install: which pgmq DB1 runs on
 select source, version from intake.pgmq_install;
 
+-- pgmq_in_use: the pgmq extension's version now (null where pgmq is not an extension), and what intake recorded when it installed pgmq
+select (select extversion from pg_extension where extname = 'pgmq') as extension_version,
+       r.source as recorded_source,
+       r.version as recorded_version
+  from (select) as one
+  left join intake.pgmq_install as r on true;
+
 -- record_pgmq_install: remember which pgmq DB1 runs on
 insert into intake.pgmq_install (source, version) values (%(source)s, %(version)s)
 on conflict (singleton) do nothing;

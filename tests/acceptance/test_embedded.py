@@ -63,7 +63,11 @@ def test_embedded_up_claim_status_down(workdir):
         }
     ]
     assert status["queue"]["depth"] == 300 and status["dlq"]["depth"] == 0
-    assert status["pgmq"] == {"source": "bundled-sql", "version": "1.13.0"}
+    assert status["pgmq"] == {
+        "source": "bundled-sql",
+        "version": "1.13.0",
+        "version_from": "recorded at install",
+    }
 
     refused = run_intake("down", config=cfg)
     assert refused.returncode == 6 and all(port_open(p) for p in ports.values())

@@ -128,7 +128,7 @@ def status(settings: Settings) -> dict[str, Any]:
         mode = telemetry.schedule_mode(conn)
         age = telemetry.newest_age_s(telemetry.latest(conn))
         version = conn.execute(queries("db1")["schema_version"]).fetchone()[0]  # type: ignore[index]
-        install = schema.pgmq_install(conn)
+        install = schema.pgmq_in_use(conn)
         rebuilds = recovery.last_rebuilds(conn)
         queues = {
             name: queue.metrics(conn, name) for name in (settings.queue_name, settings.dlq_name)
@@ -139,7 +139,12 @@ def status(settings: Settings) -> dict[str, Any]:
         "embedded": where.embedded,
         "state_dir": str(settings.state_dir) if where.embedded else None,
         "schema_version": version,
-        "pgmq": {"source": install.source, "version": install.version},
+        "pgmq": {
+            "source": install.source,
+            "version": install.version,
+            # pg_extension, read now; else the version recorded at install.
+            "version_from": "pg_extension" if install.live else "recorded at install",
+        },
         "pg_cron": mode.pg_cron,
         "metrics": {
             **mode.as_json(),

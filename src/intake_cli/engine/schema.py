@@ -30,8 +30,11 @@ class Migration:
 
 @dataclass(frozen=True)
 class PgmqInstall:
-    source: str  # extension | bundled-sql | existing-sql
+    source: str  # extension | bundled-sql | existing-sql | unknown
     version: str | None
+    # True where the version was read from pg_extension just now; False where
+    # it is what intake recorded when it installed the bundled SQL.
+    live: bool = False
 
 
 @dataclass(frozen=True)
@@ -65,12 +68,12 @@ def _ensure_pgmq(conn: psycopg.Connection) -> tuple[PgmqInstall, bool]:
     """Use the pgmq extension where possible, else the SQL the pgmq package ships."""
     installed, available = conn.execute(_q("pgmq_extension")).fetchone()  # type: ignore[misc]
     if installed:
-        return PgmqInstall("extension", installed), False
+        return PgmqInstall("extension", installed, live=True), False
     schema_present = conn.execute(_q("pgmq_schema_exists")).fetchone()[0]  # type: ignore[index]
     if available and not schema_present:
         conn.execute("create extension if not exists pgmq")
         version = conn.execute(_q("pgmq_extension")).fetchone()[0]  # type: ignore[index]
-        return PgmqInstall("extension", version), True
+        return PgmqInstall("extension", version, live=True), True
     if schema_present:
         # Installed before, by us (recorded) or by someone else: the SQL-only
         # install is not re-runnable, so it is never run twice.
@@ -154,6 +157,21 @@ def is_provisioned(conn: psycopg.Connection) -> bool:
     return bool(conn.execute(_q("intake_schema_exists")).fetchone()[0])  # type: ignore[index]
 
 
-def pgmq_install(conn: psycopg.Connection) -> PgmqInstall:
-    row = conn.execute(_q("pgmq_install")).fetchone()
-    return PgmqInstall(row[0], row[1]) if row else PgmqInstall("unknown", None)
+def pgmq_in_use(conn: psycopg.Connection) -> PgmqInstall:
+    """The pgmq DB1 runs on now (what `status` shows)."""
+    extension_version, source, version = conn.execute(_q("pgmq_in_use")).fetchone()  # type: ignore[misc]
+    recorded = PgmqInstall(source, version) if source is not None else None
+    return choose_pgmq(recorded, extension_version)
+
+
+def choose_pgmq(recorded: PgmqInstall | None, extension_version: str | None) -> PgmqInstall:
+    """The extension's live version wins over what was recorded at install.
+
+    `ALTER EXTENSION pgmq UPDATE` (a Supabase project moved from Postgres 15
+    to 17 goes 1.4.4 → 1.5.1) changes pg_extension, not intake's record. The
+    bundled SQL has no catalog entry that carries a version: for it the
+    version intake installed is the one there is.
+    """
+    if extension_version is not None:
+        return PgmqInstall("extension", extension_version, live=True)
+    return recorded or PgmqInstall("unknown", None)

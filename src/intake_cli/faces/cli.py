@@ -223,7 +223,9 @@ def status(as_json: bool = JsonOption) -> None:
     age = f", oldest {q['oldest_age_s']} s" if q["oldest_age_s"] is not None else ""
     out.print(f"queue [bold]{markup(q['name'])}[/]: {q['depth']:,} waiting{age}")
     out.print(f"dead letters [bold]{markup(d['name'])}[/]: {d['depth']:,}")
-    out.print("pgmq: " + markup(f"{data['pgmq']['source']} {data['pgmq']['version'] or ''}"))
+    pgmq = data["pgmq"]
+    note = "" if pgmq["version_from"] == "pg_extension" else f" ({pgmq['version_from']})"
+    out.print("pgmq: " + markup(f"{pgmq['source']} {pgmq['version'] or ''}{note}"))
     metrics = data["metrics"]
     age = metrics["last_age_s"]
     out.print(
