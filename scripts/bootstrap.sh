@@ -17,7 +17,41 @@ if ! .venv/bin/python -c 'import intake_cli, pytest, matplotlib' 2>/dev/null \
   touch .venv/.intake-installed
 fi
 
-pg_major=${INTAKE_PG_MAJOR:-15}
+# The PostgreSQL server the embedded clusters run on: INTAKE_PG_MAJOR, else
+# the newest major installed, else (a fresh machine) the distribution's own.
+newest_major() {
+  ls /usr/lib/postgresql 2>/dev/null | grep -E '^[0-9]+$' | sort -n | tail -1 || true
+}
+pg_major=${INTAKE_PG_MAJOR:-$(newest_major)}
+have_server() {
+  [ -n "${INTAKE_PG_BIN:-}" ] && return 0
+  [ -n "$pg_major" ] && [ -x "/usr/lib/postgresql/${pg_major}/bin/initdb" ] && return 0
+  [ -z "${INTAKE_PG_MAJOR:-}" ] && command -v initdb >/dev/null && return 0
+  return 1
+}
+if ! have_server; then
+  package="postgresql${pg_major:+-$pg_major}"
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
+    echo "bootstrap: no PostgreSQL server found; installing ${package} with apt" >&2
+    # intake starts its own clusters: the package's default cluster is not
+    # wanted. Only on a machine that has no PostgreSQL configuration yet.
+    if [ ! -e /etc/postgresql-common/createcluster.conf ]; then
+      mkdir -p /etc/postgresql-common
+      echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.conf
+    fi
+    apt-get update -qq >/dev/null
+    # UCF_FORCE_CONFFOLD: keep the createcluster.conf written above.
+    DEBIAN_FRONTEND=noninteractive UCF_FORCE_CONFFOLD=1 apt-get install -y -qq "$package" >/dev/null
+    pg_major=${INTAKE_PG_MAJOR:-$(newest_major)}
+  else
+    echo "bootstrap: no PostgreSQL server found (initdb, pg_ctl)." >&2
+    echo "bootstrap: install it with: sudo apt-get install ${package}" >&2
+    echo "bootstrap: (or set INTAKE_PG_BIN to its bin directory)" >&2
+    exit 1
+  fi
+fi
+pg_major=${pg_major:-15}
+
 if [ ! -f "/usr/share/postgresql/${pg_major}/extension/pg_cron.control" ]; then
   if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
     echo "bootstrap: installing postgresql-${pg_major}-cron (pg_cron) with apt" >&2

@@ -24,6 +24,7 @@ import fcntl
 import json
 import os
 import pwd
+import re
 import secrets
 import shutil
 import socket
@@ -90,25 +91,48 @@ class Cluster:
         return str(Path(self.datadir).parent / f"{self.name}.log")
 
 
+def _major_of(bindir: Path) -> float:
+    """The major version in a Debian layout path (/usr/lib/postgresql/15/bin), for sorting."""
+    try:
+        return float(bindir.parent.name)
+    except ValueError:
+        return 0.0
+
+
 def pg_bindir() -> Path:
-    """Where initdb, pg_ctl and postgres live: $INTAKE_PG_BIN, pg_config, or PATH."""
+    """Where initdb, pg_ctl and postgres live.
+
+    $INTAKE_PG_BIN, else the installed major $INTAKE_PG_MAJOR names, else
+    pg_config, the newest major under /usr/lib/postgresql, or PATH.
+    """
     override = os.environ.get("INTAKE_PG_BIN")
     if override:
         return Path(override)
+    major = os.environ.get("INTAKE_PG_MAJOR")
+    if major:
+        wanted = Path("/usr/lib/postgresql") / major / "bin"
+        if not re.fullmatch(r"[0-9]{1,3}", major) or not (wanted / "initdb").exists():
+            raise EmbeddedClusterError(
+                f"INTAKE_PG_MAJOR={major!r}: no PostgreSQL server of that major version is "
+                f"installed ({wanted}/initdb not found); install it "
+                f"(Debian: apt-get install postgresql-{major}) or unset INTAKE_PG_MAJOR"
+            )
+        return wanted
     pg_config = shutil.which("pg_config")
     if pg_config:
         out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True)
         candidate = Path(out.stdout.strip())
         if (candidate / "initdb").exists():
             return candidate
-    for root in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+    for root in sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=_major_of, reverse=True):
         if (root / "initdb").exists():
             return root
     initdb = shutil.which("initdb")
     if initdb:
         return Path(initdb).resolve().parent
     raise EmbeddedClusterError(
-        "PostgreSQL server binaries (initdb, pg_ctl) were not found: install PostgreSQL "
+        "PostgreSQL server binaries (initdb, pg_ctl) were not found: run "
+        "scripts/bootstrap.sh as root (it installs them with apt), install PostgreSQL "
         "(Debian: apt-get install postgresql-15) or set INTAKE_PG_BIN, "
         "or configure db1.dsn / db2.dsn to use existing servers"
     )
