@@ -45,7 +45,9 @@ LOST_INVENTORY_DELAY_S = 2
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _BIGINT_MAX = 2**63 - 1
 
-def _q(name: str) -> str:
+
+def drain_query(name: str) -> str:
+    """A named query of sql/queries/drain.sql (the worker's and its batches')."""
     return queries("drain")[name]
 
 
@@ -324,7 +326,8 @@ class Batch:
     async def _set_visibility(self, msg_ids: list[int], delay: int) -> None:
         async with self.w.db1.connection() as conn:
             await conn.execute(
-                _q("hand_back"), {"queue": self.w.queue, "msg_ids": msg_ids, "delay": delay}
+                drain_query("hand_back"),
+                {"queue": self.w.queue, "msg_ids": msg_ids, "delay": delay},
             )
 
     async def _keep_leases(self) -> None:
@@ -400,10 +403,10 @@ class Batch:
             both = conn.transaction() if validated and rejected else contextlib.nullcontext()
             async with both:
                 if validated:
-                    await conn.execute(_q("mark_validated"), columns(validated))
+                    await conn.execute(drain_query("mark_validated"), columns(validated))
                 if rejected:
                     await conn.execute(
-                        _q("finish_rejected"), columns(rejected, queue=self.w.queue)
+                        drain_query("finish_rejected"), columns(rejected, queue=self.w.queue)
                     )
         for intent in validated:
             # Recorded with the validation: a later failure of the commit
@@ -457,7 +460,7 @@ class Batch:
         while True:
             async with self.w.db1.connection() as conn:
                 cur = await conn.execute(
-                    _q("take_commit_tokens"), {"pool_id": pool.pool_id, "wanted": wanted}
+                    drain_query("take_commit_tokens"), {"pool_id": pool.pool_id, "wanted": wanted}
                 )
                 row = await cur.fetchone()
             granted = int(row[0]) if row else 0
@@ -509,19 +512,21 @@ class Batch:
         q = self.w.queue
         async with self.w.db1.connection() as conn, conn.transaction():
             if self.committed:
-                await conn.execute(_q("finish_committed"), columns(self.committed, queue=q))
+                await conn.execute(
+                    drain_query("finish_committed"), columns(self.committed, queue=q)
+                )
             if self.done_already:
-                await conn.execute(_q("archive_many"), columns(self.done_already, queue=q))
+                await conn.execute(drain_query("archive_many"), columns(self.done_already, queue=q))
             if retries:
                 r = [i for i, _ in retries]
                 await conn.execute(
-                    _q("schedule_retries"),
+                    drain_query("schedule_retries"),
                     columns(r, queue=q, delays=[delay for _, delay in retries]),
                 )
             if dead:
                 d = [i for i, _ in dead]
                 await conn.execute(
-                    _q("dead_letter"),
+                    drain_query("dead_letter"),
                     columns(d, queue=q, dlq=self.w.dlq, intents=[Jsonb(i.message) for i in d]),
                 )
         self.unfinished.clear()

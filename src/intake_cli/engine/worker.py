@@ -60,6 +60,7 @@ from intake_cli.engine.batch import (
     Batch,
     DrainStats,
     PoolRuntime,
+    drain_query,
     parse_message,
     refusal_of,
 )
@@ -83,10 +84,6 @@ from intake_cli.platform.sqlfiles import queries
 # fleet restarted together does not knock in step), at most this long.
 DB_WAIT_FIRST_S = 0.5
 DB_WAIT_MAX_S = 10
-
-
-def _q(name: str) -> str:
-    return queries("drain")[name]
 
 
 def _first_line(exc: BaseException) -> str:
@@ -325,7 +322,7 @@ class Worker:
         if not (row and row[0]):
             raise NotProvisioned()
         cur = conn.cursor(row_factory=dict_row)
-        rows = await (await cur.execute(_q("engine_pools"))).fetchall()
+        rows = await (await cur.execute(drain_query("engine_pools"))).fetchall()
         rpcs = {row["pool_id"]: row["commit_rpc_name"] for row in rows}
         if self.pool_filter is not None and self.pool_filter not in rpcs:
             raise UnknownPool(f"pool {self.pool_filter!r} is not provisioned in DB1")
@@ -424,7 +421,7 @@ class Worker:
 
     async def _load_pools(self, conn: psycopg.AsyncConnection) -> dict[str, PoolRuntime]:
         cur = conn.cursor(row_factory=dict_row)
-        rows = await (await cur.execute(_q("engine_pools"))).fetchall()
+        rows = await (await cur.execute(drain_query("engine_pools"))).fetchall()
         pools = {}
         for row in rows:
             pools[row["pool_id"]] = PoolRuntime(
@@ -484,7 +481,7 @@ class Worker:
                     intents.append(parsed)
             states = await (
                 await conn.cursor(row_factory=dict_row).execute(
-                    _q("intent_states"),
+                    drain_query("intent_states"),
                     {
                         "keys": [i.key for i in intents],
                         "pool_ids": [i.pool_id for i in intents],
@@ -524,7 +521,7 @@ class Worker:
         """
         async with self.db1.connection() as conn:
             await conn.execute(
-                _q("refuse"),
+                drain_query("refuse"),
                 {
                     "queue": self.queue,
                     "dlq": self.dlq,
