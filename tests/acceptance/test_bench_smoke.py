@@ -1,5 +1,5 @@
-"""`intake bench claims --quick` and `intake bench seeding --quick`: the
-benchmarks run end to end on their own clusters.
+"""`intake bench claims --quick --pooler` and `intake bench seeding --quick`:
+the benchmarks run end to end on their own clusters (and a real PgBouncer).
 
 Smoke tests, not measurements: two-second runs on a loaded test machine say
 nothing about the bar, only that every workload ran and was counted.
@@ -23,6 +23,8 @@ WORKLOADS = {
     "skip_locked",
     "claim",
     "claim_batch_10",
+    "select1_pooler",
+    "claim_pooler",
 }
 
 
@@ -43,6 +45,7 @@ def quick_run(results_dir: Path) -> dict:
             str(results_dir),
             "--chart",
             str(results_dir),
+            "--pooler",
         ],
     )
     assert result.exit_code == 0, result.output
@@ -68,6 +71,9 @@ def test_batched_claims_are_real_claims(quick_run):
     assert batch["intents"] >= batch["transactions"] * 10
     single = next(run for run in quick_run["runs"] if run["workload"] == "claim")
     assert single["intents"] >= single["transactions"]
+    # Through the pooler too: each claim is a real intent in the queue.
+    pooled = next(run for run in quick_run["runs"] if run["workload"] == "claim_pooler")
+    assert pooled["intents"] >= pooled["transactions"] > 0
     assert quick_run["settings"]["batch_sizes"] == [10]
 
 
@@ -79,6 +85,11 @@ def test_ratios_targets_and_sellout_come_from_the_same_run(quick_run):
     assert claim_ratio["vs_select1"] == pytest.approx(rate["claim"] / rate["select1"])
     batch_ratio = next(r for r in quick_run["ratios"] if r["workload"] == "claim_batch_10")
     assert batch_ratio["vs_hot_row"] == pytest.approx(rate["claim_batch_10"] / rate["hot_row"])
+    # A pooled claim is held to SELECT 1 through the same pooler.
+    pooled_ratio = next(r for r in quick_run["ratios"] if r["workload"] == "claim_pooler")
+    assert pooled_ratio["vs_select1"] == pytest.approx(
+        rate["claim_pooler"] / rate["select1_pooler"]
+    )
 
     sellout = quick_run["sellout"]
     assert sellout["sold_out"] and sellout["units"] > 0
@@ -86,7 +97,10 @@ def test_ratios_targets_and_sellout_come_from_the_same_run(quick_run):
     assert all(rate > 0 for rate in sellout["tenths_per_s"])
 
     targets = quick_run["targets"]
-    assert len(targets) == 5
+    assert len(targets) == 6
+    pooled_target = targets[-1]
+    assert pooled_target["target"].startswith("claim via PgBouncer")
+    assert pooled_target["value"] == pytest.approx(rate["claim_pooler"] / rate["claim"], abs=1e-4)
     for target in targets:
         assert target["clients"] == 16
         assert (target["short_by"] is None) == target["met"], target

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
+from intake_cli.tools.pooler import pgbouncer, pgbouncer_path
 from intake_cli.tools.webhook_process import WebhookServer
 from tests.acceptance.drain_support import Event, draining, stop, wait_for
 from tests.conftest import new_database, pool_spec, run_intake, write_config
-from tests.pooler_support import pgbouncer, pgbouncer_path
 
 pytestmark = pytest.mark.skipif(
     pgbouncer_path() is None,

@@ -44,6 +44,7 @@ from intake_cli.platform.embedded import DATABASE, SUPERUSER, Cluster, EmbeddedC
 from intake_cli.platform.errors import IntakeError, UsageError
 from intake_cli.platform.pgconn import open_sync
 from intake_cli.platform.sqlfiles import sql_root
+from intake_cli.tools import pooler as pgbouncer_pooler
 from intake_cli.tools.bench import chart as bench_chart
 
 bench_app = typer.Typer(
@@ -100,6 +101,8 @@ class Workload:
     sale: str | None
     # Buyers per transaction: claims/s is tps times this.
     batch: int = 1
+    # Through PgBouncer in transaction mode rather than straight to the server.
+    pooled: bool = False
 
 
 WORKLOADS = (
@@ -116,6 +119,20 @@ WORKLOADS = (
 )
 CLAIM = WORKLOADS[-1]
 BASELINES = ("select1", "hot_row", "hot_row_one_statement", "skip_locked")
+# Buyers reach a hosted DB1 through a transaction-mode pooler (Supavisor's
+# port 6543): the same single claim, and its own SELECT 1 ceiling, through
+# PgBouncer with few server connections for thousands of clients.
+POOLED_WORKLOADS = (
+    Workload("select1_pooler", "SELECT 1 via PgBouncer", "select1.sql", None, pooled=True),
+    Workload("claim_pooler", "intake claim via PgBouncer", "claim.sql", "claim", pooled=True),
+)
+POOLED_KEYS = frozenset(w.key for w in POOLED_WORKLOADS)
+DEFAULT_POOLER_CLIENTS = "1000,3000"
+# Server connections PgBouncer keeps: the issue's measurement used 64.
+DEFAULT_POOLER_POOL_SIZE = 64
+# Below the pooler's own client limit, with room for our connections.
+MAX_POOLER_CLIENTS = pgbouncer_pooler.MAX_CLIENT_CONNECTIONS - 500
+TARGET_POOLED_VS_DIRECT = 0.80
 
 
 def batched(size: int) -> Workload:
@@ -136,6 +153,9 @@ class Plan:
     sellout_seconds: int
     warmup_seconds: float
     batch_sizes: tuple[int, ...] = ()
+    # Client counts for the single claim through PgBouncer; () for none.
+    pooler_clients: tuple[int, ...] = ()
+    pooler_pool_size: int = DEFAULT_POOLER_POOL_SIZE
 
     @property
     def top_clients(self) -> int:
@@ -229,7 +249,12 @@ class Report:
         )
 
     def ratio(self, workload: str, baseline: str, clients: int) -> float | None:
-        """Claims/s against a baseline's transactions/s, at the same client count."""
+        """Claims/s against a baseline's transactions/s, at the same client count.
+
+        A pooled run is held to the baseline measured through the same pooler.
+        """
+        if workload in POOLED_KEYS:
+            baseline = f"{baseline}_pooler"
         base = self.claims_per_s(baseline, clients)
         value = self.claims_per_s(workload, clients)
         return value / base if base and value is not None else None
@@ -242,7 +267,7 @@ class Report:
                 **{f"vs_{base}": self.ratio(run.workload, base, run.clients) for base in BASELINES},
             }
             for run in self.runs
-            if run.workload not in ("select1", "hot_row")
+            if run.workload not in ("select1", "hot_row", "select1_pooler")
         ]
 
     def targets(self) -> list[dict[str, Any]]:
@@ -299,6 +324,20 @@ class Report:
                 target["best"] = {"clients": best.clients, "claims_per_s": best.claims_per_s}
                 target["shown"] += f" ({best.claims_per_s:,.0f}/s at {best.clients} clients)"
             found.append(target)
+        pooled = self.settings.get("pooler_clients") or []
+        direct = self.claims_per_s("claim", clients)
+        if pooled and direct:
+            most = max(pooled)
+            found.append(
+                _target(
+                    f"claim via PgBouncer at {most} clients >= {TARGET_POOLED_VS_DIRECT:.0%} "
+                    f"of the direct claim at {clients}",
+                    most,
+                    (self.claims_per_s("claim_pooler", most) or 0.0) / direct,
+                    TARGET_POOLED_VS_DIRECT,
+                    "{:.1%}",
+                )
+            )
         return found
 
     def as_json(self) -> dict[str, Any]:
@@ -421,6 +460,8 @@ class Bench:
         self.cluster = cluster
         self.conn = conn
         self.pgbench_bin = pgbench_path()
+        # Set while the pooled runs go: their pgbench connects here instead.
+        self.pooler: pgbouncer_pooler.Pooler | None = None
 
     def provision(self) -> None:
         schema.apply_db1(self.conn, QUEUE, f"{QUEUE}_dlq")
@@ -445,10 +486,15 @@ class Bench:
         logs = self.workdir / "logs" / f"{workload.key}-c{clients}-{time.time_ns()}"
         logs.mkdir(parents=True)
         prefix = logs / "tx"
+        port, passfile = self.cluster.port, self.cluster.passfile
+        if workload.pooled:
+            if self.pooler is None:
+                raise IntakeError(f"{workload.title}: no pooler is running")
+            port, passfile = self.pooler.port, str(self.pooler.passfile)
         args = [
             str(self.pgbench_bin),
             "-h", "127.0.0.1",
-            "-p", str(self.cluster.port),
+            "-p", str(port),
             "-U", SUPERUSER,
             "-n",
             "-M", "simple",
@@ -467,10 +513,12 @@ class Bench:
         # waits longer than DB1's 5 s for its turn, and a baseline that
         # errors out measures nothing. (intake's claims never wait on a row.)
         # The cluster's password comes from intake's passfile, as for intake.
+        # PgBouncer refuses startup options it does not know, and the pooled
+        # runs have no hot row to wait on.
         env = {
             **os.environ,
-            "PGOPTIONS": "-c lock_timeout=0",
-            "PGPASSFILE": self.cluster.passfile,
+            **({} if workload.pooled else {"PGOPTIONS": "-c lock_timeout=0"}),
+            "PGPASSFILE": passfile,
         }
         with (logs / "stdout").open("w") as out, (logs / "stderr").open("w") as err:
             proc = subprocess.Popen(args, stdout=out, stderr=err, text=True, cwd=logs, env=env)
@@ -626,6 +674,8 @@ def measure(plan: Plan, workdir: Path) -> Report:
                     "inventory": plan.inventory,
                     "sellout_seconds": plan.sellout_seconds,
                     "pgbench_threads": PGBENCH_THREADS,
+                    "pooler_clients": list(plan.pooler_clients),
+                    "pooler_pool_size": plan.pooler_pool_size if plan.pooler_clients else None,
                     "protocol": "simple",
                     "synchronous_commit": settings.synchronous_commit,
                     "max_connections": settings.max_connections,
@@ -656,6 +706,8 @@ def measure(plan: Plan, workdir: Path) -> Report:
             report.sellout = bench.sellout(
                 plan.bar_clients, claim_tps, plan.sellout_seconds, plan.warmup_seconds
             )
+            if plan.pooler_clients:
+                _measure_pooled(bench, plan, report)
         return report
     finally:
         log = workdir / "cluster" / "db1.log"
@@ -663,6 +715,29 @@ def measure(plan: Plan, workdir: Path) -> Report:
             # Kept beside the pgbench logs: stop() removes the cluster's directory.
             shutil.copy(log, workdir / "db1.log")
         clusters.stop()
+
+
+def _measure_pooled(bench: Bench, plan: Plan, report: Report) -> None:
+    """The single claim and SELECT 1 through PgBouncer, after the direct runs."""
+    with pgbouncer_pooler.pgbouncer(bench.cluster, pool_size=plan.pooler_pool_size) as pooler:
+        report.machine["pgbouncer"] = pgbouncer_pooler.version()
+        bench.pooler = pooler
+        try:
+            for clients in plan.pooler_clients:
+                for workload in POOLED_WORKLOADS:
+                    _say(
+                        f"[pooler] {workload.title}, {clients} clients on "
+                        f"{plan.pooler_pool_size} server connections, {plan.duration} s"
+                    )
+                    bench.reset(workload.sale, plan.inventory)
+                    run = bench.run(workload, clients, plan.duration)
+                    _say(
+                        f"    {run.tps:,.0f} tps, p50 {run.latency_ms['p50']} ms, "
+                        f"p99 {run.latency_ms['p99']} ms"
+                    )
+                    report.runs.append(run)
+        finally:
+            bench.pooler = None
 
 
 # -- output -------------------------------------------------------------------
@@ -691,13 +766,19 @@ def markdown(report: Report) -> str:
     sync = "on" if s["synchronous_commit"] else "off"
     lines = [
         f"{m['cores']} cores, PostgreSQL {m['postgresql']}, synchronous_commit = {sync}, "
-        f"{s['duration_s']} s per run, pgbench -M simple -j {s['pgbench_threads']}",
+        f"{s['duration_s']} s per run, pgbench -M simple -j {s['pgbench_threads']}"
+        + (
+            f"; pooled runs through {m.get('pgbouncer') or 'PgBouncer'}, transaction mode, "
+            f"{s['pooler_pool_size']} server connections"
+            if s.get("pooler_clients")
+            else ""
+        ),
         "",
         "| workload | clients | claims/s | tps | avg ms | p50 ms | p99 ms "
         "| x hot row | x SKIP LOCKED | of SELECT 1 |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    titles = {w.key: w.title for w in WORKLOADS}
+    titles = {w.key: w.title for w in WORKLOADS + POOLED_WORKLOADS}
     titles.update({batched(n).key: batched(n).title for n in s.get("batch_sizes", [])})
     for run in report.runs:
         lat = run.latency_ms
@@ -808,17 +889,49 @@ def claims(
         help="Also draw claims/s by client count as a PNG: a file, or a directory "
         "(beside the JSON when it is --output's). Needs matplotlib (the 'bench' extra).",
     ),
+    pooler: bool = typer.Option(
+        False,
+        "--pooler",
+        help="Also run the single claim and SELECT 1 through PgBouncer in transaction mode "
+        "(Debian's pgbouncer), at --pooler-clients, and judge them against the direct claim.",
+    ),
+    pooler_clients: str = typer.Option(
+        DEFAULT_POOLER_CLIENTS,
+        "--pooler-clients",
+        help=f"Client counts through the pooler, comma-separated (at most {MAX_POOLER_CLIENTS}).",
+    ),
+    pooler_pool_size: int = typer.Option(
+        DEFAULT_POOLER_POOL_SIZE,
+        "--pooler-pool-size",
+        min=1,
+        max=MAX_CLIENTS,
+        help="Server connections the pooler keeps for those clients.",
+    ),
 ) -> None:
     """Claim throughput against SELECT 1, a hot row and literal SKIP LOCKED, with pgbench.
 
     Starts its own DB1 cluster (durable: synchronous_commit = on) in a temp
     dir, so it never touches an event's clusters. Every ratio is against
     baselines measured in the same run; batched claims are reported as
-    claims/s (transactions/s x batch size) beside the single claim.
+    claims/s (transactions/s x batch size) beside the single claim. With
+    --pooler, thousands of clients claim through PgBouncer on a few server
+    connections, as buyers reach a hosted DB1 (Supavisor's port 6543).
     """
     if chart is not None:
         # Before minutes of measuring, not after.
         bench_chart.require_matplotlib()
+    pooled: tuple[int, ...] = ()
+    if pooler:
+        # Before minutes of measuring, not after.
+        if pgbouncer_pooler.pgbouncer_path() is None:
+            raise UsageError(
+                "--pooler: pgbouncer is not installed (Debian: apt-get install pgbouncer)"
+            )
+        pooled = (
+            (QUICK_CLIENTS,)
+            if quick
+            else _parse_counts("--pooler-clients", pooler_clients, MAX_POOLER_CLIENTS)
+        )
     plan = (
         Plan(
             (QUICK_CLIENTS,),
@@ -827,6 +940,8 @@ def claims(
             QUICK_SELLOUT_SECONDS,
             QUICK_WARMUP_SECONDS,
             QUICK_BATCH_SIZES,
+            pooled,
+            min(pooler_pool_size, QUICK_CLIENTS),
         )
         if quick
         else Plan(
@@ -836,6 +951,8 @@ def claims(
             SELLOUT_SECONDS,
             SELLOUT_WARMUP_SECONDS,
             _parse_batch_sizes(batch_sizes),
+            pooled,
+            pooler_pool_size,
         )
     )
     workdir = _workdir()

@@ -1,5 +1,6 @@
 """A real PgBouncer in transaction mode in front of an embedded cluster: the
-stand-in for Supavisor's port 6543 that a hosted DB1 is reached through.
+stand-in for Supavisor's port 6543 that a hosted DB1 is reached through, for
+the pooled-life test and `intake bench claims --pooler`.
 
 Auth: the pooler's auth_file holds the cluster's SCRAM secret for `intake`
 (read from pg_authid), never the password. PgBouncer checks a client's SCRAM
@@ -28,7 +29,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import psycopg
 from psycopg.conninfo import make_conninfo
 
 from intake_cli.platform.embedded import (
@@ -39,6 +39,11 @@ from intake_cli.platform.embedded import (
     _server_account,
     free_port,
 )
+from intake_cli.platform.errors import IntakeError
+from intake_cli.platform.pgconn import open_sync
+
+# Clients one pooler accepts: the benchmark's largest herd and then some.
+MAX_CLIENT_CONNECTIONS = 4000
 
 
 def pgbouncer_path() -> str | None:
@@ -74,7 +79,7 @@ def _password(cluster: Cluster) -> str:
         fields = line.split(":", 4)
         if len(fields) == 5 and fields[:2] == ["127.0.0.1", str(cluster.port)]:
             return fields[4]
-    raise AssertionError(f"no password for port {cluster.port} in {cluster.passfile}")
+    raise IntakeError(f"no password for port {cluster.port} in {cluster.passfile}")
 
 
 def _write(path: Path, text: str, mode: int, owner: int | None = None) -> None:
@@ -89,12 +94,12 @@ def _wait_listening(port: int, proc: subprocess.Popen[bytes], logfile: Path) -> 
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             text = logfile.read_text() if logfile.exists() else ""
-            raise AssertionError(f"pgbouncer exited {proc.returncode}: {text[-2000:]}")
+            raise IntakeError(f"pgbouncer exited {proc.returncode}: {text[-2000:]}")
         with socket.socket() as sock:
             if sock.connect_ex(("127.0.0.1", port)) == 0:
                 return
         time.sleep(0.05)
-    raise AssertionError(f"pgbouncer did not listen on {port} within 10 s")
+    raise IntakeError(f"pgbouncer did not listen on {port} within 10 s")
 
 
 @contextmanager
@@ -102,13 +107,17 @@ def pgbouncer(cluster: Cluster, pool_size: int = 20) -> Iterator[Pooler]:
     """PgBouncer in `pool_mode = transaction` for every database of `cluster`."""
     binary = pgbouncer_path()
     if binary is None:
-        raise AssertionError("pgbouncer is not installed (scripts/test-deps.sh installs it)")
+        raise IntakeError(
+            "pgbouncer is not installed (Debian: apt-get install pgbouncer; "
+            "scripts/test-deps.sh installs it for the tests)"
+        )
     account = _server_account()
-    with psycopg.connect(cluster.dsn_for("postgres"), autocommit=True) as conn:
+    with open_sync(cluster.dsn_for("postgres")) as conn:
         (secret,) = conn.execute(
             "select rolpassword from pg_authid where rolname = %s", (SUPERUSER,)
         ).fetchone()  # type: ignore[misc]
-    assert secret.startswith("SCRAM-SHA-256$"), "the cluster's password is not a SCRAM secret"
+    if not secret.startswith("SCRAM-SHA-256$"):
+        raise IntakeError("the cluster's password is not a SCRAM secret: the pooler cannot pass it")
 
     # Under the state directory's parent: the server account can reach it.
     home = Path(tempfile.mkdtemp(prefix="pgbouncer-", dir=Path(cluster.datadir).parent.parent))
@@ -134,7 +143,7 @@ def pgbouncer(cluster: Cluster, pool_size: int = 20) -> Iterator[Pooler]:
                 "pool_mode = transaction",
                 # Few server connections for many clients, as a hosted pooler.
                 f"default_pool_size = {pool_size}",
-                "max_client_conn = 4000",
+                f"max_client_conn = {MAX_CLIENT_CONNECTIONS}",
                 f"logfile = {logfile}",
                 f"pidfile = {home / 'pgbouncer.pid'}",
                 "",
@@ -166,3 +175,13 @@ def pgbouncer(cluster: Cluster, pool_size: int = 20) -> Iterator[Pooler]:
             proc.wait()
         shutil.rmtree(client.parent, ignore_errors=True)
         shutil.rmtree(home, ignore_errors=True)
+
+
+def version() -> str | None:
+    """`pgbouncer --version`'s first line, for a benchmark's record of the machine."""
+    binary = pgbouncer_path()
+    if binary is None:
+        return None
+    done = subprocess.run([binary, "--version"], capture_output=True, text=True)
+    lines = done.stdout.strip().splitlines()
+    return lines[0] if lines else None
