@@ -34,9 +34,12 @@ select (select extversion from pg_extension where extname = 'pgmq') as extension
   from (select) as one
   left join intake.pgmq_install as r on true;
 
--- record_pgmq_install: remember which pgmq DB1 runs on
-insert into intake.pgmq_install (source, version) values (%(source)s, %(version)s)
-on conflict (singleton) do nothing;
+-- record_pgmq_install: remember which pgmq DB1 runs on; the extension's live version replaces a stale record (ALTER EXTENSION pgmq UPDATE)
+insert into intake.pgmq_install as r (source, version) values (%(source)s, %(version)s)
+on conflict (singleton) do update
+   set source = excluded.source, version = excluded.version, installed_at = now()
+ where excluded.source = 'extension'
+   and (r.source, r.version) is distinct from (excluded.source, excluded.version);
 
 -- pool_configs: every provisioned pool's runtime settings
 select pool_id, inventory, per_user_limit, paused, batch_size, visibility_timeout,

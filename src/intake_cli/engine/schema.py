@@ -148,6 +148,7 @@ def apply_db1(conn: psycopg.Connection, queue_name: str, dlq_name: str) -> Schem
             )
         )
         conn.execute(render("db1/functions.sql.j2", queue_table=table))
+        telemetry.install_minute_loop(conn)
         telemetry.schedule(conn)
         version = conn.execute(_q("schema_version")).fetchone()[0]  # type: ignore[index]
     return SchemaReport(pgmq_install, pgmq_now, tuple(applied), created, version)
