@@ -15,8 +15,9 @@ select
     (select extversion from pg_extension where extname = 'pgmq') as installed_version,
     (select default_version from pg_available_extensions where name = 'pgmq') as available_version;
 
--- pg_cron_ready: pg_cron is preloaded and schedules jobs from this database, so it can be created
+-- pg_cron_ready: pg_cron is preloaded and schedules jobs from this database, so it can be created (a role that may not read shared_preload_libraries, like Supabase's owner, gets false: it enables pg_cron from the dashboard instead)
 select exists (select from pg_available_extensions where name = 'pg_cron')
+       and pg_has_role('pg_read_all_settings', 'usage')
        and current_setting('shared_preload_libraries') ~ '(^|[ ,])pg_cron([ ,]|$)'
        and coalesce(current_setting('cron.database_name', true), 'postgres') = current_database()
        as ready;

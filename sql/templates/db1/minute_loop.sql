@@ -45,3 +45,6 @@ begin
     end loop;
 end;
 $minute$;
+
+-- pg_cron's job calls it as the owner; nobody else needs it.
+revoke all on procedure intake.collect_metrics_for_a_minute(integer) from public, anon, authenticated;

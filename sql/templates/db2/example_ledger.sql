@@ -66,19 +66,4 @@ grant select on table public.tickets to authenticated;
 
 {% include 'db2/finalize_transaction.sql' %}
 
--- Supabase Realtime streams the tables of this publication; a user's client
--- learns of their ticket as it is committed. Elsewhere there is nothing to do.
-do $realtime$
-begin
-    if exists (
-        select from pg_catalog.pg_publication
-         where pubname = 'supabase_realtime' and not puballtables
-    ) and not exists (
-        select from pg_catalog.pg_publication_tables
-         where pubname = 'supabase_realtime'
-           and schemaname = 'public' and tablename = 'tickets'
-    ) then
-        alter publication supabase_realtime add table public.tickets;
-    end if;
-end
-$realtime$;
+{% include 'db2/realtime.sql' %}

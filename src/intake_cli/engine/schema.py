@@ -92,6 +92,8 @@ def _ensure_pgmq(conn: psycopg.Connection) -> tuple[PgmqInstall, bool]:
 
 def _ensure_pg_cron(conn: psycopg.Connection) -> None:
     """Create pg_cron where the server preloads it; the metrics job needs it."""
+    if telemetry.pg_cron_version(conn) is not None:
+        return
     row = conn.execute(_q("pg_cron_ready")).fetchone()
     if row and row[0]:
         conn.execute("create extension if not exists pg_cron")
