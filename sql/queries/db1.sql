@@ -15,8 +15,9 @@ select
     (select extversion from pg_extension where extname = 'pgmq') as installed_version,
     (select default_version from pg_available_extensions where name = 'pgmq') as available_version;
 
--- pg_cron_ready: pg_cron is preloaded and schedules jobs from this database, so it can be created
+-- pg_cron_ready: pg_cron is preloaded and schedules jobs from this database, so it can be created (a role that may not read shared_preload_libraries, like Supabase's owner, gets false: it enables pg_cron from the dashboard instead)
 select exists (select from pg_available_extensions where name = 'pg_cron')
+       and pg_has_role('pg_read_all_settings', 'usage')
        and current_setting('shared_preload_libraries') ~ '(^|[ ,])pg_cron([ ,]|$)'
        and coalesce(current_setting('cron.database_name', true), 'postgres') = current_database()
        as ready;
@@ -34,9 +35,12 @@ select (select extversion from pg_extension where extname = 'pgmq') as extension
   from (select) as one
   left join intake.pgmq_install as r on true;
 
--- record_pgmq_install: remember which pgmq DB1 runs on
-insert into intake.pgmq_install (source, version) values (%(source)s, %(version)s)
-on conflict (singleton) do nothing;
+-- record_pgmq_install: remember which pgmq DB1 runs on; the extension's live version replaces a stale record (ALTER EXTENSION pgmq UPDATE)
+insert into intake.pgmq_install as r (source, version) values (%(source)s, %(version)s)
+on conflict (singleton) do update
+   set source = excluded.source, version = excluded.version, installed_at = now()
+ where excluded.source = 'extension'
+   and (r.source, r.version) is distinct from (excluded.source, excluded.version);
 
 -- pool_configs: every provisioned pool's runtime settings
 select pool_id, inventory, per_user_limit, paused, batch_size, visibility_timeout,

@@ -14,6 +14,15 @@ select exists (
        and pg_catalog.md5(p.prosrc) = 'ef0839e96f23057bd953c767d6c23bd2'
 ) as outdated;
 
+-- example_superseded: whether public.finalize_transaction is an earlier example that proves its commits but writes each ticket twice (an insert, then an update of ord_no: two Realtime events); its body's md5
+select exists (
+    select from pg_catalog.pg_proc p
+      join pg_catalog.pg_namespace n on n.oid = p.pronamespace
+     where n.nspname = 'public' and p.proname = 'finalize_transaction'
+       and pg_catalog.oidvectortypes(p.proargtypes) = 'jsonb'
+       and pg_catalog.md5(p.prosrc) = 'c64e9d9c531adc433c33a8a16e4bac63'
+) as superseded;
+
 -- rpc_overloads: every routine with the commit RPC's schema and name, and how it can be called
 select n.nspname || '.' || p.proname
            || '(' || pg_catalog.pg_get_function_identity_arguments(p.oid) || ')' as signature,

@@ -48,3 +48,6 @@ select worker_id, hostname, pid, pool_filter, concurrency, started_at, batches, 
   from intake.workers
  where stopped_at is null or stopped_at > now() - interval '1 minute'
  order by started_at desc;
+
+-- drop_minute_loop: the minute-loop collector, where pg_cron schedules seconds and nothing calls it
+drop procedure if exists intake.collect_metrics_for_a_minute(integer);

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -22,6 +23,10 @@ from psycopg import sql
 from intake_cli.engine import ledger
 from intake_cli.platform.errors import LedgerContractError, LedgerUnavailable
 from tests.integration.test_ledger import RPC, commit, intent, scalar
+
+# The example's commit RPC body before each commit wrote its ticket once
+# (sql/templates/db2/finalize_transaction.sql at 5266937).
+SUPERSEDED = (Path(__file__).parent / "finalize_superseded.sql").read_text()
 
 
 @pytest.fixture
@@ -155,11 +160,8 @@ def test_intakes_earlier_example_is_replaced_in_place_and_refused_until_then(led
         " as $finalize${}$finalize$"
     )
     with psycopg.connect(ledger_dsn, autocommit=True) as conn:
-        current = conn.execute(
-            "select prosrc from pg_proc where proname = 'finalize_transaction'"
-        ).fetchone()[0]
         # The body intake installed before its answer carried the key.
-        earlier = current.replace(
+        earlier = SUPERSEDED.replace(
             "        return jsonb_build_object(\n"
             "            'status', 'duplicate', 'idempotency_key', v_key, 'ticket_id', v_ticket);",
             "        return jsonb_build_object('status', 'duplicate', 'ticket_id', v_ticket);",
@@ -170,7 +172,7 @@ def test_intakes_earlier_example_is_replaced_in_place_and_refused_until_then(led
             "    return jsonb_build_object('status', 'committed', 'ticket_id', v_ticket,"
             " 'ord_no', v_ord);",
         )
-        assert earlier != current
+        assert earlier != SUPERSEDED
         conn.execute(old.format(earlier))
         commit(ledger_dsn, [intent()])
         with pytest.raises(LedgerContractError, match="intake's example ledger from before"):
@@ -187,6 +189,37 @@ def test_intakes_earlier_example_is_replaced_in_place_and_refused_until_then(led
     assert not any(entry.startswith("=") for entry in acl)
     assert scalar(ledger_dsn, "select count(*) from public.tickets") == 1
     assert all(o.ok for o in commit(ledger_dsn, [intent()]))
+
+
+def test_the_example_that_wrote_each_ticket_twice_is_replaced_and_legacy_orders_get_rls(
+    ledger_dsn,
+):
+    """The example before one change per commit (insert, then update of ord_no)
+    still proves its commits; `intake up` replaces it in place all the same."""
+    with psycopg.connect(ledger_dsn, autocommit=True) as conn:
+        conn.execute(
+            "create or replace function public.finalize_transaction(payload jsonb) returns jsonb"
+            " language plpgsql volatile security definer set search_path = pg_catalog, pg_temp"
+            f" as $finalize${SUPERSEDED}$finalize$"
+        )
+        conn.execute("alter table public.legacy_orders disable row level security")
+        commit(ledger_dsn, [intent()])
+        assert ledger.check_rpc(conn, RPC) == RPC
+        assert ledger.example_installed(conn) is False
+        assert ledger.install_example(conn) is True
+        assert ledger.example_installed(conn) is True
+        assert conn.execute(
+            "select relrowsecurity from pg_class where oid = 'public.legacy_orders'::regclass"
+        ).fetchone()[0]
+    assert all(o.ok for o in commit(ledger_dsn, [intent()]))
+    assert scalar(ledger_dsn, "select count(*) from public.tickets") == 2
+    assert (
+        scalar(
+            ledger_dsn,
+            "select count(*) from public.tickets t join public.legacy_orders o using (ord_no)",
+        )
+        == 2
+    )
 
 
 # -- one payload's error stays its own; the statement timeout --------------------

@@ -99,7 +99,7 @@ def test_install_example_once_then_changes_nothing(db2_dsn):
     before = catalog(db2_dsn)
     assert before["rows"] == (3, 3)
     rls = {(r[1], r[4]) for r in before["relations"] if r[2] == "r"}
-    assert rls == {("legacy_orders", False), ("tickets", True)}
+    assert rls == {("legacy_orders", True), ("tickets", True)}
 
     with psycopg.connect(db2_dsn, autocommit=True) as conn:
         assert ledger.install_example(conn) is False

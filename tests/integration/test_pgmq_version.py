@@ -43,6 +43,11 @@ def test_status_follows_alter_extension_update(workdir, db1_dsn, db2_dsn):
     assert _pgmq(config)["version"] == "1.5.1"
     text = run_intake("status", config=config, check=True).stdout
     assert "pgmq: extension 1.5.1\n" in text
+    # `up` replaces the stale record with the live version (issue 16, item 3).
+    run_intake("up", config=config, check=True)
+    with psycopg.connect(db1_dsn, autocommit=True) as conn:
+        recorded = conn.execute("select source, version from intake.pgmq_install").fetchall()
+    assert recorded == [("extension", "1.5.1")]
 
 
 def test_status_says_the_bundled_sql_version_is_the_one_recorded(workdir, db1_dsn, db2_dsn):

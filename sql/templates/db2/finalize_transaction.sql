@@ -101,11 +101,25 @@ begin
 
     -- The unique key is the idempotency guarantee: a second call with the same
     -- key, even a concurrent one, waits for the first and then inserts nothing.
-    insert into public.tickets as t
-           (idempotency_key, pool_id, user_id, resource_id, unit_no, claimed_at)
-    values (v_key, v_pool, v_user, v_resource, v_unit, v_claimed)
-    on conflict (idempotency_key) do nothing
-    returning t.ticket_id into v_ticket;
+    -- The ticket is written once, with its legacy order's number already in
+    -- it: Realtime streams one change per commit (an insert, never an insert
+    -- and then an update). The order number is drawn first and the order is
+    -- inserted only by the statement whose ticket insert took, so a
+    -- re-delivered intent never produces a second order (it costs a number,
+    -- as any aborted insert into a serial does). Both rows are written by one
+    -- statement, whose foreign key is checked at its end, when both exist.
+    v_ord := pg_catalog.nextval('public.legacy_orders_ord_no_seq'::pg_catalog.regclass);
+    with ticket as (
+        insert into public.tickets as t
+               (idempotency_key, pool_id, user_id, resource_id, unit_no, claimed_at, ord_no)
+        values (v_key, v_pool, v_user, v_resource, v_unit, v_claimed, v_ord)
+        on conflict (idempotency_key) do nothing
+        returning t.ticket_id
+    ), legacy_order as (
+        insert into public.legacy_orders (ord_no, cust_ref, sku, qty, status, ext_ref)
+        select v_ord, v_user, v_pool, 1, 'C', v_resource from ticket
+    )
+    select ticket.ticket_id into v_ticket from ticket;
 
     if v_ticket is null then
         select t.ticket_id into v_ticket
@@ -114,14 +128,6 @@ begin
         return jsonb_build_object(
             'status', 'duplicate', 'idempotency_key', v_key, 'ticket_id', v_ticket);
     end if;
-
-    -- The legacy order is written only by the call that created the ticket,
-    -- so a re-delivered intent never produces a second order.
-    insert into public.legacy_orders (cust_ref, sku, qty, status, ext_ref)
-    values (v_user, v_pool, 1, 'C', v_resource)
-    returning ord_no into v_ord;
-
-    update public.tickets as t set ord_no = v_ord where t.ticket_id = v_ticket;
 
     return jsonb_build_object(
         'status', 'committed', 'idempotency_key', v_key, 'ticket_id', v_ticket, 'ord_no', v_ord);

@@ -94,7 +94,7 @@ class CommitOutcome:
 
 def example_installed(conn: psycopg.Connection) -> bool:
     """Whether DB2 has a public.finalize_transaction that needs nothing from intake."""
-    if _example_outdated(conn):
+    if _example_outdated(conn) or _example_superseded(conn):
         return False
     with conn.cursor(row_factory=tuple_row) as cur:
         row = cur.execute(_q("example_installed")).fetchone()
@@ -105,15 +105,17 @@ def install_example(conn: psycopg.Connection) -> bool:
     """Install the example ledger in one transaction; False (and nothing done) if present.
 
     Presence is judged by public.finalize_transaction alone: a DB2 that has
-    one is somebody's ledger, which intake must not touch. The one exception
-    is the example's own RPC exactly as an earlier intake installed it (known
-    by its body), whose answer did not yet prove the commit: it is replaced
-    in place, and True returned.
+    one is somebody's ledger, which intake must not touch. The exceptions
+    are the example's own RPC exactly as an earlier intake installed it (known
+    by its body): the one whose answer did not yet prove the commit, and the
+    one that wrote each ticket twice (two Realtime events per commit). It is
+    replaced in place, the legacy orders get Row Level Security, and True is
+    returned.
     """
     try:
         with conn.transaction():
-            if _example_outdated(conn):
-                conn.execute(render("db2/finalize_transaction.sql"))
+            if _example_outdated(conn) or _example_superseded(conn):
+                conn.execute(render("db2/example_upgrade.sql"))
                 return True
             if example_installed(conn):
                 return False
@@ -131,6 +133,12 @@ def install_example(conn: psycopg.Connection) -> bool:
             f"(it needs a database without its tables): {_describe(exc)}"
         ) from None
     return True
+
+
+def _example_superseded(conn: psycopg.Connection) -> bool:
+    with conn.cursor(row_factory=tuple_row) as cur:
+        row = cur.execute(_q("example_superseded")).fetchone()
+    return bool(row and row[0])
 
 
 def _example_outdated(conn: psycopg.Connection) -> bool:

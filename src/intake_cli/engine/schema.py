@@ -92,6 +92,8 @@ def _ensure_pgmq(conn: psycopg.Connection) -> tuple[PgmqInstall, bool]:
 
 def _ensure_pg_cron(conn: psycopg.Connection) -> None:
     """Create pg_cron where the server preloads it; the metrics job needs it."""
+    if telemetry.pg_cron_version(conn) is not None:
+        return
     row = conn.execute(_q("pg_cron_ready")).fetchone()
     if row and row[0]:
         conn.execute("create extension if not exists pg_cron")
@@ -148,6 +150,7 @@ def apply_db1(conn: psycopg.Connection, queue_name: str, dlq_name: str) -> Schem
             )
         )
         conn.execute(render("db1/functions.sql.j2", queue_table=table))
+        telemetry.install_minute_loop(conn)
         telemetry.schedule(conn)
         version = conn.execute(_q("schema_version")).fetchone()[0]  # type: ignore[index]
     return SchemaReport(pgmq_install, pgmq_now, tuple(applied), created, version)

@@ -43,6 +43,15 @@ def cron_sql(pg_cron_version: str) -> str:
     return render("db1/cron.sql.j2", seconds_schedule=has_seconds_schedule(pg_cron_version))
 
 
+def install_minute_loop(conn: psycopg.Connection) -> None:
+    """The minute-loop collector only where the pg_cron at hand may need it."""
+    version = pg_cron_version(conn)
+    if version is not None and has_seconds_schedule(version):
+        conn.execute(query("drop_minute_loop"))
+    else:
+        conn.execute(render("db1/minute_loop.sql"))
+
+
 def schedule(conn: psycopg.Connection) -> None:
     """(Re)schedule the metrics and housekeeping jobs where pg_cron is installed."""
     version = pg_cron_version(conn)

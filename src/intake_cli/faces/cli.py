@@ -7,6 +7,7 @@ import json
 import math
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from intake_cli import __version__
-from intake_cli.engine import claims, controls, lifecycle
+from intake_cli.engine import claims, controls, lifecycle, render
 from intake_cli.engine import dlq as dead_letters
 from intake_cli.engine import worker as drainer
 from intake_cli.faces import watch
@@ -742,6 +743,41 @@ bench_app.command("recovery")(bench_recovery.recovery_command)
 bench_app.command("e2e")(bench_e2e.e2e_command)
 bench_app.command("seeding")(bench_seeding.seeding_command)
 app.add_typer(bench_app, name="bench", help="Benchmarks against baselines from the same run.")
+
+
+@app.command("render")
+def render_command(
+    target: str = typer.Option(..., "--target", help="What to render for: supabase."),
+    out_dir: Path = typer.Option(..., "--out", help="Directory for the db1/ and db2/ sets."),
+    force: bool = typer.Option(False, "--force", help="Replace intake migrations already there."),
+    queue_name: str = typer.Option(
+        "intents", "--queue-name", help="intake.yaml's queue_name (the functions name its table)."
+    ),
+    drain_tick: bool = typer.Option(
+        False,
+        "--drain-tick",
+        help="Add the pg_cron + pg_net job that POSTs to `intake serve`'s drain tick every "
+        "5 s (URL and token from Supabase Vault).",
+    ),
+    timestamp: str | None = typer.Option(
+        None, "--timestamp", help="First file's version, YYYYMMDDHHMMSS UTC (default: now)."
+    ),
+) -> None:
+    """Write DB1 and DB2 as ordered migration files (`supabase db push` or `psql -f`).
+
+    Queues, pools and inventory are not in them: run `intake up` against the
+    project afterwards (docs/supabase.md).
+    """
+    if target not in render.TARGETS:
+        raise UsageError(f"--target {target!r}: expected one of {', '.join(render.TARGETS)}")
+    stamp = (
+        render.parse_stamp(timestamp)
+        if timestamp is not None
+        else datetime.now(UTC).replace(microsecond=0)
+    )
+    files = render.supabase_migrations(stamp, queue_name, drain_tick=drain_tick)
+    for path in render.write(files, out_dir, force=force):
+        out.print(markup(path), highlight=False)
 
 
 @app.command()
