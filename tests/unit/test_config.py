@@ -56,7 +56,7 @@ def test_all_problems_reported_at_once():
         }
     )
     assert found == [
-        "colour: unknown key (known: db1, db2, embedded, event, log_drain_buffer, "
+        "colour: unknown key (known: db1, db2, embedded, event, gateway, log_drain_buffer, "
         "log_drain_url, pools, queue_name, state_dir)",
         "pools[0].visibility_timeout: expected an integer from 1 to 43200, got 0",
         "pools[0].max_retries: expected an integer from 0 to 1000, got True",

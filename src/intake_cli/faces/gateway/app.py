@@ -1,0 +1,170 @@
+"""The buyers' HTTP API (aiohttp): claim, and later read, one's own claim.
+
+Every answer is JSON. What each claim outcome becomes (docs/gateway.md):
+
+| outcome                      | status | note                                   |
+|------------------------------|--------|----------------------------------------|
+| claimed                      | 200    | the unit, its idempotency key          |
+| already_claimed, limit_reached | 200  | the unit the buyer already holds       |
+| sold_out                     | 409    |                                        |
+| paused                       | 503    | Retry-After: the operator paused sales |
+| recovering                   | 503    | Retry-After: DB1 rebuilds its inventory|
+| unknown_pool                 | 404    |                                        |
+
+and before DB1 is asked: 401 (no valid token), 404 (not a pool id), 413
+(body too large), 429 with Retry-After (rate), 503 (DB1 unreachable).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from aiohttp import web
+from psycopg_pool import AsyncConnectionPool
+
+from intake_cli.engine import claims
+from intake_cli.faces.gateway.auth import TokenRefused, Verifier
+from intake_cli.faces.gateway.batcher import ClaimBatcher
+from intake_cli.faces.gateway.limits import TokenBuckets, retry_after
+from intake_cli.platform.config import GatewaySettings, check_pool_id
+from intake_cli.platform.pgconn import async_pool
+
+# Connections each gateway process keeps to DB1. Batching means few are
+# needed: one carries a whole batch.
+DB1_CONNECTIONS = 4
+
+STATUS = {
+    "claimed": 200,
+    "already_claimed": 200,
+    "limit_reached": 200,
+    "sold_out": 409,
+    "paused": 503,
+    "recovering": 503,
+    "unknown_pool": 404,
+    "invalid_user": 400,
+}
+# Seconds a buyer is told to wait before asking again.
+RETRY_AFTER = {"paused": "5", "recovering": "2"}
+
+GATEWAY = web.AppKey("gateway", "Gateway")
+
+
+@dataclass
+class Gateway:
+    settings: GatewaySettings
+    dsn: str
+    verifier: Verifier
+    batcher: ClaimBatcher | None = None
+    db1: AsyncConnectionPool | None = None
+    per_ip: TokenBuckets | None = None
+    per_buyer: TokenBuckets | None = None
+
+    def __post_init__(self) -> None:
+        self.per_ip = TokenBuckets(self.settings.per_ip_rate, self.settings.per_ip_burst)
+        self.per_buyer = TokenBuckets(self.settings.per_buyer_rate, self.settings.per_buyer_burst)
+
+
+def _json(data: dict[str, Any], status: int = 200, **headers: str) -> web.Response:
+    return web.Response(
+        text=json.dumps(data, separators=(",", ":")),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def _error(status: int, error: str, detail: str, **headers: str) -> web.Response:
+    return _json({"error": error, "detail": detail}, status, **headers)
+
+
+def _too_many(wait: float) -> web.Response:
+    return _error(429, "rate_limited", "too many requests", **{"Retry-After": retry_after(wait)})
+
+
+async def _buyer(request: web.Request, gateway: Gateway) -> str | web.Response:
+    """The verified buyer of a request, or the response refusing it."""
+    assert gateway.per_ip is not None and gateway.per_buyer is not None
+    # Before any signature is checked: a flood costs one dict lookup each.
+    if wait := gateway.per_ip.take(request.remote or "?"):
+        return _too_many(wait)
+    try:
+        buyer = await gateway.verifier.buyer(request.headers.get("Authorization"))
+    except TokenRefused as exc:
+        return _error(
+            401, "unauthorized", str(exc), **{"WWW-Authenticate": 'Bearer error="invalid_token"'}
+        )
+    if wait := gateway.per_buyer.take(buyer):
+        return _too_many(wait)
+    return buyer
+
+
+def _pool_id(request: web.Request) -> str | web.Response:
+    pool_id = request.match_info["pool"]
+    if check_pool_id(pool_id):
+        return _error(404, "unknown_pool", "no such pool")
+    return pool_id
+
+
+async def post_claim(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY]
+    buyer = await _buyer(request, gateway)
+    if isinstance(buyer, web.Response):
+        return buyer
+    pool_id = _pool_id(request)
+    if isinstance(pool_id, web.Response):
+        return pool_id
+    try:
+        # The body carries nothing the claim needs; read (bounded) and dropped
+        # so a keep-alive connection stays in step.
+        await asyncio.wait_for(request.read(), gateway.settings.client_timeout_s)
+    except web.HTTPRequestEntityTooLarge:
+        return _error(413, "too_large", f"body above {gateway.settings.max_body_bytes} bytes")
+    except TimeoutError:
+        return _error(408, "timeout", "request body too slow")
+    assert gateway.batcher is not None
+    try:
+        answer = await gateway.batcher.claim(pool_id, buyer)
+    except psycopg.Error:  # DB1 out of reach (or the pool timed out): retry later
+        return _error(503, "unavailable", "claims are unavailable", **{"Retry-After": "2"})
+    return _answer(answer)
+
+
+def _answer(answer: claims.Claim) -> web.Response:
+    body = answer.as_json()
+    body.pop("msg_id", None)
+    headers = {"Retry-After": RETRY_AFTER[answer.outcome]} if answer.outcome in RETRY_AFTER else {}
+    return _json(body, STATUS.get(answer.outcome, 500), **headers)
+
+
+async def healthz(_: web.Request) -> web.Response:
+    return _json({"ok": True})
+
+
+async def _open(app: web.Application) -> None:
+    gateway = app[GATEWAY]
+    pool = async_pool(gateway.dsn, min_size=1, max_size=DB1_CONNECTIONS, open=False)
+    await pool.open()
+    gateway.db1 = pool
+    gateway.batcher = ClaimBatcher(pool, gateway.settings.max_batch, gateway.settings.max_wait_ms)
+
+
+async def _close(app: web.Application) -> None:
+    gateway = app[GATEWAY]
+    if gateway.batcher is not None:
+        await gateway.batcher.close()
+    if gateway.db1 is not None:
+        await gateway.db1.close()
+
+
+def build(settings: GatewaySettings, dsn: str, verifier: Verifier) -> web.Application:
+    app = web.Application(client_max_size=settings.max_body_bytes)
+    app[GATEWAY] = Gateway(settings, dsn, verifier)
+    app.router.add_post("/v1/pools/{pool}/claim", post_claim)
+    app.router.add_get("/healthz", healthz)
+    app.on_startup.append(_open)
+    app.on_cleanup.append(_close)
+    return app
