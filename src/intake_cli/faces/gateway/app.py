@@ -27,9 +27,11 @@ from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
 
 from intake_cli.engine import claims
+from intake_cli.engine.claim_views import FINAL_STATES, ClaimView
 from intake_cli.faces.gateway.auth import TokenRefused, Verifier
 from intake_cli.faces.gateway.batcher import ClaimBatcher
 from intake_cli.faces.gateway.limits import TokenBuckets, retry_after
+from intake_cli.faces.gateway.snapshot import FIRST_READ_WAIT_S, REFRESH_S, Snapshot
 from intake_cli.platform.config import GatewaySettings, check_pool_id
 from intake_cli.platform.pgconn import async_pool
 
@@ -56,10 +58,12 @@ GATEWAY = web.AppKey("gateway", "Gateway")
 @dataclass
 class Gateway:
     settings: GatewaySettings
+    queue_name: str
     dsn: str
     verifier: Verifier
     batcher: ClaimBatcher | None = None
     db1: AsyncConnectionPool | None = None
+    snapshot: Snapshot | None = None
     per_ip: TokenBuckets | None = None
     per_buyer: TokenBuckets | None = None
 
@@ -140,8 +144,115 @@ def _answer(answer: claims.Claim) -> web.Response:
     return _json(body, STATUS.get(answer.outcome, 500), **headers)
 
 
-async def healthz(_: web.Request) -> web.Response:
-    return _json({"ok": True})
+# Seconds between refreshes we suggest to a buyer who polls.
+MIN_REFRESH_S, MAX_REFRESH_S, UNMEASURED_REFRESH_S = 1, 30, 5
+# A comment line on an idle event stream, so dead connections are noticed.
+HEARTBEAT_S = 15.0
+
+
+def _view_body(view: ClaimView, velocity: float | None) -> dict[str, Any]:
+    body = view.as_json()
+    eta = view.ahead / velocity if view.ahead is not None and velocity else None
+    body["eta_seconds"] = round(eta, 1) if eta is not None else None
+    if view.state in FINAL_STATES:
+        body["refresh_after_seconds"] = None
+    elif eta is None:
+        body["refresh_after_seconds"] = UNMEASURED_REFRESH_S
+    else:
+        body["refresh_after_seconds"] = int(min(MAX_REFRESH_S, max(MIN_REFRESH_S, eta / 2)))
+    return body
+
+
+async def _watched_view(gateway: Gateway, pool_id: str, buyer: str) -> ClaimView | None:
+    snapshot = gateway.snapshot
+    assert snapshot is not None
+    if not snapshot.watch(pool_id, buyer):
+        # New to this process: its claim is in the picture after the next
+        # refresh (or the one after, if one was already under way).
+        for _ in range(2):
+            await snapshot.next_refresh(FIRST_READ_WAIT_S)
+            if snapshot.view(pool_id, buyer) is not None:
+                break
+    return snapshot.view(pool_id, buyer)
+
+
+async def get_claim(request: web.Request) -> web.Response:
+    """The buyer's own claim, from this process's snapshot (no DB1 query of its own)."""
+    gateway = request.app[GATEWAY]
+    buyer = await _buyer(request, gateway)
+    if isinstance(buyer, web.Response):
+        return buyer
+    pool_id = _pool_id(request)
+    if isinstance(pool_id, web.Response):
+        return pool_id
+    view = await _watched_view(gateway, pool_id, buyer)
+    headers = {"Cache-Control": "no-store"}
+    if view is None:
+        return _json({"state": "none", "refresh_after_seconds": None}, 404, **headers)
+    assert gateway.snapshot is not None
+    return _json(_view_body(view, gateway.snapshot.velocity(pool_id)), 200, **headers)
+
+
+async def claim_events(request: web.Request) -> web.StreamResponse:
+    """Server-sent events: each change of the buyer's claim; ends with its final state."""
+    gateway = request.app[GATEWAY]
+    buyer = await _buyer(request, gateway)
+    if isinstance(buyer, web.Response):
+        return buyer
+    pool_id = _pool_id(request)
+    if isinstance(pool_id, web.Response):
+        return pool_id
+    snapshot = gateway.snapshot
+    assert snapshot is not None
+    stream = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-store",
+            "X-Accel-Buffering": "no",
+        }
+    )
+    await stream.prepare(request)
+    timeout = gateway.settings.client_timeout_s
+    sent: tuple[str, int | None] | None = None
+    number = 0
+    quiet_since = asyncio.get_running_loop().time()
+    try:
+        view = await _watched_view(gateway, pool_id, buyer)
+        while True:
+            now = asyncio.get_running_loop().time()
+            if view is not None and (view.state, view.ahead) != sent:
+                number += 1
+                body = json.dumps(_view_body(view, snapshot.velocity(pool_id)))
+                frame = f"id: {number}\nevent: claim\ndata: {body}\n\n"
+                # A reader too slow to take a few hundred bytes is let go.
+                await asyncio.wait_for(stream.write(frame.encode()), timeout)
+                sent, quiet_since = (view.state, view.ahead), now
+                if view.state in FINAL_STATES:
+                    break
+            elif now - quiet_since >= HEARTBEAT_S:
+                await asyncio.wait_for(stream.write(b": keep-alive\n\n"), timeout)
+                quiet_since = now
+            await snapshot.next_refresh(2 * REFRESH_S)
+            snapshot.watch(pool_id, buyer)
+            view = snapshot.view(pool_id, buyer)
+        await stream.write_eof()
+    except (ConnectionResetError, TimeoutError):
+        pass  # the buyer went away; nothing to clean up but the watch, which expires
+    return stream
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness, and this process's DB1 statement counts (benchmarks read them)."""
+    gateway = request.app[GATEWAY]
+    batcher, snapshot = gateway.batcher, gateway.snapshot
+    return _json(
+        {
+            "ok": True,
+            "claims": batcher.claims if batcher else 0,
+            "claim_batches": batcher.batches if batcher else 0,
+            "snapshot_queries": snapshot.queries if snapshot else 0,
+        }
+    )
 
 
 async def _open(app: web.Application) -> None:
@@ -150,20 +261,28 @@ async def _open(app: web.Application) -> None:
     await pool.open()
     gateway.db1 = pool
     gateway.batcher = ClaimBatcher(pool, gateway.settings.max_batch, gateway.settings.max_wait_ms)
+    gateway.snapshot = Snapshot(pool, gateway.queue_name)
+    gateway.snapshot.start()
 
 
 async def _close(app: web.Application) -> None:
     gateway = app[GATEWAY]
+    if gateway.snapshot is not None:
+        await gateway.snapshot.stop()
     if gateway.batcher is not None:
         await gateway.batcher.close()
     if gateway.db1 is not None:
         await gateway.db1.close()
 
 
-def build(settings: GatewaySettings, dsn: str, verifier: Verifier) -> web.Application:
+def build(
+    settings: GatewaySettings, queue_name: str, dsn: str, verifier: Verifier
+) -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes)
-    app[GATEWAY] = Gateway(settings, dsn, verifier)
+    app[GATEWAY] = Gateway(settings, queue_name, dsn, verifier)
     app.router.add_post("/v1/pools/{pool}/claim", post_claim)
+    app.router.add_get("/v1/pools/{pool}/claim", get_claim)
+    app.router.add_get("/v1/pools/{pool}/claim/events", claim_events)
     app.router.add_get("/healthz", healthz)
     app.on_startup.append(_open)
     app.on_cleanup.append(_close)

@@ -23,11 +23,13 @@ from intake_cli.platform.config import GatewaySettings
 KEEPALIVE_S = 15.0
 
 
-def serve(settings: GatewaySettings, dsn: str, host: str, port: int, reuse_port: bool) -> None:
+def serve(
+    settings: GatewaySettings, queue_name: str, dsn: str, host: str, port: int, reuse_port: bool
+) -> None:
     """One gateway process, until SIGINT/SIGTERM."""
     verifier = Verifier.from_environment(settings.jwt_audience, settings.jwks_url)
     web.run_app(
-        gateway_app.build(settings, dsn, verifier),
+        gateway_app.build(settings, queue_name, dsn, verifier),
         host=host,
         port=port,
         reuse_port=reuse_port,
@@ -38,17 +40,21 @@ def serve(settings: GatewaySettings, dsn: str, host: str, port: int, reuse_port:
     )
 
 
-def run(settings: GatewaySettings, dsn: str, host: str, port: int, workers: int) -> None:
+def run(
+    settings: GatewaySettings, queue_name: str, dsn: str, host: str, port: int, workers: int
+) -> None:
     # Refused here, before any worker starts, rather than N times over.
     Verifier.from_environment(settings.jwt_audience, settings.jwks_url)
     print(f"gateway listening on http://{host}:{port} ({workers} worker(s))", flush=True)
     if workers == 1:
-        serve(settings, dsn, host, port, reuse_port=False)
+        serve(settings, queue_name, dsn, host, port, reuse_port=False)
         return
     # spawn: each worker starts clean, with no copy of the parent's state.
     context = multiprocessing.get_context("spawn")
     children = [
-        context.Process(target=serve, args=(settings, dsn, host, port, True), daemon=False)
+        context.Process(
+            target=serve, args=(settings, queue_name, dsn, host, port, True), daemon=False
+        )
         for _ in range(workers)
     ]
     for child in children:
