@@ -752,7 +752,7 @@ def gateway(
     from intake_cli.faces.gateway import server
 
     settings = _settings()
-    server.run(settings.gateway, settings.queue_name, endpoints(settings).db1, host, port, workers)
+    server.run(settings, endpoints(settings).db1, host, port, workers)
 
 
 app.command("webhook-server")(testhook.webhook_server_command)

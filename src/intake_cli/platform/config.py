@@ -13,6 +13,7 @@ import os
 import re
 import stat
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
@@ -96,6 +97,10 @@ class PoolSettings:
     retry_base_seconds: float = 1.0
     retry_max_seconds: float = 60.0
     webhook_secret: str | None = field(default=None, repr=False)
+    # A fair opening (intake gateway): claims before this instant wait and are
+    # admitted in a random order at it; admit_per_second meters that (0: at once).
+    opens_at: datetime | None = None
+    admit_per_second: int = 0
     # The operator's own unit ids, one per unit in order; None: intake numbers
     # the units itself. Absolute. Only counted here (every command loads the
     # config); `inventory.read_ids` checks every line when `intake up` seeds.
@@ -664,6 +669,8 @@ _POOL_KEYS = {
     "retry_base_seconds",
     "retry_max_seconds",
     "webhook_secret",
+    "opens_at",
+    "admit_per_second",
     "inventory_file",
 }
 
@@ -711,6 +718,19 @@ def _inventory_file(
         )
         return None, None
     return file, count
+
+
+def _instant(problems: _Problems, path: str, value: Any) -> datetime | None:
+    """A moment with its time zone: YAML's own timestamp, or ISO 8601 text."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            value = None
+    if not isinstance(value, datetime) or value.tzinfo is None:
+        problems.add(path, "expected a date and time with its zone, like 2030-05-01T10:00:00Z")
+        return None
+    return value
 
 
 def _pool(problems: _Problems, path: str, raw: Any, base: Path) -> PoolSettings | None:
@@ -769,6 +789,12 @@ def _pool(problems: _Problems, path: str, raw: Any, base: Path) -> PoolSettings 
     for key, high in SECONDS_BOUNDS.items():
         if key in raw:
             values[key] = _seconds(problems, f"{path}.{key}", raw[key], high)
+    if raw.get("opens_at") is not None:
+        values["opens_at"] = _instant(problems, f"{path}.opens_at", raw["opens_at"])
+    if "admit_per_second" in raw:
+        values["admit_per_second"] = _integer(
+            problems, f"{path}.admit_per_second", raw["admit_per_second"], 0, 1_000_000
+        )
     values["webhook_secret"] = _secret(
         problems, f"{path}.webhook_secret", raw.get("webhook_secret")
     )

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,13 +28,13 @@ import psycopg
 from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
 
-from intake_cli.engine import claims
+from intake_cli.engine import claims, opening
 from intake_cli.engine.claim_views import FINAL_STATES, ClaimView
 from intake_cli.faces.gateway.auth import TokenRefused, Verifier
 from intake_cli.faces.gateway.batcher import ClaimBatcher
 from intake_cli.faces.gateway.limits import TokenBuckets, retry_after
 from intake_cli.faces.gateway.snapshot import FIRST_READ_WAIT_S, REFRESH_S, Snapshot
-from intake_cli.platform.config import GatewaySettings, check_pool_id
+from intake_cli.platform.config import GatewaySettings, PoolSettings, check_pool_id
 from intake_cli.platform.pgconn import async_pool
 
 # Connections each gateway process keeps to DB1. Batching means few are
@@ -53,6 +55,20 @@ STATUS = {
 RETRY_AFTER = {"paused": "5", "recovering": "2"}
 
 GATEWAY = web.AppKey("gateway", "Gateway")
+# Late arrivals wait this long for an opening under way, then are told to retry.
+OPENING_WAIT_S = 30.0
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Opening:
+    """One pool's fair opening, as this process sees it."""
+
+    opens_at: float  # epoch seconds
+    admit_per_second: int
+    done: asyncio.Event
+    task: asyncio.Task[None] | None = None
 
 
 @dataclass
@@ -64,6 +80,7 @@ class Gateway:
     batcher: ClaimBatcher | None = None
     db1: AsyncConnectionPool | None = None
     snapshot: Snapshot | None = None
+    openings: dict[str, Opening] | None = None
     per_ip: TokenBuckets | None = None
     per_buyer: TokenBuckets | None = None
 
@@ -129,12 +146,56 @@ async def post_claim(request: web.Request) -> web.Response:
         return _error(413, "too_large", f"body above {gateway.settings.max_body_bytes} bytes")
     except TimeoutError:
         return _error(408, "timeout", "request body too slow")
+    held = await _opening(gateway, pool_id, buyer)
+    if held is not None:
+        return held
     assert gateway.batcher is not None
     try:
         answer = await gateway.batcher.claim(pool_id, buyer)
     except psycopg.Error:  # DB1 out of reach (or the pool timed out): retry later
         return _error(503, "unavailable", "claims are unavailable", **{"Retry-After": "2"})
     return _answer(answer)
+
+
+async def _opening(gateway: Gateway, pool_id: str, buyer: str) -> web.Response | None:
+    """Before the opening: a receipt (202). During it: wait. After it (or none): None."""
+    found = (gateway.openings or {}).get(pool_id)
+    if found is None or found.done.is_set():
+        return None
+    assert gateway.db1 is not None
+    try:
+        if time.time() < found.opens_at:
+            async with gateway.db1.connection() as conn:
+                receipt = await opening.wait(conn, pool_id, buyer)
+            body = {
+                "outcome": "waiting",
+                "pool_id": pool_id,
+                "receipt": str(receipt.receipt),
+                "opens_at": found.opens_at,
+            }
+            return _json(body, 202, **{"Retry-After": retry_after(found.opens_at - time.time())})
+    except psycopg.Error:
+        return _error(503, "unavailable", "claims are unavailable", **{"Retry-After": "2"})
+    # Opened, and the waiting room is still being admitted: later arrivals
+    # come after every one of them.
+    try:
+        await asyncio.wait_for(found.done.wait(), OPENING_WAIT_S)
+    except TimeoutError:
+        return _error(503, "opening", "the opening is under way", **{"Retry-After": "2"})
+    return None
+
+
+async def _run_opening(gateway: Gateway, pool_id: str, found: Opening) -> None:
+    await asyncio.sleep(max(0.0, found.opens_at - time.time()))
+    assert gateway.db1 is not None
+    while True:
+        try:
+            await opening.open_pool(gateway.db1, pool_id, found.admit_per_second)
+            break
+        except psycopg.Error as exc:
+            log.warning("opening %s failed (%s); trying again", pool_id, type(exc).__name__)
+            await asyncio.sleep(1)
+    found.done.set()
 
 
 def _answer(answer: claims.Claim) -> web.Response:
@@ -263,12 +324,17 @@ async def _open(app: web.Application) -> None:
     gateway.batcher = ClaimBatcher(pool, gateway.settings.max_batch, gateway.settings.max_wait_ms)
     gateway.snapshot = Snapshot(pool, gateway.queue_name)
     gateway.snapshot.start()
+    for pool_id, found in (gateway.openings or {}).items():
+        found.task = asyncio.get_running_loop().create_task(_run_opening(gateway, pool_id, found))
 
 
 async def _close(app: web.Application) -> None:
     gateway = app[GATEWAY]
     if gateway.snapshot is not None:
         await gateway.snapshot.stop()
+    for found in (gateway.openings or {}).values():
+        if found.task is not None:
+            found.task.cancel()
     if gateway.batcher is not None:
         await gateway.batcher.close()
     if gateway.db1 is not None:
@@ -276,10 +342,19 @@ async def _close(app: web.Application) -> None:
 
 
 def build(
-    settings: GatewaySettings, queue_name: str, dsn: str, verifier: Verifier
+    settings: GatewaySettings,
+    queue_name: str,
+    dsn: str,
+    verifier: Verifier,
+    pools: tuple[PoolSettings, ...] = (),
 ) -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes)
-    app[GATEWAY] = Gateway(settings, queue_name, dsn, verifier)
+    openings = {
+        p.pool_id: Opening(p.opens_at.timestamp(), p.admit_per_second, asyncio.Event())
+        for p in pools
+        if p.opens_at is not None
+    }
+    app[GATEWAY] = Gateway(settings, queue_name, dsn, verifier, openings=openings)
     app.router.add_post("/v1/pools/{pool}/claim", post_claim)
     app.router.add_get("/v1/pools/{pool}/claim", get_claim)
     app.router.add_get("/v1/pools/{pool}/claim/events", claim_events)

@@ -16,45 +16,40 @@ from aiohttp import web
 
 from intake_cli.faces.gateway import app as gateway_app
 from intake_cli.faces.gateway.auth import Verifier
-from intake_cli.platform.config import GatewaySettings
+from intake_cli.platform.config import Settings
 
 # Idle keep-alive connections are closed after this many seconds, so that
 # clients that stop talking do not pile up sockets.
 KEEPALIVE_S = 15.0
 
 
-def serve(
-    settings: GatewaySettings, queue_name: str, dsn: str, host: str, port: int, reuse_port: bool
-) -> None:
+def serve(settings: Settings, dsn: str, host: str, port: int, reuse_port: bool) -> None:
     """One gateway process, until SIGINT/SIGTERM."""
-    verifier = Verifier.from_environment(settings.jwt_audience, settings.jwks_url)
+    gateway = settings.gateway
+    verifier = Verifier.from_environment(gateway.jwt_audience, gateway.jwks_url)
     web.run_app(
-        gateway_app.build(settings, queue_name, dsn, verifier),
+        gateway_app.build(gateway, settings.queue_name, dsn, verifier, settings.pools),
         host=host,
         port=port,
         reuse_port=reuse_port,
         print=None,
         access_log=None,
-        keepalive_timeout=min(KEEPALIVE_S, settings.client_timeout_s),
+        keepalive_timeout=min(KEEPALIVE_S, gateway.client_timeout_s),
         handle_signals=True,
     )
 
 
-def run(
-    settings: GatewaySettings, queue_name: str, dsn: str, host: str, port: int, workers: int
-) -> None:
+def run(settings: Settings, dsn: str, host: str, port: int, workers: int) -> None:
     # Refused here, before any worker starts, rather than N times over.
-    Verifier.from_environment(settings.jwt_audience, settings.jwks_url)
+    Verifier.from_environment(settings.gateway.jwt_audience, settings.gateway.jwks_url)
     print(f"gateway listening on http://{host}:{port} ({workers} worker(s))", flush=True)
     if workers == 1:
-        serve(settings, queue_name, dsn, host, port, reuse_port=False)
+        serve(settings, dsn, host, port, reuse_port=False)
         return
     # spawn: each worker starts clean, with no copy of the parent's state.
     context = multiprocessing.get_context("spawn")
     children = [
-        context.Process(
-            target=serve, args=(settings, queue_name, dsn, host, port, True), daemon=False
-        )
+        context.Process(target=serve, args=(settings, dsn, host, port, True), daemon=False)
         for _ in range(workers)
     ]
     for child in children:
