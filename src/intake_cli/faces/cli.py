@@ -27,6 +27,7 @@ from intake_cli.platform.errors import IntakeError, UnknownPool, UsageError
 from intake_cli.tools import demo, testhook
 from intake_cli.tools.bench import drain as bench_drain
 from intake_cli.tools.bench import e2e as bench_e2e
+from intake_cli.tools.bench import gateway as bench_gateway
 from intake_cli.tools.bench import metrics as bench_metrics
 from intake_cli.tools.bench import recovery as bench_recovery
 from intake_cli.tools.bench import seeding as bench_seeding
@@ -761,6 +762,7 @@ bench_app.command("metrics")(bench_metrics.metrics_command)
 bench_app.command("recovery")(bench_recovery.recovery_command)
 bench_app.command("e2e")(bench_e2e.e2e_command)
 bench_app.command("seeding")(bench_seeding.seeding_command)
+bench_app.command("gateway")(bench_gateway.gateway_command)
 app.add_typer(bench_app, name="bench", help="Benchmarks against baselines from the same run.")
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -83,6 +84,8 @@ class Gateway:
     openings: dict[str, Opening] | None = None
     per_ip: TokenBuckets | None = None
     per_buyer: TokenBuckets | None = None
+    # Claim reads answered (GET …/claim), for /healthz beside DB1's statements.
+    reads: int = 0
 
     def __post_init__(self) -> None:
         self.per_ip = TokenBuckets(self.settings.per_ip_rate, self.settings.per_ip_burst)
@@ -247,6 +250,7 @@ async def get_claim(request: web.Request) -> web.Response:
     if isinstance(pool_id, web.Response):
         return pool_id
     view = await _watched_view(gateway, pool_id, buyer)
+    gateway.reads += 1
     headers = {"Cache-Control": "no-store"}
     if view is None:
         return _json({"state": "none", "refresh_after_seconds": None}, 404, **headers)
@@ -303,15 +307,19 @@ async def claim_events(request: web.Request) -> web.StreamResponse:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """Liveness, and this process's DB1 statement counts (benchmarks read them)."""
+    """Liveness, and this process's DB1 statement counts (benchmarks read them;
+    with --workers each answer is one process's, told apart by its pid)."""
     gateway = request.app[GATEWAY]
     batcher, snapshot = gateway.batcher, gateway.snapshot
     return _json(
         {
             "ok": True,
+            "pid": os.getpid(),
+            "reads": gateway.reads,
             "claims": batcher.claims if batcher else 0,
             "claim_batches": batcher.batches if batcher else 0,
             "snapshot_queries": snapshot.queries if snapshot else 0,
+            "watched": snapshot.watched if snapshot else 0,
         }
     )
 

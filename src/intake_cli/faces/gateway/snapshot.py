@@ -56,6 +56,11 @@ class Snapshot:
         watched[buyer] = time.monotonic()
         return known
 
+    @property
+    def watched(self) -> int:
+        """Buyers in the picture, over every pool."""
+        return sum(len(buyers) for buyers in self._watched.values())
+
     def view(self, pool_id: str, buyer: str) -> ClaimView | None:
         return self._views.get((pool_id, buyer))
 
