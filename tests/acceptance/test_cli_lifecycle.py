@@ -20,6 +20,7 @@ def test_up_twice_changes_nothing(workdir, empty_db_dsn, db2_dsn):
         "0003_telemetry",
         "0004_crash_safety",
         "0005_row_security",
+        "0006_fair_opening",
     ]
     assert [s["added"] for s in report["seeded"]] == [500, 20]
     before = snapshot(empty_db_dsn)
@@ -47,9 +48,13 @@ def test_up_upgrades_a_db1_left_at_an_older_schema_version(workdir, empty_db_dsn
     cfg = write_config(workdir, empty_db_dsn, db2_dsn, [pool_spec("old", 5)])
     report = json.loads(run_intake("up", "--json", config=cfg, check=True).stdout)
     assert report["migrations_applied"] == [
-        "0002_drain", "0003_telemetry", "0004_crash_safety", "0005_row_security",
-    ]  # fmt: skip
-    assert report["schema_version"] == schema.latest_version() == 5
+        "0002_drain",
+        "0003_telemetry",
+        "0004_crash_safety",
+        "0005_row_security",
+        "0006_fair_opening",
+    ]
+    assert report["schema_version"] == schema.latest_version() == 6
 
 
 def test_up_applies_an_edited_config_and_grows_inventory(workdir, empty_db_dsn, db2_dsn):

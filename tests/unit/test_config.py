@@ -56,12 +56,13 @@ def test_all_problems_reported_at_once():
         }
     )
     assert found == [
-        "colour: unknown key (known: db1, db2, embedded, event, log_drain_buffer, "
+        "colour: unknown key (known: db1, db2, embedded, event, gateway, log_drain_buffer, "
         "log_drain_url, pools, queue_name, state_dir)",
         "pools[0].visibility_timeout: expected an integer from 1 to 43200, got 0",
         "pools[0].max_retries: expected an integer from 0 to 1000, got True",
-        "pools[1].surprise: unknown key (known: batch_size, commit_rate_per_sec, "
-        "commit_rpc_name, inventory, inventory_file, max_retries, per_user_limit, pool_id, "
+        "pools[1].surprise: unknown key (known: admit_per_second, batch_size, commit_rate_per_sec, "
+        "commit_rpc_name, inventory, inventory_file, max_retries, opens_at, per_user_limit, "
+        "pool_id, "
         "retry_base_seconds, retry_max_seconds, validation_webhook_url, "
         "visibility_timeout, webhook_secret)",
         "pools[1].inventory: expected an integer from 1 to 50000000, got -5",

@@ -78,6 +78,18 @@ def claim_batch(conn: psycopg.Connection, pool_id: str, user_ids: list[str]) -> 
     return [Claim(**row) for row in rows]
 
 
+async def claim_batch_async(
+    conn: psycopg.AsyncConnection, pool_id: str, user_ids: list[str]
+) -> list[Claim]:
+    """`claim_batch` on an async connection (the gateway's micro-batches)."""
+    if len(user_ids) > MAX_BATCH:
+        raise UsageError(f"a batch claims for at most {MAX_BATCH} users, got {len(user_ids)}")
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(queries("db1")["claim_batch"], {"pool_id": pool_id, "user_ids": user_ids})
+        rows = await cur.fetchall()
+    return [Claim(**row) for row in rows]
+
+
 @dataclass(frozen=True)
 class BurstReport:
     outcomes: dict[str, int]

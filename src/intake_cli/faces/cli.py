@@ -28,6 +28,7 @@ from intake_cli.platform.errors import IntakeError, UnknownPool, UsageError
 from intake_cli.tools import demo, testhook
 from intake_cli.tools.bench import drain as bench_drain
 from intake_cli.tools.bench import e2e as bench_e2e
+from intake_cli.tools.bench import gateway as bench_gateway
 from intake_cli.tools.bench import metrics as bench_metrics
 from intake_cli.tools.bench import recovery as bench_recovery
 from intake_cli.tools.bench import seeding as bench_seeding
@@ -736,12 +737,33 @@ def config_set(
         out.print(markup(f"pool {pool_id}: {key} {old} → {new}"))
 
 
+@app.command()
+def gateway(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(8081, "--port", min=1, max=65535, help="Port to listen on."),
+    workers: int = typer.Option(
+        1, "--workers", min=1, max=256, help="Processes sharing the port (SO_REUSEPORT)."
+    ),
+) -> None:
+    """The buyers' door: claims over HTTP with a JWT, micro-batched into DB1.
+
+    POST /v1/pools/{pool}/claim with `Authorization: Bearer <JWT>`; the buyer is
+    the token's `sub` (a UUID). Tokens are checked with the HS256 secret in
+    INTAKE_JWT_SECRET, or the keys at gateway.jwks_url. See docs/gateway.md.
+    """
+    from intake_cli.faces.gateway import server
+
+    settings = _settings()
+    server.run(settings, endpoints(settings).db1, host, port, workers)
+
+
 app.command("webhook-server")(testhook.webhook_server_command)
 bench_app.command("drain")(bench_drain.drain_command)
 bench_app.command("metrics")(bench_metrics.metrics_command)
 bench_app.command("recovery")(bench_recovery.recovery_command)
 bench_app.command("e2e")(bench_e2e.e2e_command)
 bench_app.command("seeding")(bench_seeding.seeding_command)
+bench_app.command("gateway")(bench_gateway.gateway_command)
 app.add_typer(bench_app, name="bench", help="Benchmarks against baselines from the same run.")
 
 

@@ -13,6 +13,7 @@ import os
 import re
 import stat
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
@@ -96,10 +97,34 @@ class PoolSettings:
     retry_base_seconds: float = 1.0
     retry_max_seconds: float = 60.0
     webhook_secret: str | None = field(default=None, repr=False)
+    # A fair opening (intake gateway): claims before this instant wait and are
+    # admitted in a random order at it; admit_per_second meters that (0: at once).
+    opens_at: datetime | None = None
+    admit_per_second: int = 0
     # The operator's own unit ids, one per unit in order; None: intake numbers
     # the units itself. Absolute. Only counted here (every command loads the
     # config); `inventory.read_ids` checks every line when `intake up` seeds.
     inventory_file: Path | None = None
+
+
+# The buyers' door (`intake gateway`). The JWT secret is never here: it is
+# read from INTAKE_JWT_SECRET; a JWKS URL is public and may be configured.
+@dataclass(frozen=True)
+class GatewaySettings:
+    jwt_audience: str = "authenticated"
+    jwks_url: str | None = None
+    # Micro-batching: at most this many buyers per claim_resources call, and
+    # at most this long (ms) for a batch to fill once its first buyer arrives.
+    max_batch: int = 100
+    max_wait_ms: float = 2.0
+    # Token buckets, requests per second with a burst allowance.
+    per_ip_rate: float = 50.0
+    per_ip_burst: int = 100
+    per_buyer_rate: float = 5.0
+    per_buyer_burst: int = 10
+    max_body_bytes: int = 4096
+    # A client that has not sent its whole request in this long is dropped.
+    client_timeout_s: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -114,6 +139,7 @@ class Settings:
     # Optional HTTP log drain: the worker's JSON lines, batched, never blocking.
     log_drain_url: str | None = None
     log_drain_buffer: int = 10_000
+    gateway: GatewaySettings = field(default_factory=GatewaySettings)
 
     @property
     def dlq_name(self) -> str:
@@ -537,9 +563,12 @@ def _database(
     spec = _mapping(problems, path, raw, keys)
     timeout = DatabaseSettings.commit_timeout_seconds
     if spec.get("commit_timeout_seconds") is not None:
-        timeout = _seconds(
-            problems, f"{path}.commit_timeout_seconds", spec["commit_timeout_seconds"], 3600.0
-        ) or timeout
+        timeout = (
+            _seconds(
+                problems, f"{path}.commit_timeout_seconds", spec["commit_timeout_seconds"], 3600.0
+            )
+            or timeout
+        )
     dsn_raw = spec.get("dsn")
     pgenv = spec.get("pgenv", False)
     if not isinstance(pgenv, bool):
@@ -640,6 +669,8 @@ _POOL_KEYS = {
     "retry_base_seconds",
     "retry_max_seconds",
     "webhook_secret",
+    "opens_at",
+    "admit_per_second",
     "inventory_file",
 }
 
@@ -687,6 +718,19 @@ def _inventory_file(
         )
         return None, None
     return file, count
+
+
+def _instant(problems: _Problems, path: str, value: Any) -> datetime | None:
+    """A moment with its time zone: YAML's own timestamp, or ISO 8601 text."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            value = None
+    if not isinstance(value, datetime) or value.tzinfo is None:
+        problems.add(path, "expected a date and time with its zone, like 2030-05-01T10:00:00Z")
+        return None
+    return value
 
 
 def _pool(problems: _Problems, path: str, raw: Any, base: Path) -> PoolSettings | None:
@@ -745,6 +789,12 @@ def _pool(problems: _Problems, path: str, raw: Any, base: Path) -> PoolSettings 
     for key, high in SECONDS_BOUNDS.items():
         if key in raw:
             values[key] = _seconds(problems, f"{path}.{key}", raw[key], high)
+    if raw.get("opens_at") is not None:
+        values["opens_at"] = _instant(problems, f"{path}.opens_at", raw["opens_at"])
+    if "admit_per_second" in raw:
+        values["admit_per_second"] = _integer(
+            problems, f"{path}.admit_per_second", raw["admit_per_second"], 0, 1_000_000
+        )
     values["webhook_secret"] = _secret(
         problems, f"{path}.webhook_secret", raw.get("webhook_secret")
     )
@@ -767,7 +817,56 @@ _TOP_KEYS = {
     "pools",
     "log_drain_url",
     "log_drain_buffer",
+    "gateway",
 }
+
+_GATEWAY_INTEGERS = {
+    "max_batch": (1, 1000),
+    "per_ip_burst": (1, 1_000_000),
+    "per_buyer_burst": (1, 1_000_000),
+    "max_body_bytes": (64, 1 << 20),
+}
+_GATEWAY_NUMBERS = {
+    "max_wait_ms": 1000.0,
+    "per_ip_rate": 1_000_000.0,
+    "per_buyer_rate": 1_000_000.0,
+    "client_timeout_s": 3600.0,
+}
+
+
+def _gateway(problems: _Problems, raw: Any) -> GatewaySettings:
+    allowed = {"jwt_audience", "jwks_url", *_GATEWAY_INTEGERS, *_GATEWAY_NUMBERS}
+    data = _mapping(problems, "gateway", raw, allowed)
+    values: dict[str, Any] = {}
+    if "jwt_audience" in data:
+        values["jwt_audience"] = _string(problems, "gateway.jwt_audience", data["jwt_audience"])
+    if data.get("jwks_url") is not None:
+        values["jwks_url"] = _webhook_url(
+            problems,
+            "gateway.jwks_url",
+            _interpolate(problems, "gateway.jwks_url", data["jwks_url"]),
+        )
+    for key, (low, high) in _GATEWAY_INTEGERS.items():
+        if key in data:
+            values[key] = _integer(problems, f"gateway.{key}", data[key], low, high)
+    for key, high in _GATEWAY_NUMBERS.items():
+        if key in data:
+            number = data[key]
+            if (
+                isinstance(number, bool)
+                or not isinstance(number, int | float)
+                or not (0 < number <= high)
+            ):
+                problems.add(
+                    f"gateway.{key}",
+                    f"expected a number above 0 and at most {high:g}, got {_show(number)}",
+                )
+                values[key] = None
+            else:
+                values[key] = float(number)
+    if any(value is None for value in values.values()):
+        return GatewaySettings()
+    return GatewaySettings(**values)
 
 
 def parse(data: Any, path: Path) -> Settings:
@@ -801,6 +900,7 @@ def parse(data: Any, path: Path) -> Settings:
     )
     db1 = _database(problems, "db1", data.get("db1"))
     db2 = _database(problems, "db2", data.get("db2"), ledger=True)
+    gateway = _gateway(problems, data.get("gateway"))
 
     emb = _mapping(
         problems,
@@ -855,6 +955,7 @@ def parse(data: Any, path: Path) -> Settings:
         log_drain_url=drain_url,
         log_drain_buffer=drain_buffer or 10_000,
         pools=tuple(pools),
+        gateway=gateway,
     )
 
 

@@ -118,3 +118,53 @@ def draw_claims(document: dict[str, Any], path: Path) -> Path:
     fig.savefig(path, format="png")
     plt.close(fig)
     return path
+
+
+def draw_gateway(document: dict[str, Any], path: Path) -> Path:
+    """`intake bench gateway` as bars: claims/s per gateway setting, the single
+    claim of the same run and the 1.5x bar as lines; p99 written on each bar."""
+    require_matplotlib()
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: files only
+    import matplotlib.pyplot as plt
+
+    machine, settings = document["machine"], document["settings"]
+    runs = document["herd"]
+    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(runs) + 3), 5), dpi=120)
+    labels = [
+        f"{r['workers']} w\nbatch {r['max_batch']}\nwait {r['max_wait_ms']:g} ms" for r in runs
+    ]
+    values = [r["claims_per_s"] for r in runs]
+    bars = ax.bar(labels, values, color="tab:blue")
+    for rect, run in zip(bars, runs, strict=True):
+        ax.annotate(
+            f"{run['claims_per_s']:,.0f}/s\np99 {run['p99_ms']:.0f} ms",
+            (rect.get_x() + rect.get_width() / 2, rect.get_height()),
+            textcoords="offset points",
+            xytext=(0, 3),
+            ha="center",
+            fontsize=8,
+        )
+    single = document.get("single_claim_best_per_s") or 0
+    if single:
+        ax.axhline(
+            single, color="0.35", linestyle="--", linewidth=1, label="single claim (pgbench)"
+        )
+        ax.axhline(1.5 * single, color="0.7", linestyle=":", linewidth=1, label="bar: 1.5x single")
+    ax.set_ylim(0, max([*values, 1.5 * single, 1]) * 1.25)
+    ax.set_ylabel("claims/s (intents queued in DB1)")
+    version = str(machine.get("postgresql") or "?").split()[0]
+    ax.set_title(
+        "intake bench gateway: claims/s over HTTP, single claim from the same run\n"
+        f"{machine['cores']} cores, PostgreSQL {version}, {settings['connections']} "
+        f"connections, {settings['duration_s']} s per run",
+        fontsize=10,
+    )
+    ax.grid(True, axis="y", color="0.92")
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    plt.close(fig)
+    return path

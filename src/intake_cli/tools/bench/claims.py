@@ -658,57 +658,66 @@ def measure(plan: Plan, workdir: Path) -> Report:
         # batch's advisory locks at once, besides its relation locks.
         max_locks_per_transaction=max(64, max(plan.batch_sizes, default=0) + 64),
     )
+    with bench_db1(workdir, settings) as bench:
+        conn = bench.conn
+        report = Report(
+            machine=_machine(conn, bench.pgbench_bin),
+            settings={
+                "clients": list(plan.clients),
+                "bar_clients": plan.bar_clients,
+                "batch_sizes": list(plan.batch_sizes),
+                "duration_s": plan.duration,
+                "inventory": plan.inventory,
+                "sellout_seconds": plan.sellout_seconds,
+                "pgbench_threads": PGBENCH_THREADS,
+                "pooler_clients": list(plan.pooler_clients),
+                "pooler_pool_size": plan.pooler_pool_size if plan.pooler_clients else None,
+                "protocol": "simple",
+                "synchronous_commit": settings.synchronous_commit,
+                "max_connections": settings.max_connections,
+                "max_locks_per_transaction": settings.max_locks_per_transaction,
+                "shared_buffers": settings.shared_buffers,
+            },
+        )
+        total = len(plan.clients) * len(plan.workloads) + 1
+        step = 0
+        for clients in plan.clients:
+            for workload in plan.workloads:
+                step += 1
+                _say(f"[{step}/{total}] {workload.title}, {clients} clients, {plan.duration} s")
+                bench.reset(workload.sale, plan.inventory)
+                run = bench.run(workload, clients, plan.duration)
+                per_s = f" = {run.claims_per_s:,.0f} claims/s" if run.batch > 1 else ""
+                _say(
+                    f"    {run.tps:,.0f} tps{per_s}, p50 {run.latency_ms['p50']} ms, "
+                    f"p99 {run.latency_ms['p99']} ms"
+                    + (" (ran out of inventory)" if run.ran_out else "")
+                )
+                report.runs.append(run)
+        claim_tps = report.claims_per_s("claim", plan.bar_clients) or 0.0
+        _say(
+            f"[{total}/{total}] sell-out, {plan.bar_clients} clients, "
+            f"~{plan.sellout_seconds} s of inventory"
+        )
+        report.sellout = bench.sellout(
+            plan.bar_clients, claim_tps, plan.sellout_seconds, plan.warmup_seconds
+        )
+        if plan.pooler_clients:
+            _measure_pooled(bench, plan, report)
+        return report
+
+
+@contextmanager
+def bench_db1(workdir: Path, settings: EmbeddedSettings) -> Iterator[Bench]:
+    """A throwaway DB1 cluster under workdir with intake's schema and the baselines,
+    and our connection to it; stopped (its log kept in workdir) afterwards."""
     clusters = EmbeddedClusters(workdir / "cluster", settings)
     try:
         cluster = clusters.ensure(("db1",))["db1"]
         with open_sync(cluster.dsn) as conn:
             bench = Bench(workdir, cluster, conn)
             bench.provision()
-            report = Report(
-                machine=_machine(conn, bench.pgbench_bin),
-                settings={
-                    "clients": list(plan.clients),
-                    "bar_clients": plan.bar_clients,
-                    "batch_sizes": list(plan.batch_sizes),
-                    "duration_s": plan.duration,
-                    "inventory": plan.inventory,
-                    "sellout_seconds": plan.sellout_seconds,
-                    "pgbench_threads": PGBENCH_THREADS,
-                    "pooler_clients": list(plan.pooler_clients),
-                    "pooler_pool_size": plan.pooler_pool_size if plan.pooler_clients else None,
-                    "protocol": "simple",
-                    "synchronous_commit": settings.synchronous_commit,
-                    "max_connections": settings.max_connections,
-                    "max_locks_per_transaction": settings.max_locks_per_transaction,
-                    "shared_buffers": settings.shared_buffers,
-                },
-            )
-            total = len(plan.clients) * len(plan.workloads) + 1
-            step = 0
-            for clients in plan.clients:
-                for workload in plan.workloads:
-                    step += 1
-                    _say(f"[{step}/{total}] {workload.title}, {clients} clients, {plan.duration} s")
-                    bench.reset(workload.sale, plan.inventory)
-                    run = bench.run(workload, clients, plan.duration)
-                    per_s = f" = {run.claims_per_s:,.0f} claims/s" if run.batch > 1 else ""
-                    _say(
-                        f"    {run.tps:,.0f} tps{per_s}, p50 {run.latency_ms['p50']} ms, "
-                        f"p99 {run.latency_ms['p99']} ms"
-                        + (" (ran out of inventory)" if run.ran_out else "")
-                    )
-                    report.runs.append(run)
-            claim_tps = report.claims_per_s("claim", plan.bar_clients) or 0.0
-            _say(
-                f"[{total}/{total}] sell-out, {plan.bar_clients} clients, "
-                f"~{plan.sellout_seconds} s of inventory"
-            )
-            report.sellout = bench.sellout(
-                plan.bar_clients, claim_tps, plan.sellout_seconds, plan.warmup_seconds
-            )
-            if plan.pooler_clients:
-                _measure_pooled(bench, plan, report)
-        return report
+            yield bench
     finally:
         log = workdir / "cluster" / "db1.log"
         if log.exists():

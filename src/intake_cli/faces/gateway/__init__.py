@@ -1,0 +1,1 @@
+"""`intake gateway`: the buyers' door (HTTP, JWT, micro-batched claims)."""

@@ -1,0 +1,372 @@
+"""The buyers' HTTP API (aiohttp): claim, and later read, one's own claim.
+
+Every answer is JSON. What each claim outcome becomes (docs/gateway.md):
+
+| outcome                      | status | note                                   |
+|------------------------------|--------|----------------------------------------|
+| claimed                      | 200    | the unit, its idempotency key          |
+| already_claimed, limit_reached | 200  | the unit the buyer already holds       |
+| sold_out                     | 409    |                                        |
+| paused                       | 503    | Retry-After: the operator paused sales |
+| recovering                   | 503    | Retry-After: DB1 rebuilds its inventory|
+| unknown_pool                 | 404    |                                        |
+
+and before DB1 is asked: 401 (no valid token), 404 (not a pool id), 413
+(body too large), 429 with Retry-After (rate), 503 (DB1 unreachable).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from aiohttp import web
+from psycopg_pool import AsyncConnectionPool
+
+from intake_cli.engine import claims, opening
+from intake_cli.engine.claim_views import FINAL_STATES, ClaimView
+from intake_cli.faces.gateway.auth import TokenRefused, Verifier
+from intake_cli.faces.gateway.batcher import ClaimBatcher
+from intake_cli.faces.gateway.limits import TokenBuckets, retry_after
+from intake_cli.faces.gateway.snapshot import FIRST_READ_WAIT_S, REFRESH_S, Snapshot
+from intake_cli.platform.config import GatewaySettings, PoolSettings, check_pool_id
+from intake_cli.platform.pgconn import async_pool
+
+# Connections each gateway process keeps to DB1. Batching means few are
+# needed: one carries a whole batch.
+DB1_CONNECTIONS = 4
+
+STATUS = {
+    "claimed": 200,
+    "already_claimed": 200,
+    "limit_reached": 200,
+    "sold_out": 409,
+    "paused": 503,
+    "recovering": 503,
+    "unknown_pool": 404,
+    "invalid_user": 400,
+}
+# Seconds a buyer is told to wait before asking again.
+RETRY_AFTER = {"paused": "5", "recovering": "2"}
+
+GATEWAY = web.AppKey("gateway", "Gateway")
+# Late arrivals wait this long for an opening under way, then are told to retry.
+OPENING_WAIT_S = 30.0
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Opening:
+    """One pool's fair opening, as this process sees it."""
+
+    opens_at: float  # epoch seconds
+    admit_per_second: int
+    done: asyncio.Event
+    task: asyncio.Task[None] | None = None
+
+
+@dataclass
+class Gateway:
+    settings: GatewaySettings
+    queue_name: str
+    dsn: str
+    verifier: Verifier
+    batcher: ClaimBatcher | None = None
+    db1: AsyncConnectionPool | None = None
+    snapshot: Snapshot | None = None
+    openings: dict[str, Opening] | None = None
+    per_ip: TokenBuckets | None = None
+    per_buyer: TokenBuckets | None = None
+    # Claim reads answered (GET …/claim), for /healthz beside DB1's statements.
+    reads: int = 0
+
+    def __post_init__(self) -> None:
+        self.per_ip = TokenBuckets(self.settings.per_ip_rate, self.settings.per_ip_burst)
+        self.per_buyer = TokenBuckets(self.settings.per_buyer_rate, self.settings.per_buyer_burst)
+
+
+def _json(data: dict[str, Any], status: int = 200, **headers: str) -> web.Response:
+    return web.Response(
+        text=json.dumps(data, separators=(",", ":")),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def _error(status: int, error: str, detail: str, **headers: str) -> web.Response:
+    return _json({"error": error, "detail": detail}, status, **headers)
+
+
+def _too_many(wait: float) -> web.Response:
+    return _error(429, "rate_limited", "too many requests", **{"Retry-After": retry_after(wait)})
+
+
+async def _buyer(request: web.Request, gateway: Gateway) -> str | web.Response:
+    """The verified buyer of a request, or the response refusing it."""
+    assert gateway.per_ip is not None and gateway.per_buyer is not None
+    # Before any signature is checked: a flood costs one dict lookup each.
+    if wait := gateway.per_ip.take(request.remote or "?"):
+        return _too_many(wait)
+    try:
+        buyer = await gateway.verifier.buyer(request.headers.get("Authorization"))
+    except TokenRefused as exc:
+        return _error(
+            401, "unauthorized", str(exc), **{"WWW-Authenticate": 'Bearer error="invalid_token"'}
+        )
+    if wait := gateway.per_buyer.take(buyer):
+        return _too_many(wait)
+    return buyer
+
+
+def _pool_id(request: web.Request) -> str | web.Response:
+    pool_id = request.match_info["pool"]
+    if check_pool_id(pool_id):
+        return _error(404, "unknown_pool", "no such pool")
+    return pool_id
+
+
+async def post_claim(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY]
+    buyer = await _buyer(request, gateway)
+    if isinstance(buyer, web.Response):
+        return buyer
+    pool_id = _pool_id(request)
+    if isinstance(pool_id, web.Response):
+        return pool_id
+    try:
+        # The body carries nothing the claim needs; read (bounded) and dropped
+        # so a keep-alive connection stays in step.
+        await asyncio.wait_for(request.read(), gateway.settings.client_timeout_s)
+    except web.HTTPRequestEntityTooLarge:
+        return _error(413, "too_large", f"body above {gateway.settings.max_body_bytes} bytes")
+    except TimeoutError:
+        return _error(408, "timeout", "request body too slow")
+    held = await _opening(gateway, pool_id, buyer)
+    if held is not None:
+        return held
+    assert gateway.batcher is not None
+    try:
+        answer = await gateway.batcher.claim(pool_id, buyer)
+    except psycopg.Error:  # DB1 out of reach (or the pool timed out): retry later
+        return _error(503, "unavailable", "claims are unavailable", **{"Retry-After": "2"})
+    return _answer(answer)
+
+
+async def _opening(gateway: Gateway, pool_id: str, buyer: str) -> web.Response | None:
+    """Before the opening: a receipt (202). During it: wait. After it (or none): None."""
+    found = (gateway.openings or {}).get(pool_id)
+    if found is None or found.done.is_set():
+        return None
+    assert gateway.db1 is not None
+    try:
+        if time.time() < found.opens_at:
+            async with gateway.db1.connection() as conn:
+                receipt = await opening.wait(conn, pool_id, buyer)
+            body = {
+                "outcome": "waiting",
+                "pool_id": pool_id,
+                "receipt": str(receipt.receipt),
+                "opens_at": found.opens_at,
+            }
+            return _json(body, 202, **{"Retry-After": retry_after(found.opens_at - time.time())})
+    except psycopg.Error:
+        return _error(503, "unavailable", "claims are unavailable", **{"Retry-After": "2"})
+    # Opened, and the waiting room is still being admitted: later arrivals
+    # come after every one of them.
+    try:
+        await asyncio.wait_for(found.done.wait(), OPENING_WAIT_S)
+    except TimeoutError:
+        return _error(503, "opening", "the opening is under way", **{"Retry-After": "2"})
+    return None
+
+
+async def _run_opening(gateway: Gateway, pool_id: str, found: Opening) -> None:
+    await asyncio.sleep(max(0.0, found.opens_at - time.time()))
+    assert gateway.db1 is not None
+    while True:
+        try:
+            await opening.open_pool(gateway.db1, pool_id, found.admit_per_second)
+            break
+        except psycopg.Error as exc:
+            log.warning("opening %s failed (%s); trying again", pool_id, type(exc).__name__)
+            await asyncio.sleep(1)
+    found.done.set()
+
+
+def _answer(answer: claims.Claim) -> web.Response:
+    body = answer.as_json()
+    body.pop("msg_id", None)
+    headers = {"Retry-After": RETRY_AFTER[answer.outcome]} if answer.outcome in RETRY_AFTER else {}
+    return _json(body, STATUS.get(answer.outcome, 500), **headers)
+
+
+# Seconds between refreshes we suggest to a buyer who polls.
+MIN_REFRESH_S, MAX_REFRESH_S, UNMEASURED_REFRESH_S = 1, 30, 5
+# A comment line on an idle event stream, so dead connections are noticed.
+HEARTBEAT_S = 15.0
+
+
+def _view_body(view: ClaimView, velocity: float | None) -> dict[str, Any]:
+    body = view.as_json()
+    eta = view.ahead / velocity if view.ahead is not None and velocity else None
+    body["eta_seconds"] = round(eta, 1) if eta is not None else None
+    if view.state in FINAL_STATES:
+        body["refresh_after_seconds"] = None
+    elif eta is None:
+        body["refresh_after_seconds"] = UNMEASURED_REFRESH_S
+    else:
+        body["refresh_after_seconds"] = int(min(MAX_REFRESH_S, max(MIN_REFRESH_S, eta / 2)))
+    return body
+
+
+async def _watched_view(gateway: Gateway, pool_id: str, buyer: str) -> ClaimView | None:
+    snapshot = gateway.snapshot
+    assert snapshot is not None
+    if not snapshot.watch(pool_id, buyer):
+        # New to this process: its claim is in the picture after the next
+        # refresh (or the one after, if one was already under way).
+        for _ in range(2):
+            await snapshot.next_refresh(FIRST_READ_WAIT_S)
+            if snapshot.view(pool_id, buyer) is not None:
+                break
+    return snapshot.view(pool_id, buyer)
+
+
+async def get_claim(request: web.Request) -> web.Response:
+    """The buyer's own claim, from this process's snapshot (no DB1 query of its own)."""
+    gateway = request.app[GATEWAY]
+    buyer = await _buyer(request, gateway)
+    if isinstance(buyer, web.Response):
+        return buyer
+    pool_id = _pool_id(request)
+    if isinstance(pool_id, web.Response):
+        return pool_id
+    view = await _watched_view(gateway, pool_id, buyer)
+    gateway.reads += 1
+    headers = {"Cache-Control": "no-store"}
+    if view is None:
+        return _json({"state": "none", "refresh_after_seconds": None}, 404, **headers)
+    assert gateway.snapshot is not None
+    return _json(_view_body(view, gateway.snapshot.velocity(pool_id)), 200, **headers)
+
+
+async def claim_events(request: web.Request) -> web.StreamResponse:
+    """Server-sent events: each change of the buyer's claim; ends with its final state."""
+    gateway = request.app[GATEWAY]
+    buyer = await _buyer(request, gateway)
+    if isinstance(buyer, web.Response):
+        return buyer
+    pool_id = _pool_id(request)
+    if isinstance(pool_id, web.Response):
+        return pool_id
+    snapshot = gateway.snapshot
+    assert snapshot is not None
+    stream = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-store",
+            "X-Accel-Buffering": "no",
+        }
+    )
+    await stream.prepare(request)
+    timeout = gateway.settings.client_timeout_s
+    sent: tuple[str, int | None] | None = None
+    number = 0
+    quiet_since = asyncio.get_running_loop().time()
+    try:
+        view = await _watched_view(gateway, pool_id, buyer)
+        while True:
+            now = asyncio.get_running_loop().time()
+            if view is not None and (view.state, view.ahead) != sent:
+                number += 1
+                body = json.dumps(_view_body(view, snapshot.velocity(pool_id)))
+                frame = f"id: {number}\nevent: claim\ndata: {body}\n\n"
+                # A reader too slow to take a few hundred bytes is let go.
+                await asyncio.wait_for(stream.write(frame.encode()), timeout)
+                sent, quiet_since = (view.state, view.ahead), now
+                if view.state in FINAL_STATES:
+                    break
+            elif now - quiet_since >= HEARTBEAT_S:
+                await asyncio.wait_for(stream.write(b": keep-alive\n\n"), timeout)
+                quiet_since = now
+            await snapshot.next_refresh(2 * REFRESH_S)
+            snapshot.watch(pool_id, buyer)
+            view = snapshot.view(pool_id, buyer)
+        await stream.write_eof()
+    except (ConnectionResetError, TimeoutError):
+        pass  # the buyer went away; nothing to clean up but the watch, which expires
+    return stream
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness, and this process's DB1 statement counts (benchmarks read them;
+    with --workers each answer is one process's, told apart by its pid)."""
+    gateway = request.app[GATEWAY]
+    batcher, snapshot = gateway.batcher, gateway.snapshot
+    return _json(
+        {
+            "ok": True,
+            "pid": os.getpid(),
+            "reads": gateway.reads,
+            "claims": batcher.claims if batcher else 0,
+            "claim_batches": batcher.batches if batcher else 0,
+            "snapshot_queries": snapshot.queries if snapshot else 0,
+            "watched": snapshot.watched if snapshot else 0,
+        }
+    )
+
+
+async def _open(app: web.Application) -> None:
+    gateway = app[GATEWAY]
+    pool = async_pool(gateway.dsn, min_size=1, max_size=DB1_CONNECTIONS, open=False)
+    await pool.open()
+    gateway.db1 = pool
+    gateway.batcher = ClaimBatcher(pool, gateway.settings.max_batch, gateway.settings.max_wait_ms)
+    gateway.snapshot = Snapshot(pool, gateway.queue_name)
+    gateway.snapshot.start()
+    for pool_id, found in (gateway.openings or {}).items():
+        found.task = asyncio.get_running_loop().create_task(_run_opening(gateway, pool_id, found))
+
+
+async def _close(app: web.Application) -> None:
+    gateway = app[GATEWAY]
+    if gateway.snapshot is not None:
+        await gateway.snapshot.stop()
+    for found in (gateway.openings or {}).values():
+        if found.task is not None:
+            found.task.cancel()
+    if gateway.batcher is not None:
+        await gateway.batcher.close()
+    if gateway.db1 is not None:
+        await gateway.db1.close()
+
+
+def build(
+    settings: GatewaySettings,
+    queue_name: str,
+    dsn: str,
+    verifier: Verifier,
+    pools: tuple[PoolSettings, ...] = (),
+) -> web.Application:
+    app = web.Application(client_max_size=settings.max_body_bytes)
+    openings = {
+        p.pool_id: Opening(p.opens_at.timestamp(), p.admit_per_second, asyncio.Event())
+        for p in pools
+        if p.opens_at is not None
+    }
+    app[GATEWAY] = Gateway(settings, queue_name, dsn, verifier, openings=openings)
+    app.router.add_post("/v1/pools/{pool}/claim", post_claim)
+    app.router.add_get("/v1/pools/{pool}/claim", get_claim)
+    app.router.add_get("/v1/pools/{pool}/claim/events", claim_events)
+    app.router.add_get("/healthz", healthz)
+    app.on_startup.append(_open)
+    app.on_cleanup.append(_close)
+    return app

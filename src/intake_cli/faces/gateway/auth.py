@@ -1,0 +1,136 @@
+"""Who the buyer is: the `sub` of a JWT the gateway verified itself.
+
+Two ways to check a signature, chosen by the operator, never by the token:
+HS256 with the secret in INTAKE_JWT_SECRET (how Supabase signs its access
+tokens by default), or the public keys at a JWKS URL (asymmetric keys, RS256
+or ES256). The token's own `alg` header only has to agree with what is pinned
+here; `none` is never in the list. `exp` is required, `nbf` and `aud` are
+checked. The buyer id is the `sub`, which must be a UUID (Supabase's user
+ids): it is passed to DB1 in canonical lower-case form, the text
+`auth.uid()::text` gives, so a buyer is the same user through PostgREST and
+through the gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import time
+from dataclasses import dataclass
+
+import jwt
+
+from intake_cli.platform.errors import UsageError
+
+SECRET_ENV = "INTAKE_JWT_SECRET"
+HMAC_ALGORITHMS = ["HS256"]
+# Asymmetric algorithms a JWKS key may declare; anything else is refused.
+JWKS_ALGORITHMS = ["RS256", "ES256"]
+# Fetched keys are kept this long; a token naming an unknown key id triggers
+# one fetch (PyJWKClient's own cache rate-limits that).
+JWKS_CACHE_S = 300.0
+
+BUYER_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
+
+
+class TokenRefused(Exception):
+    """The request carries no token the gateway accepts (401)."""
+
+
+class NoVerifier(UsageError):
+    """Neither INTAKE_JWT_SECRET nor gateway.jwks_url is set: the gateway cannot verify buyers."""
+
+
+@dataclass
+class _CachedKey:
+    key: object
+    algorithm: str
+    fetched_at: float
+
+
+class Verifier:
+    def __init__(self, audience: str, secret: str | None, jwks_url: str | None) -> None:
+        if not secret and not jwks_url:
+            raise NoVerifier()
+        self._audience = audience
+        self._secret = secret or None
+        self._jwks = jwt.PyJWKClient(jwks_url, cache_keys=True, timeout=5) if jwks_url else None
+        self._keys: dict[str, _CachedKey] = {}
+
+    @classmethod
+    def from_environment(cls, audience: str, jwks_url: str | None) -> Verifier:
+        return cls(audience, os.environ.get(SECRET_ENV), jwks_url)
+
+    async def buyer(self, authorization: str | None) -> str:
+        """The buyer id of a verified `Authorization: Bearer …` header, or TokenRefused."""
+        token = _bearer(authorization)
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise TokenRefused("malformed token") from None
+        if self._secret is not None and header.get("alg") in HMAC_ALGORITHMS:
+            key: object = self._secret
+            algorithms = HMAC_ALGORITHMS
+        elif self._jwks is not None:
+            cached = await self._signing_key(header.get("kid"))
+            key, algorithms = cached.key, [cached.algorithm]
+        else:
+            raise TokenRefused("token algorithm not accepted")
+        try:
+            claims = jwt.decode(
+                token,
+                key,  # type: ignore[arg-type]
+                algorithms=algorithms,
+                audience=self._audience,
+                options={"require": ["exp", "sub"]},
+            )
+        except jwt.PyJWTError as exc:
+            raise TokenRefused(_reason(exc)) from None
+        sub = claims.get("sub")
+        if not isinstance(sub, str) or not BUYER_ID.fullmatch(sub):
+            raise TokenRefused("sub is not a user id (expected a UUID)")
+        return sub.lower()
+
+    async def _signing_key(self, kid: object) -> _CachedKey:
+        if not isinstance(kid, str) or not kid:
+            raise TokenRefused("token names no key (kid)")
+        cached = self._keys.get(kid)
+        if cached is not None and time.monotonic() - cached.fetched_at < JWKS_CACHE_S:
+            return cached
+        assert self._jwks is not None
+        try:
+            # PyJWKClient fetches with urllib: off the event loop.
+            found = await asyncio.to_thread(self._jwks.get_signing_key, kid)
+        except jwt.PyJWTError:
+            raise TokenRefused("unknown signing key") from None
+        algorithm = found.algorithm_name
+        if algorithm not in JWKS_ALGORITHMS:
+            raise TokenRefused("signing key algorithm not accepted")
+        cached = _CachedKey(found.key, algorithm, time.monotonic())
+        self._keys[kid] = cached
+        return cached
+
+
+def _bearer(authorization: str | None) -> str:
+    if not authorization:
+        raise TokenRefused("missing Authorization: Bearer token")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise TokenRefused("expected Authorization: Bearer <token>")
+    return token.strip()
+
+
+def _reason(exc: jwt.PyJWTError) -> str:
+    # Fixed phrases, never the token's text: the reason is sent back to the client.
+    if isinstance(exc, jwt.ExpiredSignatureError):
+        return "token expired"
+    if isinstance(exc, jwt.ImmatureSignatureError):
+        return "token not yet valid"
+    if isinstance(exc, jwt.InvalidAudienceError):
+        return "wrong audience"
+    if isinstance(exc, jwt.MissingRequiredClaimError):
+        return f"token lacks the {exc.claim} claim"
+    if isinstance(exc, jwt.InvalidSignatureError):
+        return "bad signature"
+    return "invalid token"

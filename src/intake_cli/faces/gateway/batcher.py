@@ -1,0 +1,84 @@
+"""Micro-batching: buyers arriving one by one, claimed many at a time.
+
+Each pool keeps a list of waiting buyers. The first one to arrive starts a
+short timer (max_wait_ms); the list goes to DB1 as one `claim_resources` call
+when the timer fires or when it reaches max_batch, whichever is first. While
+a call is out, the next buyers gather into the next list, so under load the
+batches grow by themselves and the round trip is paid once for many.
+
+`claim_resources` answers every position as `claim_resource` would have for
+the users one after another in array order, so each buyer gets exactly the
+single claim's answer, a buyer twice in one batch included (the second
+position is `already_claimed` with the first one's unit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from psycopg_pool import AsyncConnectionPool
+
+from intake_cli.engine import claims
+
+
+@dataclass
+class _Waiting:
+    users: list[str] = field(default_factory=list)
+    answers: list[asyncio.Future[claims.Claim]] = field(default_factory=list)
+    timer: asyncio.TimerHandle | None = None
+
+
+class ClaimBatcher:
+    def __init__(self, pool: AsyncConnectionPool, max_batch: int, max_wait_ms: float) -> None:
+        self._pool = pool
+        self._max_batch = max(1, min(max_batch, claims.MAX_BATCH))
+        self._max_wait_s = max_wait_ms / 1000
+        self._waiting: dict[str, _Waiting] = {}
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self.batches = 0
+        self.claims = 0
+
+    async def claim(self, pool_id: str, user_id: str) -> claims.Claim:
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[claims.Claim] = loop.create_future()
+        waiting = self._waiting.setdefault(pool_id, _Waiting())
+        waiting.users.append(user_id)
+        waiting.answers.append(answer)
+        if len(waiting.users) >= self._max_batch:
+            self._send(pool_id)
+        elif waiting.timer is None:
+            waiting.timer = loop.call_later(self._max_wait_s, self._send, pool_id)
+        # A buyer who hangs up does not cancel the batch others are in.
+        return await asyncio.shield(answer)
+
+    def _send(self, pool_id: str) -> None:
+        waiting = self._waiting.pop(pool_id, None)
+        if waiting is None:
+            return
+        if waiting.timer is not None:
+            waiting.timer.cancel()
+        task = asyncio.get_running_loop().create_task(self._call(pool_id, waiting))
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+
+    async def _call(self, pool_id: str, waiting: _Waiting) -> None:
+        try:
+            async with self._pool.connection() as conn:
+                answers = await claims.claim_batch_async(conn, pool_id, waiting.users)
+        except Exception as exc:  # every waiting buyer must hear of it
+            for future in waiting.answers:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        self.batches += 1
+        self.claims += len(answers)
+        for future, answer in zip(waiting.answers, answers, strict=True):
+            if not future.done():
+                future.set_result(answer)
+
+    async def close(self) -> None:
+        for pool_id in list(self._waiting):
+            self._send(pool_id)
+        if self._in_flight:
+            await asyncio.gather(*self._in_flight, return_exceptions=True)

@@ -1,0 +1,69 @@
+"""Running the gateway: one process, or N sharing a port with SO_REUSEPORT.
+
+The processes share nothing but DB1: each has its own DB1 pool, batcher,
+rate buckets and claim snapshot, so adding workers (or hosts behind a load
+balancer) needs no coordination.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import signal
+import sys
+from types import FrameType
+
+from aiohttp import web
+
+from intake_cli.faces.gateway import app as gateway_app
+from intake_cli.faces.gateway.auth import Verifier
+from intake_cli.platform.config import Settings
+
+# Idle keep-alive connections are closed after this many seconds, so that
+# clients that stop talking do not pile up sockets.
+KEEPALIVE_S = 15.0
+
+
+def serve(settings: Settings, dsn: str, host: str, port: int, reuse_port: bool) -> None:
+    """One gateway process, until SIGINT/SIGTERM."""
+    gateway = settings.gateway
+    verifier = Verifier.from_environment(gateway.jwt_audience, gateway.jwks_url)
+    web.run_app(
+        gateway_app.build(gateway, settings.queue_name, dsn, verifier, settings.pools),
+        host=host,
+        port=port,
+        reuse_port=reuse_port,
+        print=None,
+        access_log=None,
+        keepalive_timeout=min(KEEPALIVE_S, gateway.client_timeout_s),
+        handle_signals=True,
+    )
+
+
+def run(settings: Settings, dsn: str, host: str, port: int, workers: int) -> None:
+    # Refused here, before any worker starts, rather than N times over.
+    Verifier.from_environment(settings.gateway.jwt_audience, settings.gateway.jwks_url)
+    print(f"gateway listening on http://{host}:{port} ({workers} worker(s))", flush=True)
+    if workers == 1:
+        serve(settings, dsn, host, port, reuse_port=False)
+        return
+    # spawn: each worker starts clean, with no copy of the parent's state.
+    context = multiprocessing.get_context("spawn")
+    children = [
+        context.Process(target=serve, args=(settings, dsn, host, port, True), daemon=False)
+        for _ in range(workers)
+    ]
+    for child in children:
+        child.start()
+
+    def stop(signum: int, _: FrameType | None) -> None:
+        for child in children:
+            if child.is_alive() and child.pid is not None:
+                child.terminate()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for child in children:
+        child.join()
+    failed = [c.exitcode for c in children if c.exitcode not in (0, -signal.SIGTERM)]
+    if failed:
+        sys.exit(1)

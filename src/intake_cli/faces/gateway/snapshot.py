@@ -1,0 +1,106 @@
+"""Each process's picture of its buyers' claims, refreshed at most once a second.
+
+A million buyers refreshing every 20 s is 50,000 reads a second: they must
+not cost DB1 a query each. A buyer who asks (GET …/claim, or an open event
+stream) is added to the process's watch list; once a second one statement
+per pool reads every watched buyer's claim, and every read and every event
+is served from that picture. A buyer not asked about for WATCH_S seconds is
+dropped from the list.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from intake_cli.engine import claim_views
+from intake_cli.engine.claim_views import ClaimView
+
+REFRESH_S = 1.0
+WATCH_S = 60.0
+# A first-time asker waits for the next refresh rather than reading DB1 itself.
+FIRST_READ_WAIT_S = 3 * REFRESH_S
+
+log = logging.getLogger(__name__)
+
+
+class Snapshot:
+    def __init__(self, pool: AsyncConnectionPool, queue_name: str) -> None:
+        self._pool = pool
+        self._queue_name = queue_name
+        # pool id -> buyer -> when last asked about (monotonic); streams keep theirs fresh.
+        self._watched: dict[str, dict[str, float]] = {}
+        self._views: dict[tuple[str, str], ClaimView] = {}
+        self._velocity: dict[str, float | None] = {}
+        self._refreshed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.queries = 0
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def watch(self, pool_id: str, buyer: str) -> bool:
+        """Keep `buyer` in the picture; True when they were already in it."""
+        watched = self._watched.setdefault(pool_id, {})
+        known = buyer in watched
+        watched[buyer] = time.monotonic()
+        return known
+
+    @property
+    def watched(self) -> int:
+        """Buyers in the picture, over every pool."""
+        return sum(len(buyers) for buyers in self._watched.values())
+
+    def view(self, pool_id: str, buyer: str) -> ClaimView | None:
+        return self._views.get((pool_id, buyer))
+
+    def velocity(self, pool_id: str) -> float | None:
+        return self._velocity.get(pool_id)
+
+    async def next_refresh(self, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._refreshed.wait(), timeout)
+
+    async def _loop(self) -> None:
+        while True:
+            started = time.monotonic()
+            try:
+                await self._refresh()
+            except psycopg.Error as exc:
+                # Readers keep the last picture; the next second tries again.
+                log.warning("claim snapshot refresh failed: %s", type(exc).__name__)
+            # Wake everyone waiting on this refresh, and start the next wait.
+            done, self._refreshed = self._refreshed, asyncio.Event()
+            done.set()
+            await asyncio.sleep(max(0.0, REFRESH_S - (time.monotonic() - started)))
+
+    async def _refresh(self) -> None:
+        now = time.monotonic()
+        for pool_id, watched in list(self._watched.items()):
+            for buyer in [b for b, at in watched.items() if now - at > WATCH_S]:
+                del watched[buyer]
+                self._views.pop((pool_id, buyer), None)
+            if not watched:
+                del self._watched[pool_id]
+                continue
+            async with self._pool.connection() as conn:
+                picture = await claim_views.read(conn, self._queue_name, pool_id, list(watched))
+            self.queries += 1
+            for buyer in watched:
+                found = picture.claims.get(buyer)
+                if found is None:
+                    self._views.pop((pool_id, buyer), None)
+                else:
+                    self._views[(pool_id, buyer)] = found
+            if picture.velocity is not None or pool_id not in self._velocity:
+                self._velocity[pool_id] = picture.velocity
