@@ -8,7 +8,7 @@ import psycopg
 from aiohttp import web
 from psycopg_pool import PoolTimeout
 
-from intake_cli.faces.serve import api, auth, metrics, openapi, tick
+from intake_cli.faces.serve import api, auth, dashboard, metrics, openapi, tick
 from intake_cli.faces.serve.replies import ApiError, error, from_intake
 from intake_cli.faces.serve.state import ENDPOINTS, LOGGER, SETTINGS
 from intake_cli.platform.config import Settings
@@ -57,12 +57,5 @@ def build_app(settings: Settings, *, token: str | None, host: str) -> web.Applic
     metrics.install(app)
     tick.install(app)
     openapi.install(app)
-    try:
-        from intake_cli.faces.serve import dashboard
-    except ModuleNotFoundError as exc:
-        # Until the dashboard lands beside this module; any other missing module is a bug.
-        if exc.name != "intake_cli.faces.serve.dashboard":
-            raise
-    else:
-        dashboard.install(app, settings)
+    dashboard.install(app, settings)
     return app
