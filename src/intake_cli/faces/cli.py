@@ -31,6 +31,7 @@ from intake_cli.tools.bench import e2e as bench_e2e
 from intake_cli.tools.bench import metrics as bench_metrics
 from intake_cli.tools.bench import recovery as bench_recovery
 from intake_cli.tools.bench import seeding as bench_seeding
+from intake_cli.tools.bench import tick as bench_tick
 from intake_cli.tools.bench.claims import bench_app
 
 app = typer.Typer(
@@ -761,6 +762,7 @@ bench_app.command("metrics")(bench_metrics.metrics_command)
 bench_app.command("recovery")(bench_recovery.recovery_command)
 bench_app.command("e2e")(bench_e2e.e2e_command)
 bench_app.command("seeding")(bench_seeding.seeding_command)
+bench_app.command("tick")(bench_tick.tick_command)
 app.add_typer(bench_app, name="bench", help="Benchmarks against baselines from the same run.")
 
 
