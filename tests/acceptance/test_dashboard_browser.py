@@ -13,10 +13,12 @@ import json
 import os
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 from psycopg.types.json import Jsonb
@@ -30,10 +32,9 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 SCREENSHOT = ROOT / "docs" / "images" / "dashboard.png"
 
-pytestmark = pytest.mark.skipif(
-    not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
-    reason="the browser test needs Debian's chromium and chromium-driver "
-    "(scripts/test-deps.sh installs them when run as root)",
+NO_BROWSER = (
+    "the browser test needs Debian's chromium and chromium-driver "
+    "(scripts/test-deps.sh installs them when run as root)"
 )
 
 # Each would set window.__pwned if the page ever took it for markup.
@@ -75,6 +76,8 @@ return {
 
 @pytest.fixture
 def browser() -> Iterator[Any]:
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        pytest.skip(NO_BROWSER)
     from selenium import webdriver
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
@@ -366,3 +369,121 @@ def test_a_running_drain_shows_on_the_page_and_its_charts(workdir, db1_dsn, db2_
     assert seen == sorted(seen) and seen[-1] > seen[0], seen
     charts = browser.execute_script("return document.querySelectorAll('.chart canvas').length")
     assert charts == 2
+
+
+# -- the server side, without a browser ---------------------------------------------
+
+
+def read_events(lines: Iterator[str], count: int) -> list[tuple[str, str, dict]]:
+    """The next `count` events of an SSE response's lines: (id, event, data)."""
+    found: list[tuple[str, str, dict]] = []
+    fields: dict[str, str] = {}
+    for line in lines:
+        if line == "":
+            if "data" in fields:
+                found.append((fields.get("id", ""), fields["event"], json.loads(fields["data"])))
+                if len(found) == count:
+                    return found
+            fields = {}
+        elif not line.startswith(":"):
+            name, _, value = line.partition(": ")
+            fields[name] = value
+    raise AssertionError(f"the stream ended after {found}")
+
+
+def db1_sessions(db1: str) -> int:
+    with psycopg.connect(db1, autocommit=True) as conn:
+        return conn.execute(
+            "select count(*) from pg_stat_activity"
+            " where datname = current_database() and pid <> pg_backend_pid()"
+        ).fetchone()[0]
+
+
+def test_ten_streams_share_one_reader_and_get_every_row(workdir, db1_dsn, db2_dsn, webhook):
+    event = make_event(workdir, db1_dsn, db2_dsn, webhook.url, 50)
+    with serving(event.config) as server:
+        refused = server.request("GET", "/api/events", token=None)
+        assert refused.status_code == 401 and refused.json()["field"] is None
+        before = db1_sessions(db1_dsn)
+        with ExitStack() as streams:
+            opened = [
+                streams.enter_context(
+                    httpx.stream(
+                        "GET", server.url + "/api/events", headers=server.headers(), timeout=30
+                    )
+                )
+                for _ in range(10)
+            ]
+            assert {r.headers["content-type"] for r in opened} == {
+                "text/event-stream; charset=utf-8"
+            }
+            lines = [r.iter_lines() for r in opened]
+            first = [read_events(stream, 1)[0] for stream in lines]
+            # One DB1 session reads for all ten pages.
+            assert db1_sessions(db1_dsn) - before == 1
+            rows, later = [], [[] for _ in lines]
+            for _ in range(3):  # pg_cron's rows, each read before the next is written
+                rows.append(collect(db1_dsn))
+                for got, stream in zip(later, lines, strict=True):
+                    got.extend(read_events(stream, 1))
+        # Every stream got the same snapshot (one read, fanned out) and then
+        # each new row, in order.
+        assert len({(i, e, json.dumps(d)) for i, e, d in first}) == 1
+        assert first[0][1] == "snapshot"
+        for events in later:
+            assert [e for _, e, _ in events] == ["snapshot"] * 3
+            assert [datetime.fromisoformat(d["collected_at"]) for _, _, d in events] == rows
+            assert events == later[0]
+        # What a page shows is watch's JSON for the same row.
+        watched = json.loads(
+            run_intake("watch", "--once", "--json", config=event.config, check=True).stdout
+        )
+        [(_, _, data)] = read_events_once(server)
+        snap = data["snapshot"]
+        for key in ("queue_depth", "in_flight", "dlq_depth", "velocity", "pools", "schedule"):
+            assert snap[key] == watched[key], key
+
+
+def read_events_once(server: Server) -> list[tuple[str, str, dict]]:
+    with httpx.stream(
+        "GET", server.url + "/api/events", headers=server.headers(), timeout=30
+    ) as response:
+        return read_events(response.iter_lines(), 1)
+
+
+def test_page_and_assets_are_served_safely(workdir, db1_dsn, db2_dsn, webhook):
+    event = make_event(workdir, db1_dsn, db2_dsn, webhook.url, 5)
+    with serving(event.config) as server:
+        page_ = server.request("GET", "/", token=None)
+        assert page_.status_code == 200
+        assert page_.headers["content-type"] == "text/html; charset=utf-8"
+        policy = page_.headers["content-security-policy"]
+        assert "script-src 'self'" in policy and "default-src 'none'" in policy
+        assert "https://" not in page_.text and "http://" not in page_.text  # no CDN
+
+        expected = {
+            "/static/dashboard.js": "text/javascript; charset=utf-8",
+            "/static/dashboard.css": "text/css; charset=utf-8",
+            "/static/vendor/uplot/uPlot.iife.min.js": "text/javascript; charset=utf-8",
+            "/static/vendor/uplot/uPlot.min.css": "text/css; charset=utf-8",
+            "/static/vendor/uplot/LICENSE": "text/plain; charset=utf-8",
+        }
+        for path, kind in expected.items():
+            response = server.request("GET", path, token=None)
+            assert (response.status_code, response.headers["content-type"]) == (200, kind), path
+            assert response.headers["x-content-type-options"] == "nosniff"
+        assert "MIT License" in server.request("GET", "/static/vendor/uplot/LICENSE").text
+
+        for path in (
+            "/static/../dashboard.py",
+            "/static/..%2fdashboard.py",
+            "/static/%2e%2e/%2e%2e/serve/app.py",
+            "/static/vendor/../../events.py",
+            "/static/.hidden",
+            "/static/vendor",
+            "/static/vendor/uplot/uPlot.d.ts",
+            "/static/..%5cdashboard.py",
+            "/static/%00",
+        ):
+            response = server.request("GET", path, token=None)
+            assert response.status_code == 404, (path, response.status_code, response.text[:200])
