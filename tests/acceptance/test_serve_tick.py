@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import signal
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -10,7 +11,7 @@ import pytest
 
 from intake_cli.tools.webhook_process import WebhookServer
 from tests.acceptance.drain_support import make_event, wait_for, with_dsn
-from tests.acceptance.serve_support import free_port, serving
+from tests.acceptance.serve_support import free_port, serving, start_serve, stop_serve
 
 CONCURRENT = 20
 
@@ -79,3 +80,19 @@ def test_a_tick_whose_caller_gives_up_still_finishes_its_batch(workdir, db1_dsn,
             log = server.log()
     assert event.queue_depth() == 0 and event.units() == {"consumed": 10}
     assert "Traceback" not in log
+
+
+def test_sigterm_during_a_tick_lets_it_finish_and_exits_0(workdir, db1_dsn, db2_dsn):
+    with WebhookServer(delay_ms=2000) as slow:
+        event = make_event(workdir, db1_dsn, db2_dsn, slow.url, 10)
+        keys = event.claim(10)
+        server = start_serve(event.config)
+        with ThreadPoolExecutor(1) as thread:
+            answer = thread.submit(server.call, "POST", "/api/drain/tick")
+            wait_for(lambda: slow.calls()["total"] >= 10, 30, "the tick's webhook calls")
+            server.proc.send_signal(signal.SIGTERM)
+            status, counts = answer.result(timeout=60)
+        log = stop_serve(server)
+    assert status == 200 and counts["committed"] == 10, counts
+    assert event.tickets() == {key: 1 for key in keys}
+    assert '"stopped"' in log and "Traceback" not in log

@@ -50,10 +50,12 @@ async def serve(
         await stopping.wait()
         event(logger, logging.INFO, "stopping", reason="signal")
     finally:
+        # The handlers stay until the end: a second signal while running ticks
+        # finish must not kill the process halfway through its shutdown.
+        await runner.cleanup()
+        event(logger, logging.INFO, "stopped")
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
-        await runner.cleanup()
-    event(logger, logging.INFO, "stopped")
 
 
 def _netloc(host: str, port: int) -> str:
