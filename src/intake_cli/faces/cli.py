@@ -26,6 +26,7 @@ from intake_cli.platform.db import connect, endpoints
 from intake_cli.platform.display import cell, markup
 from intake_cli.platform.errors import IntakeError, UnknownPool, UsageError
 from intake_cli.tools import demo, testhook
+from intake_cli.tools.bench import dashboard as bench_dashboard
 from intake_cli.tools.bench import drain as bench_drain
 from intake_cli.tools.bench import e2e as bench_e2e
 from intake_cli.tools.bench import metrics as bench_metrics
@@ -763,6 +764,7 @@ bench_app.command("recovery")(bench_recovery.recovery_command)
 bench_app.command("e2e")(bench_e2e.e2e_command)
 bench_app.command("seeding")(bench_seeding.seeding_command)
 bench_app.command("tick")(bench_tick.tick_command)
+bench_app.command("dashboard")(bench_dashboard.dashboard_command)
 app.add_typer(bench_app, name="bench", help="Benchmarks against baselines from the same run.")
 
 
