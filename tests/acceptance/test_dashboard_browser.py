@@ -140,6 +140,11 @@ def collect(db1: str) -> datetime:
         return conn.execute("select max(collected_at) from intake.engine_metrics").fetchone()[0]
 
 
+def paused_in_db1(db1: str) -> bool:
+    with psycopg.connect(db1) as conn:
+        return conn.execute("select paused from intake.engine_config").fetchone()[0]
+
+
 def _number(value: str | None) -> float | None:
     return None if value in (None, "") else float(value)
 
@@ -268,6 +273,19 @@ def test_replay_button_puts_a_dead_letter_back_and_it_commits(workdir, db1_dsn, 
 
             run_intake("drain", "--once", config=event.config, check=True)
             assert "dlq_replay" in server.log()
+
+            # Pause and resume from the page: engine_config changes at once.
+            for action, paused in (("pause", True), ("resume", False)):
+                browser.find_element(
+                    "css selector", f'#pools tr[data-pool="drop"] button[data-action="{action}"]'
+                ).click()
+                wait_page(
+                    browser,
+                    lambda p, a=action: f"pool drop: {a}d" in p["message"],
+                    10,
+                    f"the {action} to be confirmed",
+                )
+                assert paused_in_db1(event.db1) is paused
 
         assert event.tickets() == {key: 1}
         assert webhook.per_key()[key] == 2  # the failed call, then the one that validated
