@@ -33,8 +33,10 @@ from intake_cli.faces import watch
 from intake_cli.platform.config import Settings
 from intake_cli.platform.db import connect, endpoints
 from intake_cli.platform.errors import IntakeError, NotProvisioned
+from intake_cli.platform.logs import LOGGER_NAME, event
 
-log = logging.getLogger(__name__)
+# serve's structured log: one JSON line per event, like the audit lines.
+log = logging.getLogger(f"{LOGGER_NAME}.dashboard")
 
 POLL_S = 0.25
 # A comment line now and then: proxies keep the stream open, and a page
@@ -46,10 +48,10 @@ RETRY_S = 2.0
 BACKLOG = 32
 
 
-def sse(event: str, data: Any, event_id: int | None = None) -> bytes:
+def sse(name: str, data: Any, event_id: int | None = None) -> bytes:
     """One server-sent event. json.dumps escapes newlines, so `data` is one line."""
     head = f"id: {event_id}\n" if event_id is not None else ""
-    return f"{head}event: {event}\ndata: {json.dumps(data, default=str)}\n\n".encode()
+    return f"{head}event: {name}\ndata: {json.dumps(data, default=str)}\n\n".encode()
 
 
 def payload(snap: watch.Snapshot) -> dict[str, Any]:
@@ -84,6 +86,7 @@ class Hub:
         self._latest: bytes | None = None
         self._seq = 0
         self._closed = False
+        self._last_problem: str | None = None
         # Counters a benchmark or a test reads: what the fan-out cost.
         self.reads = 0
         self.polls = 0
@@ -109,10 +112,12 @@ class Hub:
     def _publish(self, chunk: bytes, *, keep: bool = True) -> None:
         if keep:
             self._latest = chunk
+            self._last_problem = None
         for sub in self._subscribers:
             sub.offer(chunk)
 
     def _problem(self, message: str) -> None:
+        self._last_problem = message
         self._seq += 1
         self._publish(sse("problem", {"error": message}, self._seq), keep=False)
 
@@ -141,8 +146,13 @@ class Hub:
                 await self._follow()
             except (psycopg.Error, IntakeError) as exc:
                 message = str(exc) if isinstance(exc, IntakeError) else f"DB1: {exc}"
-                log.warning("dashboard: %s", message)
+                if message != self._last_problem:  # once per outage, not per retry
+                    event(log, logging.WARNING, "dashboard_unreadable", error=message)
                 self._problem(message)
+                await asyncio.sleep(RETRY_S)
+            except Exception:  # the pages' only reader must outlive a bug
+                log.exception("dashboard_reader_failed")
+                self._problem("the dashboard's reader failed (see serve's log); retrying")
                 await asyncio.sleep(RETRY_S)
 
     async def _follow(self) -> None:
