@@ -87,9 +87,6 @@ class Hub:
         self._seq = 0
         self._closed = False
         self._last_problem: str | None = None
-        # Counters a benchmark or a test reads: what the fan-out cost.
-        self.reads = 0
-        self.polls = 0
 
     @property
     def subscribers(self) -> int:
@@ -108,6 +105,8 @@ class Hub:
             self._subscribers.discard(sub)
             if not self._subscribers:
                 self._wanted.clear()
+                # Its ages would be wrong by the time another page opens.
+                self._latest = None
 
     def _publish(self, chunk: bytes, *, keep: bool = True) -> None:
         if keep:
@@ -135,7 +134,6 @@ class Hub:
     def _read(self, conn: psycopg.Connection) -> tuple[str, bytes]:
         """The snapshot as an event, and the schedule mode it found."""
         snap = watch.read(conn)
-        self.reads += 1
         self._seq += 1
         return snap.schedule.mode, sse("snapshot", payload(snap), self._seq)
 
@@ -168,7 +166,6 @@ class Hub:
             collected_at = -float(telemetry.INTERVAL_S)
             while self._subscribers and not self._closed:
                 newest, age = await asyncio.to_thread(telemetry.newest, conn)
-                self.polls += 1
                 # Where nothing is scheduled the open page is the collector, as
                 # watch is in a terminal: watch.read collects once the newest
                 # row is a collection old.
