@@ -505,6 +505,7 @@
   // -- dead letters ----------------------------------------------------------------
 
   let dlqLoading = false;
+  let dlqAgain = false; // asked for while a load was in flight: its answer may be old
 
   function lettersOf(data) {
     if (Array.isArray(data)) return data;
@@ -516,7 +517,10 @@
   }
 
   async function loadDlq() {
-    if (dlqLoading) return;
+    if (dlqLoading) {
+      dlqAgain = true;
+      return;
+    }
     dlqLoading = true;
     try {
       const result = await api("GET", "api/dlq?limit=" + DLQ_PAGE);
@@ -536,6 +540,10 @@
           " (oldest first).";
     } finally {
       dlqLoading = false;
+      if (dlqAgain) {
+        dlqAgain = false;
+        loadDlq();
+      }
     }
   }
 
@@ -562,7 +570,8 @@
       say("dead letter " + msgId + " replayed: back on the queue", "ok");
       const row = button.closest("tr");
       if (row) row.remove();
-      dlqDepthShown = null;
+      loadDlq(); // after any load that started before the replay
+
     } else {
       button.disabled = false;
       say("replay of " + msgId + ": " + result.error, "error");
