@@ -51,3 +51,17 @@ select worker_id, hostname, pid, pool_filter, concurrency, started_at, batches, 
 
 -- drop_minute_loop: the minute-loop collector, where pg_cron schedules seconds and nothing calls it
 drop procedure if exists intake.collect_metrics_for_a_minute(integer);
+
+-- newest: when the newest engine_metrics row was written, and how long ago (one index probe)
+select max(collected_at) as collected_at,
+       extract(epoch from clock_timestamp() - max(collected_at)) as age_s
+  from intake.engine_metrics;
+
+-- history: one pool's engine_metrics rows over the last seconds, oldest first
+select collected_at, inventory, available_slots, locked, consumed, rejected, retried,
+       dead_lettered, paused, recovering, queue_depth, in_flight, oldest_msg_age_s, dlq_depth,
+       processing_velocity, webhook_calls, webhook_errors, webhook_error_rate
+  from intake.engine_metrics
+ where pool_id = %(pool_id)s
+   and collected_at > clock_timestamp() - make_interval(secs => %(seconds)s)
+ order by collected_at;

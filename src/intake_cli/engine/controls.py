@@ -32,17 +32,31 @@ def set_paused(conn: psycopg.Connection, pool_id: str, paused: bool) -> None:
 def parse_assignments(pairs: list[str]) -> dict[str, Any]:
     """`key=value` arguments, each checked by the configuration file's rules."""
     if not pairs:
-        raise UsageError("name at least one setting: KEY=VALUE")
-    changes: dict[str, Any] = {}
+        raise UsageError(NOTHING_NAMED)
+    texts: dict[str, str] = {}
     for pair in pairs:
         key, sep, text = pair.partition("=")
         if not sep:
             raise UsageError(f"expected KEY=VALUE, got {config.redact(pair)[:60]!r}")
         key = key.strip()
-        if key in changes:
+        if key in texts:
             # As in intake.yaml: the last one would silently win.
             raise UsageError(f"{key} is given twice: name each setting once")
-        changes[key] = config.live_setting(key, text.strip())
+        texts[key] = text.strip()
+    return _checked({key: config.live_setting(key, text) for key, text in texts.items()})
+
+
+NOTHING_NAMED = "name at least one setting: KEY=VALUE"
+
+
+def check_changes(values: dict[str, Any]) -> dict[str, Any]:
+    """Typed settings (the admin API's JSON body), checked by the same rules as the CLI's."""
+    if not values:
+        raise UsageError(NOTHING_NAMED)
+    return _checked({key: config.live_value(key, value) for key, value in values.items()})
+
+
+def _checked(changes: dict[str, Any]) -> dict[str, Any]:
     # Both given: refused before connecting; one alone is checked against DB1's row.
     base, ceiling = changes.get("retry_base_seconds"), changes.get("retry_max_seconds")
     if (
@@ -52,6 +66,19 @@ def parse_assignments(pairs: list[str]) -> dict[str, Any]:
     ):
         raise UsageError(reason)
     return changes
+
+
+def pools(conn: psycopg.Connection) -> list[dict[str, Any]]:
+    """Every pool's live settings as engine_config holds them, credentials in URLs hidden."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(_q("pool_rows")).fetchall()
+    return [
+        {
+            key: config.redact(value) if key == "validation_webhook_url" else value
+            for key, value in row.items()
+        }
+        for row in rows
+    ]
 
 
 def set_settings(

@@ -17,7 +17,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from intake_cli.platform.errors import UsageError
+from intake_cli.platform.errors import UnknownDeadLetter, UsageError
 from intake_cli.platform.sqlfiles import queries
 
 
@@ -65,8 +65,14 @@ def _letter(row: dict[str, Any]) -> DeadLetter:
     )
 
 
-def list_letters(conn: psycopg.Connection, dlq: str, limit: int | None = None) -> list[DeadLetter]:
-    query = _select(dlq, sql.SQL(""))
+def list_letters(
+    conn: psycopg.Connection, dlq: str, limit: int | None = None, after: int | None = None
+) -> list[DeadLetter]:
+    """Dead letters in id order; `after` pages on from the last id of the previous page."""
+    where = sql.SQL("")
+    if after is not None:
+        where = sql.SQL("where msg_id > {}").format(sql.Literal(after))
+    query = _select(dlq, where)
     if limit:
         query = sql.SQL("{} limit {}").format(query, sql.Literal(limit))
     with conn.cursor(row_factory=dict_row) as cur:
@@ -81,7 +87,7 @@ def _fetch(
         letters = [_letter(row) for row in cur.execute(query, (msg_ids,))]
     missing = sorted(set(msg_ids) - {letter.msg_id for letter in letters})
     if missing:
-        raise UsageError(f"no dead letter with id {', '.join(map(str, missing))} in {dlq}")
+        raise UnknownDeadLetter(f"no dead letter with id {', '.join(map(str, missing))} in {dlq}")
     return letters
 
 
@@ -103,6 +109,19 @@ def show(conn: psycopg.Connection, dlq: str, msg_id: int) -> dict[str, Any]:
                 queries("dlq")["intent_state"], {"key": key}
             ).fetchone()
     return data
+
+
+SELECTION_RULE = "name dead letter ids to replay, or pass --all (not both)"
+
+
+def check_selection(msg_ids: list[int] | None, replay_all: bool) -> list[int] | None:
+    """The ids to replay, None meaning all of them; both or neither named is refused."""
+    if replay_all == bool(msg_ids):
+        raise UsageError(SELECTION_RULE)
+    return None if replay_all else msg_ids
+
+
+PURGE_RULE = "purge deletes every dead letter: export them first, then pass --yes"
 
 
 def replay(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -126,6 +127,18 @@ def newest_age_s(rows: list[dict[str, Any]]) -> float | None:
     return min((float(row["age_s"]) for row in rows), default=None)
 
 
+def newest(conn: psycopg.Connection) -> tuple[datetime | None, float | None]:
+    """When the newest metrics row of any pool was written, and its age in seconds.
+
+    The dashboard asks this four times a second to notice a new collection;
+    it is one probe of the collected_at index, however long the history.
+    """
+    row = conn.execute(query("newest")).fetchone()
+    if row is None or row[0] is None:
+        return None, None
+    return row[0], float(row[1])
+
+
 def velocity_history(conn: psycopg.Connection, seconds: int) -> list[float]:
     """Commits per second across pools, one figure per collection, oldest first."""
     rows = conn.execute(query("velocity_history"), {"seconds": seconds}).fetchall()
@@ -168,3 +181,9 @@ def workers(conn: psycopg.Connection) -> list[WorkerView]:
         )
         for row in rows
     ]
+
+
+def history(conn: psycopg.Connection, pool_id: str, seconds: int) -> list[dict[str, Any]]:
+    """One pool's metrics rows over the last `seconds`, oldest first (charts, the admin API)."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(query("history"), {"pool_id": pool_id, "seconds": seconds}).fetchall()

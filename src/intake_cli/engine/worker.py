@@ -148,6 +148,22 @@ class Worker:
         self._resolved_rpcs: dict[ledger.RpcName, ledger.RpcName] = {}
         self._secrets = {p.pool_id: p.webhook_secret for p in settings.pools}
 
+    def share(
+        self,
+        db1: AsyncConnectionPool,
+        db2: AsyncConnectionPool,
+        webhook: WebhookClient,
+        resolved_rpcs: dict[ledger.RpcName, ledger.RpcName],
+    ) -> None:
+        """Borrow open pools and a webhook client, for one batch without a start-up of its own
+        (`intake serve`'s tick: the process holds them across ticks)."""
+        self.db1, self.db2, self.webhook = db1, db2, webhook
+        self._resolved_rpcs = resolved_rpcs
+
+    async def one_batch(self) -> int:
+        """One batch on shared resources (see `share`); how many messages it read."""
+        return await self._one_batch()
+
     # -- start and stop ------------------------------------------------------
 
     def stop(self) -> None:

@@ -20,18 +20,21 @@ from intake_cli import __version__
 from intake_cli.engine import claims, controls, lifecycle, render
 from intake_cli.engine import dlq as dead_letters
 from intake_cli.engine import worker as drainer
-from intake_cli.faces import watch
+from intake_cli.faces import serve, watch
+from intake_cli.faces.serve import auth as serve_auth
 from intake_cli.platform import config, logs
 from intake_cli.platform.db import connect, endpoints
 from intake_cli.platform.display import cell, markup
 from intake_cli.platform.errors import IntakeError, UnknownPool, UsageError
 from intake_cli.tools import demo, testhook
+from intake_cli.tools.bench import dashboard as bench_dashboard
 from intake_cli.tools.bench import drain as bench_drain
 from intake_cli.tools.bench import e2e as bench_e2e
 from intake_cli.tools.bench import gateway as bench_gateway
 from intake_cli.tools.bench import metrics as bench_metrics
 from intake_cli.tools.bench import recovery as bench_recovery
 from intake_cli.tools.bench import seeding as bench_seeding
+from intake_cli.tools.bench import tick as bench_tick
 from intake_cli.tools.bench.claims import bench_app
 
 app = typer.Typer(
@@ -583,6 +586,30 @@ def drain(
         _print_json(stats.as_json())
 
 
+@app.command("serve")
+def serve_command(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(8080, "--port", min=1, max=65535, help="Port to listen on."),
+    log_format: str = typer.Option("json", "--log-format", help="json | text"),
+) -> None:
+    """Admin API, Prometheus /metrics and the drain's HTTP tick, in one process.
+
+    The API needs `Authorization: Bearer $INTAKE_ADMIN_TOKEN` when that
+    variable is set; without it, serve starts only on a loopback address
+    (and says the API is open to local users). /metrics is open on loopback,
+    behind the token otherwise. SIGINT/SIGTERM stop it gracefully (exit 0):
+    running ticks finish or hand their batch back. See docs/serve.md.
+    """
+    if log_format not in ("json", "text"):
+        raise UsageError(f"--log-format: expected json or text, got {log_format!r}")
+    token = serve_auth.token_from_env()
+    if warning := serve_auth.check_start(host, token):
+        err.print(markup(warning))
+    settings = _settings()
+    logger = logs.configure("info", log_format)
+    asyncio.run(serve.serve(settings, host=host, port=port, token=token, logger=logger))
+
+
 dlq_app = typer.Typer(help="Inspect and recover dead-lettered intents.", no_args_is_help=True)
 app.add_typer(dlq_app, name="dlq")
 
@@ -643,16 +670,11 @@ def dlq_replay(
     A validated intent is not sent to the webhook again: only its commit is
     retried. Replay once downstream (webhook, DB2) has recovered.
     """
-    if replay_all == bool(msg_ids):
-        raise UsageError("name dead letter ids to replay, or pass --all (not both)")
+    selected = dead_letters.check_selection(msg_ids, replay_all)
     settings, connection = _dlq_connection()
     with connection as conn:
         replayed = dead_letters.replay(
-            conn,
-            settings.queue_name,
-            settings.dlq_name,
-            None if replay_all else msg_ids,
-            dry_run=dry_run,
+            conn, settings.queue_name, settings.dlq_name, selected, dry_run=dry_run
         )
     if as_json:
         _print_json(replayed)
@@ -675,7 +697,7 @@ def dlq_purge(
 ) -> None:
     """Delete every dead letter. Export them first: `intake dlq list --json > dead.json`."""
     if not yes:
-        raise UsageError("purge deletes every dead letter: export them first, then pass --yes")
+        raise UsageError(dead_letters.PURGE_RULE)
     settings, connection = _dlq_connection()
     with connection as conn:
         purged = dead_letters.purge(conn, settings.dlq_name)
@@ -764,6 +786,8 @@ bench_app.command("recovery")(bench_recovery.recovery_command)
 bench_app.command("e2e")(bench_e2e.e2e_command)
 bench_app.command("seeding")(bench_seeding.seeding_command)
 bench_app.command("gateway")(bench_gateway.gateway_command)
+bench_app.command("tick")(bench_tick.tick_command)
+bench_app.command("dashboard")(bench_dashboard.dashboard_command)
 app.add_typer(bench_app, name="bench", help="Benchmarks against baselines from the same run.")
 
 

@@ -635,25 +635,36 @@ def check_retry_pair(base: float, ceiling: float) -> str | None:
 
 def live_setting(key: str, text: str) -> Any:
     """Parse and check `key=text` from the command line by the file's own rules."""
+    value: Any = text
+    if key in INTEGER_BOUNDS and _PLAIN_INTEGER.fullmatch(text):
+        value = int(text)
+    elif key in SECONDS_BOUNDS and _PLAIN_DECIMAL.fullmatch(text):
+        value = float(text)
+    return live_value(key, value)
+
+
+def live_value(key: str, value: Any) -> Any:
+    """Check a typed live setting (the admin API's JSON, or a parsed argument) by the
+    file's own rules: the same messages whichever face it came through."""
     problems = _Problems()
-    value: Any = None
+    checked: Any = None
     if key not in LIVE_SETTINGS:
         problems.add(key, f"not a live setting (live: {', '.join(sorted(LIVE_SETTINGS))})")
     elif key in INTEGER_BOUNDS:
-        number: Any = int(text) if _PLAIN_INTEGER.fullmatch(text) else text
-        value = _integer(problems, key, number, *INTEGER_BOUNDS[key])
+        checked = _integer(problems, key, value, *INTEGER_BOUNDS[key])
     elif key in SECONDS_BOUNDS:
-        number = float(text) if _PLAIN_DECIMAL.fullmatch(text) else text
-        value = _seconds(problems, key, number, SECONDS_BOUNDS[key])
+        checked = _seconds(problems, key, value, SECONDS_BOUNDS[key])
     elif key == "validation_webhook_url":
-        value = _webhook_url(problems, key, text)
-    elif (reason := check_rpc_name(text)) is not None:
+        checked = _webhook_url(problems, key, value)
+    elif not isinstance(value, str):
+        problems.add(key, f"expected a function name, got {_show(value)}")
+    elif (reason := check_rpc_name(value)) is not None:
         problems.add(key, reason)
     else:
-        value = text
+        checked = value
     if problems.items:
         raise ConfigError(problems.items)
-    return value
+    return checked
 
 
 _POOL_KEYS = {

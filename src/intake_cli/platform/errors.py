@@ -66,6 +66,10 @@ class UnknownPool(IntakeError):
     exit_code = 2
 
 
+class UnknownDeadLetter(UsageError):
+    """No dead letter with that id is in the DLQ."""
+
+
 class RefusedTeardown(IntakeError):
     """The event still holds intents; `intake down` will not throw them away."""
 

@@ -1,0 +1,229 @@
+"""The dashboard's push channel: one reader of engine_metrics, fanned out to every page.
+
+Every open page holds a server-sent event stream (`GET /api/events`). They
+all share one `Hub`: a single DB1 connection that asks, four times a second,
+when the newest engine_metrics row was written (one index probe). Only when
+that changes does the hub read a snapshot, the same reading `intake watch
+--once --json` prints (`faces/watch.read`), serialise it once, and hand the
+same bytes to every subscriber. Ten browsers cost what one costs.
+
+No LISTEN: DB1 may sit behind a transaction-mode pooler, where a session
+does not survive the transaction. Where no pg_cron job collects, the hub
+collects while pages are open, exactly as `intake watch` does in a
+terminal; with no page open it holds no connection and reads nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from aiohttp import web
+
+from intake_cli.engine import telemetry
+from intake_cli.engine.schema import is_provisioned
+from intake_cli.faces import watch
+from intake_cli.platform.config import Settings
+from intake_cli.platform.db import connect, endpoints
+from intake_cli.platform.errors import IntakeError, NotProvisioned
+from intake_cli.platform.logs import LOGGER_NAME, event
+
+# serve's structured log: one JSON line per event, like the audit lines.
+log = logging.getLogger(f"{LOGGER_NAME}.dashboard")
+
+POLL_S = 0.25
+# A comment line now and then: proxies keep the stream open, and a page
+# whose stream went silent for longer knows it is gone and reconnects.
+KEEPALIVE_S = 15.0
+RETRY_S = 2.0
+# A page that stops reading falls behind by at most this many messages;
+# older ones are dropped for it (never for the others).
+BACKLOG = 32
+
+
+def sse(name: str, data: Any, event_id: int | None = None) -> bytes:
+    """One server-sent event. json.dumps escapes newlines, so `data` is one line."""
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {name}\ndata: {json.dumps(data, default=str)}\n\n".encode()
+
+
+def payload(snap: watch.Snapshot) -> dict[str, Any]:
+    """What a page receives: watch's JSON untouched, plus when its newest row was written."""
+    collected = [p["collected_at"] for p in snap.pools if p.get("collected_at") is not None]
+    newest: datetime | None = max(collected, default=None)
+    return {
+        "snapshot": snap.as_json(),
+        "collected_at": newest.isoformat() if newest else None,
+        "stale_after_s": telemetry.STALE_AFTER_S,
+        "silent_after_s": telemetry.SILENT_AFTER_S,
+    }
+
+
+@dataclass(eq=False)
+class Subscriber:
+    queue: asyncio.Queue[bytes | None] = field(default_factory=lambda: asyncio.Queue(BACKLOG))
+
+    def offer(self, chunk: bytes | None) -> None:
+        if self.queue.full():
+            self.queue.get_nowait()  # a slow reader loses its oldest message, nobody else's
+        self.queue.put_nowait(chunk)
+
+
+class Hub:
+    """One poller, many subscribers. Started and stopped with the app."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._subscribers: set[Subscriber] = set()
+        self._wanted = asyncio.Event()
+        self._latest: bytes | None = None
+        self._seq = 0
+        self._closed = False
+        self._last_problem: str | None = None
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subscribers)
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self) -> AsyncIterator[Subscriber]:
+        sub = Subscriber()
+        if self._latest is not None:
+            sub.offer(self._latest)  # a new page draws at once, not at the next row
+        self._subscribers.add(sub)
+        self._wanted.set()
+        try:
+            yield sub
+        finally:
+            self._subscribers.discard(sub)
+            if not self._subscribers:
+                self._wanted.clear()
+                # Its ages would be wrong by the time another page opens.
+                self._latest = None
+
+    def _publish(self, chunk: bytes, *, keep: bool = True) -> None:
+        if keep:
+            self._latest = chunk
+            self._last_problem = None
+        for sub in self._subscribers:
+            sub.offer(chunk)
+
+    def _problem(self, message: str) -> None:
+        self._last_problem = message
+        self._seq += 1
+        self._publish(sse("problem", {"error": message}, self._seq), keep=False)
+
+    def close(self) -> None:
+        """Ends every stream, so a stopping server does not wait on open pages."""
+        self._closed = True
+        for sub in self._subscribers:
+            sub.offer(None)
+
+    # -- the poller ------------------------------------------------------------------
+
+    def _open(self) -> contextlib.AbstractContextManager[psycopg.Connection]:
+        return connect(endpoints(self._settings).db1, "DB1")
+
+    def _read(self, conn: psycopg.Connection) -> tuple[str, bytes]:
+        """The snapshot as an event, and the schedule mode it found."""
+        snap = watch.read(conn)
+        self._seq += 1
+        return snap.schedule.mode, sse("snapshot", payload(snap), self._seq)
+
+    async def run(self) -> None:
+        while not self._closed:
+            await self._wanted.wait()
+            try:
+                await self._follow()
+            except (psycopg.Error, IntakeError) as exc:
+                message = str(exc) if isinstance(exc, IntakeError) else f"DB1: {exc}"
+                if message != self._last_problem:  # once per outage, not per retry
+                    event(log, logging.WARNING, "dashboard_unreadable", error=message)
+                self._problem(message)
+                await asyncio.sleep(RETRY_S)
+            except Exception:  # the pages' only reader must outlive a bug
+                log.exception("dashboard_reader_failed")
+                self._problem("the dashboard's reader failed (see serve's log); retrying")
+                await asyncio.sleep(RETRY_S)
+
+    async def _follow(self) -> None:
+        """While pages are open: push a snapshot whenever a new metrics row appears."""
+        stack = contextlib.ExitStack()
+        conn = await asyncio.to_thread(lambda: stack.enter_context(self._open()))
+        try:
+            if not await asyncio.to_thread(is_provisioned, conn):
+                raise NotProvisioned()
+            seen: datetime | None = None
+            mode: str | None = None  # None: nothing read yet on this connection
+            loop = asyncio.get_running_loop()
+            collected_at = -float(telemetry.INTERVAL_S)
+            while self._subscribers and not self._closed:
+                newest, age = await asyncio.to_thread(telemetry.newest, conn)
+                # Where nothing is scheduled the open page is the collector, as
+                # watch is in a terminal: watch.read collects once the newest
+                # row is a collection old.
+                due = (
+                    mode == "none"
+                    and (age is None or age >= telemetry.INTERVAL_S)
+                    # An event without pools writes no row: try once a collection.
+                    and loop.time() - collected_at >= telemetry.INTERVAL_S
+                )
+                if mode is None or newest != seen or due:
+                    mode, chunk = await asyncio.to_thread(self._read, conn)
+                    self._publish(chunk)
+                    if due:
+                        collected_at = loop.time()
+                        newest, _ = await asyncio.to_thread(telemetry.newest, conn)
+                    seen = newest
+                await asyncio.sleep(POLL_S)
+        finally:
+            await asyncio.to_thread(stack.close)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(self.run(), name="dashboard-hub")
+        try:
+            yield
+        finally:
+            self.close()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+HUB = web.AppKey("dashboard_hub", Hub)
+
+
+async def stream(request: web.Request) -> web.StreamResponse:
+    """GET /api/events: the snapshot now, then one per new metrics row, until the page goes."""
+    hub = request.app[HUB]
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream; charset=utf-8",
+            "Cache-Control": "no-cache, no-store",
+            # nginx would otherwise buffer the stream and deliver it in lumps.
+            "X-Accel-Buffering": "no",
+        }
+    )
+    await response.prepare(request)
+    await response.write(b"retry: 2000\n\n")
+    async with hub.subscribe() as sub:
+        while True:
+            try:
+                chunk = await asyncio.wait_for(sub.queue.get(), KEEPALIVE_S)
+            except TimeoutError:
+                chunk = b": keepalive\n\n"
+            if chunk is None:
+                break
+            try:
+                await response.write(chunk)
+            except (ConnectionResetError, ConnectionError):
+                break
+    return response

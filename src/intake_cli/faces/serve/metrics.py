@@ -1,0 +1,146 @@
+"""`GET /metrics`: Prometheus / OpenMetrics exposition of what `intake watch` shows.
+
+A collector built per scrape from the newest engine_metrics rows and the
+worker registry (read exactly as `watch` reads them: no COUNT on a live
+table), plus the ticks this process ran. Open on loopback; off loopback it
+needs the admin token (see auth.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from intake_cli.faces import watch
+from intake_cli.faces.serve.state import ENDPOINTS
+from intake_cli.faces.serve.tick import TICKER
+from intake_cli.platform.db import connect
+
+# engine_metrics column → (metric name, help), one sample per pool.
+POOL_GAUGES = {
+    "inventory": ("intake_pool_inventory", "Units on sale in the pool."),
+    "available_slots": ("intake_pool_available", "Units still available."),
+    "locked": ("intake_pool_locked", "Units held by a claim not yet drained."),
+    "consumed": ("intake_pool_consumed", "Units sold: committed in DB2."),
+    "rejected": ("intake_pool_rejected", "Intents the webhook declined."),
+    "dead_lettered": ("intake_pool_dead", "Intents in the dead-letter queue."),
+    "processing_velocity": ("intake_pool_velocity", "Commits per second at the last collection."),
+    "webhook_error_rate": (
+        "intake_pool_webhook_error_rate",
+        "Failed webhook calls over all calls since the previous collection.",
+    ),
+    "paused": ("intake_pool_paused", "1 while the pool is paused."),
+    "recovering": ("intake_pool_recovering", "1 while the inventory is rebuilt after a crash."),
+}
+# The queue's figures (the same in every pool's row).
+ENGINE_GAUGES = {
+    "queue_depth": ("intake_queue_depth", "Intents waiting in the queue."),
+    "in_flight": ("intake_queue_in_flight", "Intents read by a worker and not finished."),
+    "dlq_depth": ("intake_dlq_depth", "Messages in the dead-letter queue."),
+    "oldest_msg_age_s": ("intake_queue_oldest_seconds", "Age of the oldest queued intent."),
+}
+WORKER_OUTCOMES = ("committed", "rejected", "retried", "dead_lettered")
+TICK_OUTCOMES = ("committed", "rejected", "retried", "dead", "refused", "handed_back", "read")
+
+
+class Frozen(Collector):
+    """Metric families computed before the scrape (the reading happens off the event loop)."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.families
+
+
+def families(snap: dict[str, Any], ticks: dict[str, int]) -> list[Metric]:
+    out: list[Metric] = []
+    for column, (name, doc) in POOL_GAUGES.items():
+        gauge = GaugeMetricFamily(name, doc, labels=["pool"])
+        for pool in snap["pools"]:
+            value = pool[column]
+            if value is not None:
+                gauge.add_metric([pool["pool_id"]], float(value))
+        out.append(gauge)
+    for key, (name, doc) in ENGINE_GAUGES.items():
+        if snap[key] is not None:
+            out.append(GaugeMetricFamily(name, doc, value=float(snap[key])))
+    age = snap["metrics_age_s"]
+    if age is not None:
+        out.append(
+            GaugeMetricFamily(
+                "intake_metrics_age_seconds", "Age of the newest engine_metrics row.", value=age
+            )
+        )
+    out.append(
+        GaugeMetricFamily(
+            "intake_metrics_stale", "1 when the metrics are older than 15 s.", value=snap["stale"]
+        )
+    )
+    heartbeat = GaugeMetricFamily(
+        "intake_worker_heartbeat_age_seconds",
+        "Seconds since the worker's last heartbeat.",
+        labels=["worker", "state"],
+    )
+    outcomes = CounterMetricFamily(
+        "intake_worker_outcomes",
+        "Intents a registered worker finished, by outcome.",
+        labels=["worker", "outcome"],
+    )
+    batches = CounterMetricFamily(
+        "intake_worker_batches", "Batches a registered worker ran.", labels=["worker"]
+    )
+    for worker in snap["workers"]:
+        wid = worker["worker_id"]
+        heartbeat.add_metric([wid, worker["state"]], float(worker["heartbeat_age_s"]))
+        batches.add_metric([wid], float(worker["batches"]))
+        for outcome in WORKER_OUTCOMES:
+            outcomes.add_metric([wid, outcome], float(worker[outcome]))
+    out += [heartbeat, outcomes, batches]
+    tick = CounterMetricFamily(
+        "intake_tick_intents",
+        "Intents handled by this process's HTTP ticks, by outcome.",
+        labels=["outcome"],
+    )
+    for outcome in TICK_OUTCOMES:
+        tick.add_metric([outcome], float(ticks.get(outcome, 0)))
+    out.append(tick)
+    out.append(
+        CounterMetricFamily(
+            "intake_ticks", "Ticks that read a batch.", value=float(ticks.get("batches", 0))
+        )
+    )
+    return out
+
+
+async def get_metrics(request: web.Request) -> web.Response:
+    dsn = request.app[ENDPOINTS].db1
+
+    def read() -> dict[str, Any]:
+        with connect(dsn, "DB1") as conn:
+            # As the live view reads: collected here only where nothing is
+            # scheduled and the newest row is a full interval old.
+            return watch.read(conn).as_json()
+
+    snap = await asyncio.to_thread(read)
+    ticker = request.app.get(TICKER)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Frozen(families(snap, dict(ticker.totals) if ticker else {})))
+    encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+    body = encode(registry)
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+def install(app: web.Application) -> None:
+    app.router.add_get("/metrics", get_metrics)

@@ -1,0 +1,245 @@
+"""`intake bench tick`: drain throughput through the HTTP tick against `intake drain`.
+
+The issue's bar: a scheduler calling `POST /api/drain/tick` every second,
+batch 500, drains at least 70% as fast as one `intake drain` process with
+one batch in flight (`--concurrency 1`), measured in the same run on fresh
+databases, the same webhook and the same number of intents.
+
+The scheduler fires on the second whether or not the previous tick has
+answered, as pg_cron + pg_net or a cloud scheduler does; a tick that finds
+the queue empty answers at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import typer
+import yaml
+
+from intake_cli.engine import claims, lifecycle
+from intake_cli.platform import config
+from intake_cli.platform.embedded import Cluster, EmbeddedClusters
+from intake_cli.tools.bench import claims as bench
+from intake_cli.tools.bench.drain import _archived, _database, _int_list, cpu_times
+from intake_cli.tools.webhook_process import WebhookServer
+
+POOL = "bench"
+TARGET_RATIO = 0.70
+TOKEN = "bench-tick-token"
+
+
+@dataclass(frozen=True)
+class Pair:
+    webhook_delay_ms: int
+    intents: int
+    drain_s: float
+    tick_s: float
+    ticks: int
+    tick_cpu_busy: float
+
+    @property
+    def ratio(self) -> float:
+        return self.drain_s / self.tick_s
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "webhook_delay_ms": self.webhook_delay_ms,
+            "intents": self.intents,
+            "drain_one_slot_s": round(self.drain_s, 2),
+            "drain_one_slot_per_sec": round(self.intents / self.drain_s),
+            "tick_s": round(self.tick_s, 2),
+            "tick_per_sec": round(self.intents / self.tick_s),
+            "ticks_fired": self.ticks,
+            "ratio": round(self.ratio, 2),
+            "tick_machine_cpu_busy": round(self.tick_cpu_busy, 3),
+        }
+
+
+def _event(workdir: Path, clusters: dict[str, Cluster], tag: str, url: str, n: int) -> Path:
+    db1 = _database(clusters["db1"], f"bench_tick_db1_{tag}")
+    db2 = _database(clusters["db2"], f"bench_tick_db2_{tag}")
+    path = workdir / f"{tag}.yaml"
+    pool = {"pool_id": POOL, "inventory": n, "batch_size": 500, "validation_webhook_url": url}
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "db1": {"dsn": db1},
+                "db2": {"dsn": db2, "install_example_ledger": True},
+                "pools": [pool],
+            }
+        )
+    )
+    lifecycle.up(config.load(path))
+    asyncio.run(claims.burst(db1, POOL, [f"buyer-{i}" for i in range(n)], concurrency=64))
+    return path
+
+
+def _intake(path: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "intake_cli", "-c", str(path), *args]
+
+
+def _drain_once_through(path: Path, db1: str, intents: int) -> float:
+    started = time.perf_counter()
+    worker = subprocess.Popen(
+        _intake(path, "drain", "--log-level", "error", "--concurrency", "1"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        while _archived(db1) < intents:
+            if worker.poll() is not None:
+                raise RuntimeError("the drain worker exited early")
+            time.sleep(0.05)
+        return time.perf_counter() - started
+    finally:
+        worker.terminate()
+        worker.wait(timeout=60)
+
+
+async def _schedule(url: str, db1: str, intents: int, interval_s: float) -> tuple[float, int]:
+    """Fire a tick every interval until every intent is archived; (seconds, ticks fired)."""
+    fired: list[asyncio.Task[httpx.Response]] = []
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with httpx.AsyncClient(timeout=120, headers=headers) as client:
+        started = time.perf_counter()
+        while await asyncio.to_thread(_archived, db1) < intents:
+            due = started + len(fired) * interval_s
+            if time.perf_counter() >= due:
+                fired.append(asyncio.create_task(client.post(url + "/api/drain/tick")))
+            await asyncio.sleep(0.02)
+        seconds = time.perf_counter() - started
+        for response in await asyncio.gather(*fired):
+            if response.status_code != 200:
+                raise RuntimeError(f"a tick answered {response.status_code}: {response.text}")
+    return seconds, len(fired)
+
+
+def _ticks_through(path: Path, db1: str, intents: int, interval_s: float) -> tuple[float, int]:
+    with tempfile.TemporaryFile() as log:
+        port = _free_port()
+        server = subprocess.Popen(
+            _intake(path, "serve", "--port", str(port)),
+            stdout=log,
+            stderr=log,
+            env={**os.environ, "INTAKE_ADMIN_TOKEN": TOKEN},
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            _wait_answering(url, server)
+            return asyncio.run(_schedule(url, db1, intents, interval_s))
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_answering(url: str, server: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError("intake serve exited at start")
+        try:
+            httpx.get(url + "/api/openapi.json", timeout=2)
+            return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise RuntimeError("intake serve did not answer in 60 s")
+
+
+def run_pair(
+    workdir: Path, clusters: dict[str, Cluster], delay_ms: int, intents: int, interval_s: float
+) -> Pair:
+    with WebhookServer(delay_ms=delay_ms) as webhook:
+        drained = _event(workdir, clusters, f"drain_d{delay_ms}", webhook.url, intents)
+        ticked = _event(workdir, clusters, f"tick_d{delay_ms}", webhook.url, intents)
+        drain_s = _drain_once_through(drained, _dsn(drained), intents)
+        before = cpu_times()
+        tick_s, ticks = _ticks_through(ticked, _dsn(ticked), intents, interval_s)
+        after = cpu_times()
+    busy = (after.busy - before.busy) / max(after.total - before.total, 1e-9)
+    return Pair(delay_ms, intents, drain_s, tick_s, ticks, busy)
+
+
+def _dsn(path: Path) -> str:
+    return str(yaml.safe_load(path.read_text())["db1"]["dsn"])
+
+
+def tick_command(
+    intents: int = typer.Option(5000, "--intents", min=100, help="Intents per measurement."),
+    webhook_delay_ms: str = typer.Option(
+        "0,300", "--webhook-delay-ms", help="Webhook answer delays to measure, comma list."
+    ),
+    interval: float = typer.Option(1.0, "--interval", min=0.1, max=60, help="Seconds per tick."),
+    output: Path | None = typer.Option(
+        None, "--output", help="Also save the results as JSON in DIR (e.g. benchmarks/results)."
+    ),
+    quick: bool = typer.Option(False, "--quick", help="A smoke run: 1,000 intents, no delay."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Drain throughput through HTTP ticks (batch 500, one per --interval) vs `intake drain
+    --concurrency 1`, same run; the target is a ratio of at least 0.70."""
+    delays = _int_list(webhook_delay_ms, "--webhook-delay-ms")
+    if quick:
+        intents, delays = 1000, [0]
+    workdir = Path(tempfile.mkdtemp(prefix="intake-bench-tick-"))
+    workdir.chmod(0o755)
+    clusters = EmbeddedClusters(
+        workdir / "clusters", config.EmbeddedSettings(max_connections=200, synchronous_commit=True)
+    )
+    try:
+        running = clusters.ensure()
+        pairs = [run_pair(workdir, running, d, intents, interval) for d in delays]
+    finally:
+        clusters.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    report = {
+        "machine": {"cores": os.cpu_count(), "synchronous_commit": "on"},
+        "settings": {"batch_size": 500, "tick_interval_s": interval, "drain_concurrency": 1},
+        "results": [p.as_json() for p in pairs],
+        "targets": [
+            {
+                "what": f"ticks >= {TARGET_RATIO:.0%} of one drain slot "
+                f"(webhook delay {p.webhook_delay_ms} ms)",
+                "measured": round(p.ratio, 2),
+                "met": p.ratio >= TARGET_RATIO,
+            }
+            for p in pairs
+        ],
+    }
+    if output is not None:
+        sys.stderr.write(f"saved {bench.save(report, output, 'tick')}\n")
+    if as_json:
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+        return
+    sys.stdout.write(
+        "| webhook delay | intents | drain 1 slot/s | ticks/s | ticks fired | ratio |\n"
+        "|---:|---:|---:|---:|---:|---:|\n"
+    )
+    for p in report["results"]:
+        sys.stdout.write(
+            f"| {p['webhook_delay_ms']} ms | {p['intents']:,} | {p['drain_one_slot_per_sec']:,} "
+            f"| {p['tick_per_sec']:,} | {p['ticks_fired']} | {p['ratio']} |\n"
+        )
+    for target in report["targets"]:
+        sys.stdout.write(
+            f"target: {target['what']}: {target['measured']} "
+            f"({'met' if target['met'] else 'MISSED'})\n"
+        )

@@ -1,0 +1,17 @@
+"""`intake bench dashboard --quick` runs end to end and reports its figures (not a timed test)."""
+
+import json
+
+from tests.conftest import run_intake
+
+
+def test_bench_dashboard_quick_reports_both_runs():
+    report = json.loads(run_intake("bench", "dashboard", "--quick", "--json", check=True).stdout)
+    base, dashboard = report["results"]
+    assert (base["pages"], dashboard["pages"]) == (0, 3)
+    assert base["intents"] == dashboard["intents"] == 1000
+    assert dashboard["serve_cpu_s"] > 0 and dashboard["errors"] == []
+    # Every page got every row written while the drain ran.
+    assert dashboard["rows_written"] > 0
+    assert dashboard["rows_seen_by_every_page"] == dashboard["rows_written"]
+    assert [t["what"] for t in report["targets"]][1] == "every page got every metrics row"
