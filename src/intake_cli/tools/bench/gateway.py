@@ -27,6 +27,7 @@ import hashlib
 import hmac
 import itertools
 import json
+import math
 import os
 import re
 import secrets
@@ -106,8 +107,6 @@ TARGET_VS_SINGLE = 1.5
 TARGET_P99_MS = 250.0
 TARGET_LOOKUP_DROP = 0.10
 TARGET_LOOKUPS_PER_S = 10_000.0
-# "No DB1 query per lookup": each process reads its snapshot once a second.
-TARGET_SNAPSHOT_READS_PER_WORKER_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -401,6 +400,7 @@ def herd(
 ) -> dict[str, Any]:
     """One wrk herd of POSTs; claims counted in DB1's queue, statements around it."""
     queued, counted, xacts = _queued(db1), gateway.counters(), _db1_transactions(db1)
+    opened = time.monotonic()
     result = start_wrk(
         gateway.claim_url,
         tokens,
@@ -412,6 +412,8 @@ def herd(
     # Batches still out when wrk stopped land before anything is counted, so
     # the gateway's answers and DB1's queue describe the same claims.
     after = _settled(gateway)
+    # The gateway's counters cover this window (wrk's run and the settling).
+    window = time.monotonic() - opened
     claimed = _queued(db1) - queued
     xacts = _db1_transactions(db1) - xacts
     kept = ("claims", "claim_batches", "snapshot_queries", "reads")
@@ -430,6 +432,7 @@ def herd(
         if delta["claim_batches"]
         else None,
         "db1_transactions": xacts,
+        "window_s": round(window, 3),
     }
 
 
@@ -491,7 +494,7 @@ def lookups(
         time.sleep(LOOKUP_SETTLE_S)
         beside = herd(db1, gateway, files["herd2"], plan, WRK_THREADS)
         looked = stream.finish()
-    seconds = beside["wrk"]["seconds"]
+    seconds = beside["window_s"]
     reads = beside["gateway"]["reads"]
     snapshot_reads = beside["gateway"]["snapshot_queries"]
     drop = 1 - beside["claims_per_s"] / alone["claims_per_s"] if alone["claims_per_s"] else None
@@ -514,9 +517,9 @@ def lookups(
         "lookups_per_s": round(reads / seconds, 1) if seconds else 0.0,
         "lookup_wrk": asdict(looked),
         "snapshot_reads_during_herd": snapshot_reads,
-        "snapshot_reads_per_worker_s": round(snapshot_reads / (workers * seconds), 3)
-        if seconds
-        else None,
+        # One read a second per process, the first at any moment of the
+        # window's first second.
+        "snapshot_reads_allowed": workers * math.ceil(seconds + 1),
         "db1_statements_per_lookup": round(snapshot_reads / reads, 6) if reads else None,
         "claim_rate_drop": round(drop, 4) if drop is not None else None,
     }
@@ -591,13 +594,13 @@ def targets(document: dict[str, Any]) -> list[dict[str, Any]]:
                 at_most=False,
             )
         )
-        per_worker_s = phase["snapshot_reads_per_worker_s"]
+        allowed = phase["snapshot_reads_allowed"]
         found.append(
             _bar(
                 "no DB1 statement per lookup: <= 1 snapshot read per worker per second",
-                per_worker_s,
-                TARGET_SNAPSHOT_READS_PER_WORKER_S,
-                f"{phase['snapshot_reads_during_herd']} reads for "
+                phase["snapshot_reads_during_herd"],
+                allowed,
+                f"{phase['snapshot_reads_during_herd']} reads (at most {allowed}) for "
                 f"{phase['lookups_during_herd']:,} lookups",
                 at_most=True,
             )
