@@ -30,6 +30,7 @@ import json
 import math
 import os
 import re
+import resource
 import secrets
 import shutil
 import socket
@@ -400,6 +401,7 @@ def herd(
 ) -> dict[str, Any]:
     """One wrk herd of POSTs; claims counted in DB1's queue, statements around it."""
     queued, counted, xacts = _queued(db1), gateway.counters(), _db1_transactions(db1)
+    cpu = _cpu(db1, gateway)
     opened = time.monotonic()
     result = start_wrk(
         gateway.claim_url,
@@ -414,6 +416,7 @@ def herd(
     after = _settled(gateway)
     # The gateway's counters cover this window (wrk's run and the settling).
     window = time.monotonic() - opened
+    used = {key: round(value - cpu[key], 2) for key, value in _cpu(db1, gateway).items()}
     claimed = _queued(db1) - queued
     xacts = _db1_transactions(db1) - xacts
     kept = ("claims", "claim_batches", "snapshot_queries", "reads")
@@ -433,6 +436,62 @@ def herd(
         else None,
         "db1_transactions": xacts,
         "window_s": round(window, 3),
+        # Where the machine's cores went during the window (CPU seconds).
+        "cpu_s": used,
+        "cores_busy": round(sum(used.values()) / window, 2) if window else None,
+        "gateway_cpu_us_per_claim": round(used["gateway"] * 1e6 / claimed) if claimed else None,
+    }
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _processes() -> dict[int, tuple[int, float]]:
+    """pid -> (parent pid, CPU seconds of it and of its children it has reaped)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            text = (entry / "stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        # After the command name (in parentheses, may hold spaces): state,
+        # ppid, ..., utime, stime, cutime, cstime at 11-14.
+        fields = text[text.rindex(")") + 2 :].split()
+        ticks = sum(int(fields[n]) for n in (11, 12, 13, 14))
+        found[int(entry.name)] = (int(fields[1]), ticks / _TICKS)
+    return found
+
+
+def _tree_cpu_s(processes: dict[int, tuple[int, float]], root: int) -> float:
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _) in processes.items():
+        children.setdefault(parent, []).append(pid)
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        if pid in processes:
+            total += processes[pid][1]
+            todo.extend(children.get(pid, ()))
+    return total
+
+
+def _cpu(db1: bench.Bench, gateway: Gateway) -> dict[str, float]:
+    """CPU seconds so far of the gateway's processes, DB1's server, and the load
+    generators (wrk): those running, and those this process has waited for."""
+    processes = _processes()
+    postmaster = int((Path(db1.cluster.datadir) / "postmaster.pid").read_text().split()[0])
+    reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
+    running = sum(
+        _tree_cpu_s(processes, pid)
+        for pid, (parent, _) in processes.items()
+        if parent == os.getpid() and pid != gateway.proc.pid
+    )
+    return {
+        "gateway": _tree_cpu_s(processes, gateway.proc.pid),
+        "db1": _tree_cpu_s(processes, postmaster),
+        "wrk": reaped.ru_utime + reaped.ru_stime + running,
     }
 
 
@@ -723,8 +782,8 @@ def markdown(document: dict[str, Any]) -> str:
     lines += [
         "",
         "| workers | max batch | max wait ms | claims/s | x single | p50 ms | p99 ms "
-        "| avg batch | non-2xx | DB1 xacts |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| avg batch | non-2xx | DB1 xacts | CPU s gateway / DB1 / wrk | gateway µs/claim |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for run in document["herd"]:
         lat = run["wrk"]["latency_ms"]
@@ -733,7 +792,7 @@ def markdown(document: dict[str, Any]) -> str:
             f"| {run['workers']} | {run['max_batch']} | {run['max_wait_ms']:g} | "
             f"{run['claims_per_s']:,.0f}{flag} | {run['vs_single_claim']:.2f}x | "
             f"{lat['p50']:.1f} | {lat['p99']:.1f} | {run['avg_batch']} | {run['non_2xx']} | "
-            f"{run['db1_transactions']:,} |"
+            f"{run['db1_transactions']:,} | {_cpu_shown(run)} | {run['gateway_cpu_us_per_claim']} |"
         )
     phase = document.get("lookups")
     if phase:
@@ -751,7 +810,8 @@ def markdown(document: dict[str, Any]) -> str:
             + f". DB1 during that herd: {beside['gateway']['claim_batches']:,} claim batches, "
             f"{phase['snapshot_reads_during_herd']} snapshot reads for "
             f"{phase['lookups_during_herd']:,} lookups, {beside['db1_transactions']:,} "
-            f"transactions (herd alone: {alone['db1_transactions']:,}).",
+            f"transactions (herd alone: {alone['db1_transactions']:,}). CPU s gateway / DB1 / "
+            f"wrk: {_cpu_shown(beside)} (herd alone: {_cpu_shown(alone)}).",
         ]
     lines += ["", "| target | measured | met |", "|---|---:|---|"]
     for target in document["targets"]:
@@ -759,6 +819,11 @@ def markdown(document: dict[str, Any]) -> str:
             f"| {target['target']} | {target['shown']} | {'yes' if target['met'] else 'NO'} |"
         )
     return "\n".join(lines)
+
+
+def _cpu_shown(run: dict[str, Any]) -> str:
+    cpu = run["cpu_s"]
+    return f"{cpu['gateway']:.1f} / {cpu['db1']:.1f} / {cpu['wrk']:.1f}"
 
 
 def _parse_numbers(option: str, text: str, low: float, high: float) -> tuple[float, ...]:
