@@ -71,8 +71,14 @@ def provision(
 
 
 @contextmanager
-def running_gateway(config: Path, db1: str, db2: str, *args: str) -> Iterator[Gateway]:
+def running_gateway(
+    config: Path, db1: str, db2: str, *args: str, secret: str | None = SECRET
+) -> Iterator[Gateway]:
+    """`intake gateway` in a subprocess; `secret=None`: no HS256 secret (JWKS only)."""
     port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "INTAKE_JWT_SECRET"}
+    if secret is not None:
+        env["INTAKE_JWT_SECRET"] = secret
     log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed below
         mode="w+", prefix="gateway-", suffix=".log", dir=config.parent, delete=False
     )
@@ -82,7 +88,7 @@ def running_gateway(config: Path, db1: str, db2: str, *args: str) -> Iterator[Ga
         stdout=log,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, "INTAKE_JWT_SECRET": SECRET},
+        env=env,
     )
     url = f"http://127.0.0.1:{port}"
     try:

@@ -31,6 +31,11 @@ def test_bench_gateway_quick_claims_through_the_gateway_into_db1():
     assert run["non_2xx"] == 0 and not run["buyers_reused"]
     assert 0 < run["gateway"]["claim_batches"] <= run["claims"]
     assert run["claims_per_s"] > 0 and run["p99_ms"] > 0
+    # Where the cores went: the gateway and DB1 both worked during the herd.
+    assert set(run["cpu_s"]) == {"gateway", "db1", "wrk"}
+    assert run["cpu_s"]["gateway"] > 0 and run["cpu_s"]["db1"] > 0
+    assert single["cpu_s"]["db1"] > 0 and single["cpu_us_per_claim"] > 0
+    assert run["vs_single_claim_per_cpu"] > 0
     assert run["vs_single_claim"] == pytest.approx(
         run["claims_per_s"] / single["claims_per_s"], abs=0.001
     )

@@ -1,0 +1,87 @@
+"""`intake gateway` across a real DB1 crash: while the inventory is lost, every claim is
+`503 recovering` with Retry-After and takes nothing; after `intake recover` buyers claim
+again and a buyer from before the crash gets their own unit back."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests.acceptance.crash_support import CrashEvent, crash_event
+from tests.acceptance.gateway_support import running_gateway, token
+from tests.conftest import run_intake
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def _claim(url: str, buyer: str) -> httpx.Response:
+    return httpx.post(url, headers={"Authorization": f"Bearer {token(buyer)}"}, timeout=30)
+
+
+def _claim_after_restart(url: str, buyer: str) -> httpx.Response:
+    """The first answer that came from DB1: while the gateway's connections from
+    before the crash are found broken, it answers `unavailable` (also 503)."""
+    deadline = time.monotonic() + 60
+    while True:
+        response = _claim(url, buyer)
+        if response.json().get("error") != "unavailable" or time.monotonic() > deadline:
+            return response
+        time.sleep(0.5)
+
+
+def _held(event: CrashEvent) -> list[tuple]:
+    return event.rows(
+        event.db1,
+        "select locked_by, unit_no from intake.allocations"
+        " where pool_id = 'drop' and status = 'locked' order by unit_no",
+    )
+
+
+def _queued(event: CrashEvent) -> list[tuple]:
+    return event.rows(event.db1, "select message->>'user_id' from pgmq.q_intents order by msg_id")
+
+
+def test_claims_over_http_answer_recovering_after_a_db1_crash(workdir: Path) -> None:
+    with crash_event(workdir, "gateway-crash", "http://127.0.0.1:9/validate", 20) as event:
+        settings = yaml.safe_load(event.config.read_text())
+        settings["gateway"] = {"per_ip_rate": 1000, "per_ip_burst": 1000}
+        event.config.write_text(yaml.safe_dump(settings, sort_keys=False))
+        early, late = str(uuid.uuid4()), str(uuid.uuid4())
+        with running_gateway(event.config, event.db1, event.db2) as gw:
+            first = _claim(gw.claim_url(), early)
+            assert (first.status_code, first.json()["outcome"]) == (200, "claimed"), first.text
+            unit = first.json()["unit_no"]
+            # Nothing may rebuild the pool behind the test's back.
+            event.stop_maintenance()
+            event.crash("immediate")
+
+            answers = [_claim_after_restart(gw.claim_url(), late), _claim(gw.claim_url(), early)]
+            during = (_held(event), _queued(event))
+
+            recover = run_intake("recover", config=event.config)
+            assert recover.returncode == 0, recover.stderr + recover.stdout
+            late_after = _claim(gw.claim_url(), late)
+            early_after = _claim(gw.claim_url(), early)
+            after = (_held(event), _queued(event))
+
+    for response in answers:
+        assert response.status_code == 503, response.text
+        assert response.headers["Retry-After"] == "2"
+        assert response.json()["outcome"] == "recovering"
+        assert response.json()["unit_no"] is None
+    # Nothing was claimed while recovering: the lost inventory stayed empty and
+    # the queue holds only the claim from before the crash.
+    assert during == ([], [(early,)])
+
+    assert (late_after.status_code, late_after.json()["outcome"]) == (200, "claimed")
+    assert (early_after.status_code, early_after.json()["outcome"]) == (200, "already_claimed")
+    assert early_after.json()["unit_no"] == unit
+    assert after == (
+        sorted([(early, unit), (late, late_after.json()["unit_no"])], key=lambda r: r[1]),
+        [(early,), (late,)],
+    )
