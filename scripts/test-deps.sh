@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # What the test suite needs beyond scripts/bootstrap.sh (the quick start does
-# not): Debian's pgbouncer, the transaction-mode pooler the pooled-life test
-# puts in front of DB1 and DB2, and chromium with its driver for the
-# dashboard's browser test. Safe to run again: it only does what is missing.
+# not): Debian's pgbouncer (the transaction-mode pooler the pooled-life test
+# and `bench claims --pooler` put in front of DB1), chromium with its driver
+# (the dashboard's browser test) and wrk (the gateway benchmark's smoke test).
+# As root it installs what is missing with apt; otherwise it says what the
+# missing package skips. Safe to run again: it only does what is missing.
 set -euo pipefail
 
 can_install() { [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; }
@@ -16,30 +18,26 @@ apt_update_once() {
   fi
 }
 
-if ! command -v pgbouncer >/dev/null && [ ! -x /usr/sbin/pgbouncer ]; then
-  if can_install; then
-    echo "test-deps: installing pgbouncer with apt" >&2
-    apt_update_once
-    # Only the binary is wanted: the package's own service stays off (tests
-    # start their own pooler as the unprivileged server user).
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null
-  else
-    echo "test-deps: pgbouncer is not installed; the pooled-life test will be skipped." >&2
-    echo "test-deps: install it with: sudo apt-get install pgbouncer" >&2
+# need "<what it enables>" <path that proves it is there> <package>...
+need() {
+  local what=$1 present=$2
+  shift 2
+  if [ -x "$present" ]; then
+    return 0
   fi
-fi
+  if can_install; then
+    echo "test-deps: installing $* with apt" >&2
+    apt_update_once
+    # Only the binaries are wanted: a package's own service (pgbouncer's)
+    # stays off; the tests start their own as the unprivileged server user.
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+  else
+    echo "test-deps: $* not installed; $what will be skipped." >&2
+    echo "test-deps: install with: sudo apt-get install $*" >&2
+  fi
+}
 
-# Debian's chromium and its driver, for the dashboard's browser test
-# (tests/acceptance/test_dashboard_browser.py drives /usr/bin/chromium
-# through /usr/bin/chromedriver). The quick start never pulls in a browser.
-if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
-  if can_install; then
-    echo "test-deps: installing chromium and chromium-driver with apt" >&2
-    apt_update_once
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-      chromium chromium-driver >/dev/null
-  else
-    echo "test-deps: chromium is not installed; the dashboard browser test will be skipped." >&2
-    echo "test-deps: install it with: sudo apt-get install chromium chromium-driver" >&2
-  fi
-fi
+need "the pooled-life test" /usr/sbin/pgbouncer pgbouncer
+need "the dashboard browser test" /usr/bin/chromium chromium
+need "the dashboard browser test" /usr/bin/chromedriver chromium-driver
+need "the gateway benchmark's smoke test" /usr/bin/wrk wrk
