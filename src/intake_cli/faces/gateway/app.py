@@ -126,21 +126,25 @@ async def _buyer(request: web.Request, gateway: Gateway) -> str | web.Response:
     return buyer
 
 
-def _pool_id(request: web.Request) -> str | web.Response:
+async def _buyer_and_pool(
+    request: web.Request, gateway: Gateway
+) -> tuple[str, str] | web.Response:
+    """The verified buyer and the pool a request names, or the response refusing it."""
+    buyer = await _buyer(request, gateway)
+    if isinstance(buyer, web.Response):
+        return buyer
     pool_id = request.match_info["pool"]
     if check_pool_id(pool_id):
         return _error(404, "unknown_pool", "no such pool")
-    return pool_id
+    return buyer, pool_id
 
 
 async def post_claim(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
-    buyer = await _buyer(request, gateway)
-    if isinstance(buyer, web.Response):
-        return buyer
-    pool_id = _pool_id(request)
-    if isinstance(pool_id, web.Response):
-        return pool_id
+    asked = await _buyer_and_pool(request, gateway)
+    if isinstance(asked, web.Response):
+        return asked
+    buyer, pool_id = asked
     try:
         # The body carries nothing the claim needs; read (bounded) and dropped
         # so a keep-alive connection stays in step.
@@ -243,12 +247,10 @@ async def _watched_view(gateway: Gateway, pool_id: str, buyer: str) -> ClaimView
 async def get_claim(request: web.Request) -> web.Response:
     """The buyer's own claim, from this process's snapshot (no DB1 query of its own)."""
     gateway = request.app[GATEWAY]
-    buyer = await _buyer(request, gateway)
-    if isinstance(buyer, web.Response):
-        return buyer
-    pool_id = _pool_id(request)
-    if isinstance(pool_id, web.Response):
-        return pool_id
+    asked = await _buyer_and_pool(request, gateway)
+    if isinstance(asked, web.Response):
+        return asked
+    buyer, pool_id = asked
     view = await _watched_view(gateway, pool_id, buyer)
     gateway.reads += 1
     headers = {"Cache-Control": "no-store"}
@@ -261,12 +263,10 @@ async def get_claim(request: web.Request) -> web.Response:
 async def claim_events(request: web.Request) -> web.StreamResponse:
     """Server-sent events: each change of the buyer's claim; ends with its final state."""
     gateway = request.app[GATEWAY]
-    buyer = await _buyer(request, gateway)
-    if isinstance(buyer, web.Response):
-        return buyer
-    pool_id = _pool_id(request)
-    if isinstance(pool_id, web.Response):
-        return pool_id
+    asked = await _buyer_and_pool(request, gateway)
+    if isinstance(asked, web.Response):
+        return asked
+    buyer, pool_id = asked
     snapshot = gateway.snapshot
     assert snapshot is not None
     stream = web.StreamResponse(

@@ -19,12 +19,10 @@ figure is what serve adds, not what other work on a shared machine did.
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import json
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -35,17 +33,15 @@ from typing import Any
 
 import httpx
 import typer
-import yaml
 
-from intake_cli.engine import claims, lifecycle
 from intake_cli.platform import config
-from intake_cli.platform.embedded import Cluster, EmbeddedClusters
+from intake_cli.platform.embedded import EmbeddedClusters
 from intake_cli.platform.pgconn import open_sync
 from intake_cli.tools.bench import claims as bench
-from intake_cli.tools.bench.drain import CpuSample, _archived, _database, cpu_times
+from intake_cli.tools.bench import served_event
+from intake_cli.tools.bench.drain import CpuSample, cpu_times
 from intake_cli.tools.webhook_process import WebhookServer
 
-POOL = "bench"
 TOKEN = "bench-dashboard-token"
 TARGET_SHARE = 0.05
 # How long a stream may take to show the last row written before it is judged.
@@ -162,32 +158,6 @@ class Run:
         }
 
 
-def _event(workdir: Path, clusters: dict[str, Cluster], tag: str, url: str, n: int) -> Path:
-    db1 = _database(clusters["db1"], f"bench_dash_db1_{tag}")
-    db2 = _database(clusters["db2"], f"bench_dash_db2_{tag}")
-    path = workdir / f"{tag}.yaml"
-    pool = {"pool_id": POOL, "inventory": n, "batch_size": 500, "validation_webhook_url": url}
-    document = {
-        "db1": {"dsn": db1},
-        "db2": {"dsn": db2, "install_example_ledger": True},
-        "pools": [pool],
-    }
-    path.write_text(yaml.safe_dump(document))
-    lifecycle.up(config.load(path))
-    asyncio.run(claims.burst(db1, POOL, [f"buyer-{i}" for i in range(n)], concurrency=64))
-    return path
-
-
-def _intake(path: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "intake_cli", "-c", str(path), *args]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _sessions(db1: str) -> set[int]:
     """Backend pids of the sessions on DB1's database, other than the asking one."""
     with open_sync(db1) as conn:
@@ -198,64 +168,35 @@ def _sessions(db1: str) -> set[int]:
     return {int(pid) for (pid,) in rows}
 
 
-def _start_serve(path: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = _free_port()
-    server = subprocess.Popen(
-        _intake(path, "serve", "--port", str(port)),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "INTAKE_ADMIN_TOKEN": TOKEN},
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError("intake serve exited at start")
-        try:
-            httpx.get(url + "/", timeout=2)
-            return server, url
-        except httpx.TransportError:
-            time.sleep(0.1)
-    server.kill()
-    raise RuntimeError("intake serve did not answer in 60 s")
-
-
 def run_once(path: Path, intents: int, concurrency: int, pages: int, collect_every_s: float) -> Run:
-    db1 = str(yaml.safe_load(path.read_text())["db1"]["dsn"])
-    server: subprocess.Popen[bytes] | None = None
-    opened: list[Page] = []
-    serve_pids: list[int] = []
-    try:
+    db1 = served_event.db1_dsn(path)
+    with contextlib.ExitStack() as stack:
+        opened: list[Page] = []
+        serve_pids: list[int] = []
         if pages:
             before = _sessions(db1)
-            server, url = _start_serve(path)
+            server_pid, url = stack.enter_context(served_event.serving(path, TOKEN))
             opened = [Page(url) for _ in range(pages)]
+            for page in opened:
+                stack.callback(page.close)
             for page in opened:
                 if not page.ready.wait(60) or page.error:
                     raise RuntimeError(f"a page got no snapshot: {page.error}")
             # serve's own DB1 sessions: its CPU in PostgreSQL is serve's cost too.
-            serve_pids = [server.pid, *sorted(_sessions(db1) - before)]
+            serve_pids = [server_pid, *sorted(_sessions(db1) - before)]
         collector = Collector(db1, collect_every_s)
         serve_before = sum(process_cpu_s(pid) for pid in serve_pids)
         machine_before = cpu_times()
-        started = time.perf_counter()
+        after: dict[str, Any] = {}
+
+        def sample() -> None:
+            after["machine"] = cpu_times()
+            after["serve"] = sum(process_cpu_s(pid) for pid in serve_pids)
+
         collector.start()
-        worker = subprocess.Popen(
-            _intake(path, "drain", "--log-level", "error", "--concurrency", str(concurrency)),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
         try:
-            while _archived(db1) < intents:
-                if worker.poll() is not None:
-                    raise RuntimeError("the drain worker exited early")
-                time.sleep(0.05)
-            seconds = time.perf_counter() - started
-            machine_after = cpu_times()
-            serve_after = sum(process_cpu_s(pid) for pid in serve_pids)
+            seconds = served_event.drain_until_archived(path, intents, concurrency, sample)
         finally:
-            worker.terminate()
-            worker.wait(timeout=60)
             collector.stop()
         written = set(collector.written)
         deadline = time.monotonic() + SETTLE_S
@@ -263,12 +204,7 @@ def run_once(path: Path, intents: int, concurrency: int, pages: int, collect_eve
             if all(written <= page.seen for page in opened):
                 break
             time.sleep(0.1)
-    finally:
-        for page in opened:
-            page.close()
-        if server is not None:
-            server.terminate()
-            server.wait(timeout=60)
+    machine_after = after["machine"]
     return Run(
         pages=pages,
         intents=intents,
@@ -276,7 +212,7 @@ def run_once(path: Path, intents: int, concurrency: int, pages: int, collect_eve
         machine=CpuSample(
             machine_after.busy - machine_before.busy, machine_after.total - machine_before.total
         ),
-        serve_cpu_s=serve_after - serve_before,
+        serve_cpu_s=after["serve"] - serve_before,
         rows_written=len(written),
         rows_seen_min=min((len(written & page.seen) for page in opened), default=len(written)),
         snapshots_per_page=sum(p.snapshots for p in opened) / len(opened) if opened else 0.0,
@@ -349,7 +285,9 @@ def dashboard_command(
         with WebhookServer(delay_ms=webhook_delay_ms) as webhook:
             runs = [
                 run_once(
-                    _event(workdir, running, f"p{n}", webhook.url, intents),
+                    served_event.claimed_event(
+                        workdir, running, f"bench_dash_p{n}", webhook.url, intents
+                    ),
                     intents,
                     concurrency,
                     n,

@@ -16,8 +16,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,16 +25,14 @@ from typing import Any
 
 import httpx
 import typer
-import yaml
 
-from intake_cli.engine import claims, lifecycle
 from intake_cli.platform import config
 from intake_cli.platform.embedded import Cluster, EmbeddedClusters
 from intake_cli.tools.bench import claims as bench
-from intake_cli.tools.bench.drain import _archived, _database, _int_list, cpu_times
+from intake_cli.tools.bench import served_event
+from intake_cli.tools.bench.drain import _archived, _int_list, cpu_times
 from intake_cli.tools.webhook_process import WebhookServer
 
-POOL = "bench"
 TARGET_RATIO = 0.70
 TOKEN = "bench-tick-token"
 
@@ -68,47 +64,6 @@ class Pair:
         }
 
 
-def _event(workdir: Path, clusters: dict[str, Cluster], tag: str, url: str, n: int) -> Path:
-    db1 = _database(clusters["db1"], f"bench_tick_db1_{tag}")
-    db2 = _database(clusters["db2"], f"bench_tick_db2_{tag}")
-    path = workdir / f"{tag}.yaml"
-    pool = {"pool_id": POOL, "inventory": n, "batch_size": 500, "validation_webhook_url": url}
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "db1": {"dsn": db1},
-                "db2": {"dsn": db2, "install_example_ledger": True},
-                "pools": [pool],
-            }
-        )
-    )
-    lifecycle.up(config.load(path))
-    asyncio.run(claims.burst(db1, POOL, [f"buyer-{i}" for i in range(n)], concurrency=64))
-    return path
-
-
-def _intake(path: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "intake_cli", "-c", str(path), *args]
-
-
-def _drain_once_through(path: Path, db1: str, intents: int) -> float:
-    started = time.perf_counter()
-    worker = subprocess.Popen(
-        _intake(path, "drain", "--log-level", "error", "--concurrency", "1"),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        while _archived(db1) < intents:
-            if worker.poll() is not None:
-                raise RuntimeError("the drain worker exited early")
-            time.sleep(0.05)
-        return time.perf_counter() - started
-    finally:
-        worker.terminate()
-        worker.wait(timeout=60)
-
-
 async def _schedule(url: str, db1: str, intents: int, interval_s: float) -> tuple[float, int]:
     """Fire a tick every interval until every intent is archived; (seconds, ticks fired)."""
     fired: list[asyncio.Task[httpx.Response]] = []
@@ -127,59 +82,27 @@ async def _schedule(url: str, db1: str, intents: int, interval_s: float) -> tupl
     return seconds, len(fired)
 
 
-def _ticks_through(path: Path, db1: str, intents: int, interval_s: float) -> tuple[float, int]:
-    with tempfile.TemporaryFile() as log:
-        port = _free_port()
-        server = subprocess.Popen(
-            _intake(path, "serve", "--port", str(port)),
-            stdout=log,
-            stderr=log,
-            env={**os.environ, "INTAKE_ADMIN_TOKEN": TOKEN},
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            _wait_answering(url, server)
-            return asyncio.run(_schedule(url, db1, intents, interval_s))
-        finally:
-            server.terminate()
-            server.wait(timeout=60)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_answering(url: str, server: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError("intake serve exited at start")
-        try:
-            httpx.get(url + "/api/openapi.json", timeout=2)
-            return
-        except httpx.TransportError:
-            time.sleep(0.1)
-    raise RuntimeError("intake serve did not answer in 60 s")
+def _ticks_through(path: Path, intents: int, interval_s: float) -> tuple[float, int]:
+    with tempfile.TemporaryFile() as log, served_event.serving(path, TOKEN, log) as (_, url):
+        return asyncio.run(_schedule(url, served_event.db1_dsn(path), intents, interval_s))
 
 
 def run_pair(
     workdir: Path, clusters: dict[str, Cluster], delay_ms: int, intents: int, interval_s: float
 ) -> Pair:
     with WebhookServer(delay_ms=delay_ms) as webhook:
-        drained = _event(workdir, clusters, f"drain_d{delay_ms}", webhook.url, intents)
-        ticked = _event(workdir, clusters, f"tick_d{delay_ms}", webhook.url, intents)
-        drain_s = _drain_once_through(drained, _dsn(drained), intents)
+        drained = served_event.claimed_event(
+            workdir, clusters, f"bench_tick_drain_d{delay_ms}", webhook.url, intents
+        )
+        ticked = served_event.claimed_event(
+            workdir, clusters, f"bench_tick_tick_d{delay_ms}", webhook.url, intents
+        )
+        drain_s = served_event.drain_until_archived(drained, intents, concurrency=1)
         before = cpu_times()
-        tick_s, ticks = _ticks_through(ticked, _dsn(ticked), intents, interval_s)
+        tick_s, ticks = _ticks_through(ticked, intents, interval_s)
         after = cpu_times()
     busy = (after.busy - before.busy) / max(after.total - before.total, 1e-9)
     return Pair(delay_ms, intents, drain_s, tick_s, ticks, busy)
-
-
-def _dsn(path: Path) -> str:
-    return str(yaml.safe_load(path.read_text())["db1"]["dsn"])
 
 
 def tick_command(
