@@ -55,7 +55,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from intake_cli.engine import ledger, recovery, telemetry
+from intake_cli.engine import ledger, phases, recovery, telemetry
 from intake_cli.engine.batch import (
     Batch,
     DrainStats,
@@ -191,6 +191,7 @@ class Worker:
         waited_s = time.monotonic() - self.stats.started
         # Throughput is measured over the draining, not the wait for the databases.
         self.stats.started = time.monotonic()
+        phases.enable()
         pool_size = self.concurrency + 2
         self.db1 = async_pool(
             self.db1_dsn,
@@ -455,6 +456,7 @@ class Worker:
             event(self.log, logging.WARNING, "inventory_rebuilt", **rebuilt.as_json())
 
     async def _one_batch(self) -> int:
+        read_started = time.perf_counter()
         async with self.db1.connection() as conn:
             pools = await self._load_pools(conn)
             served = [p for p in pools.values() if self.pool_filter in (None, p.pool_id)]
@@ -505,6 +507,7 @@ class Worker:
                     f"{intent.state} as message {known['state_msg_id']}"
                 )
 
+        phases.add("read", time.perf_counter() - read_started)
         batch = Batch(self, pools, intents, vt, broken)
         try:
             await batch.process()
