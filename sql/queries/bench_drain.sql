@@ -6,3 +6,9 @@ select coalesce(a.wait_event_type, 'CPU') as wait_event_type,
  where a.datname = any(%(databases)s::text[])
    and a.pid <> pg_catalog.pg_backend_pid()
    and a.state in ('active', 'idle in transaction');
+
+-- committed_so_far: intents the drain has finished as committed (running totals plus deltas not yet folded): cheap to poll, unlike counting the archive
+select consumed from intake.pool_metrics() where pool_id = %(pool_id)s;
+
+-- archived: messages in the queue's archive (counted once, at the end)
+select count(*) from pgmq.a_intents;

@@ -33,5 +33,6 @@ def test_bench_drain_quick_reports_its_scenario():
         assert all(0 < w["share"] <= 1 for w in waits[cluster]["top"])
 
     parts = result["cpu_ms_per_intent_by_part"]
-    assert set(parts) == {"workers", "webhook", "postgres_and_rest"}
+    assert set(parts) == {"workers", "webhook", "db1", "db2", "ours"}
+    assert parts["ours"] > 0 and parts["db1"] > 0 and parts["workers"] > 0
     assert result["cpu_ms_per_intent"] > 0 and result["limit"]

@@ -41,8 +41,15 @@ from intake_cli.engine import claims, ledger, lifecycle, phases
 from intake_cli.platform import config
 from intake_cli.platform.embedded import Cluster, EmbeddedClusters
 from intake_cli.platform.pgconn import open_sync
+from intake_cli.platform.sqlfiles import queries
 from intake_cli.tools.bench import claims as bench
 from intake_cli.tools.bench.ceilings import db2_ceiling, webhook_ceiling
+from intake_cli.tools.bench.cputime import (
+    CpuSample,
+    cluster_cpu_s,
+    cpu_times,
+    process_cpu_s,
+)
 from intake_cli.tools.bench.waits import WaitSampler
 from intake_cli.tools.bench.webhook_fleet import WebhookFleet, default_processes
 
@@ -61,36 +68,14 @@ class Scenario:
 
 
 @dataclass(frozen=True)
-class CpuSample:
-    busy: float  # CPU seconds spent by every process on the machine
-    total: float  # CPU seconds the machine had (wall time x cores)
-
-
-def cpu_times() -> CpuSample:
-    """The machine's CPU time so far, from /proc/stat (everything: workers, webhook, servers)."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    ticks = os.sysconf("SC_CLK_TCK")
-    idle = fields[3] + fields[4]  # idle + iowait
-    total = sum(fields[:8])  # user … steal; guest time is already in user
-    return CpuSample((total - idle) / ticks, total / ticks)
-
-
-def process_cpu_s(pid: int) -> float:
-    """CPU seconds a live process has used (user + system), 0 if it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-@dataclass(frozen=True)
 class Tick:
     """One look at the run: seconds since the workers started, intents archived, machine CPU."""
 
     at: float
     done: int
     cpu: CpuSample
+    # CPU seconds so far of our own parts: workers, webhook, db1, db2.
+    parts: dict[str, float]
 
 
 @dataclass(frozen=True)
@@ -98,6 +83,7 @@ class Steady:
     per_sec: float
     cpu_ms_per_intent: float
     machine_busy: float
+    part_ms_per_intent: dict[str, float]
 
 
 def steady_state(timeline: list[Tick], intents: int) -> Steady | None:
@@ -123,10 +109,16 @@ def steady_state(timeline: list[Tick], intents: int) -> Steady | None:
         first, last = timeline[0], timeline[-1]
     busy = last.cpu.busy - first.cpu.busy
     total = last.cpu.total - first.cpu.total
+    done = last.done - first.done
+    parts = {name: (last.parts[name] - first.parts[name]) / done * 1000 for name in last.parts}
     return Steady(
         per_sec=(high - low) / (end - start),
-        cpu_ms_per_intent=busy / (last.done - first.done) * 1000,
+        cpu_ms_per_intent=busy / done * 1000,
         machine_busy=busy / total if total else 0.0,
+        part_ms_per_intent={
+            **{k: round(v, 3) for k, v in parts.items()},
+            "ours": round(sum(parts.values()), 3),
+        },
     )
 
 
@@ -139,8 +131,7 @@ class DrainResult:
     steady: Steady | None = None
     webhook_ceiling_per_sec: float = 0.0
     db2_ceiling_per_sec: float = 0.0
-    worker_cpu_s: float = 0.0
-    webhook_cpu_s: float = 0.0
+    whole_run_parts: dict[str, float] = field(default_factory=dict)
     phases: dict[str, Any] = field(default_factory=dict)
     waits: dict[str, Any] = field(default_factory=dict)
     webhook_processes: int = 1
@@ -209,12 +200,13 @@ class DrainResult:
             "machine_cpu_busy": round(self.machine_busy, 3),
             "cpu_ms_per_intent_whole_run": round(self.cpu.busy / self.intents * 1000, 3),
             "cpu_ms_per_intent": round(self.cpu_ms_per_intent, 3),
-            "cpu_ms_per_intent_by_part": {
-                "workers": per(self.worker_cpu_s),
-                "webhook": per(self.webhook_cpu_s),
-                "postgres_and_rest": per(
-                    max(0.0, self.cpu.busy - self.worker_cpu_s - self.webhook_cpu_s)
-                ),
+            # Ours alone (workers, webhook, each cluster): what others
+            # running on a shared machine do not inflate.
+            "cpu_ms_per_intent_by_part": self.steady.part_ms_per_intent
+            if self.steady
+            else {
+                **{k: per(v) for k, v in self.whole_run_parts.items()},
+                "ours": per(sum(self.whole_run_parts.values())),
             },
             "machine_ceiling_per_sec": round(self.machine_ceiling_per_sec),
             "limit": self.limit(),
@@ -270,8 +262,15 @@ def _database(cluster: Cluster, name: str) -> str:
 
 
 def _archived(dsn: str) -> int:
-    with open_sync(dsn, autocommit=False) as conn:
-        return int(conn.execute("select count(*) from pgmq.a_intents").fetchone()[0])  # type: ignore[index]
+    with open_sync(dsn) as conn:
+        row = conn.execute(queries("bench_drain")["archived"]).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _committed(conn: psycopg.Connection) -> int:
+    """How far the drain is, polled often: cheap (running totals), unlike counting the archive."""
+    row = conn.execute(queries("bench_drain")["committed_so_far"], {"pool_id": POOL}).fetchone()
+    return int(row[0]) if row else 0
 
 
 def _seed_claims(dsn: str, intents: int) -> None:
@@ -340,7 +339,6 @@ def run_scenario(
             "--log-level", "error", "--concurrency", str(concurrency),
         ]  # fmt: skip
         env = {**os.environ, phases.ENV: str(phase_dir)}
-        hook_cpu_before = sum(process_cpu_s(pid) for pid in webhook.pids)
         sampler = WaitSampler(
             {"db1": (clusters["db1"].dsn, [db1_name]), "db2": (clusters["db2"].dsn, [db2_name])}
         )
@@ -350,20 +348,33 @@ def run_scenario(
             subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
             for _ in range(scenario.processes)
         ]
+
+        def parts() -> dict[str, float]:
+            return {
+                "workers": sum(process_cpu_s(w.pid) for w in workers),
+                "webhook": sum(process_cpu_s(pid) for pid in webhook.pids),
+                "db1": cluster_cpu_s(clusters["db1"].datadir),
+                "db2": cluster_cpu_s(clusters["db2"].datadir),
+            }
+
         timeline: list[Tick] = []
+        parts_before = parts()
         try:
-            with sampler:
+            with sampler, open_sync(db1) as progress:
                 while True:
-                    done = _archived(db1)
-                    timeline.append(Tick(time.perf_counter() - started, done, cpu_times()))
+                    done = _committed(progress)
+                    timeline.append(Tick(time.perf_counter() - started, done, cpu_times(), parts()))
                     if done >= intents:
                         break
                     if any(w.poll() is not None for w in workers):
                         raise RuntimeError("a drain worker exited early")
-                    time.sleep(0.05)
+                    time.sleep(0.1)
             seconds = time.perf_counter() - started
             cpu_after = cpu_times()
-            hook_cpu = sum(process_cpu_s(pid) for pid in webhook.pids) - hook_cpu_before
+            parts_after = parts()
+            archived = _archived(db1)
+            if archived != intents:
+                raise RuntimeError(f"{intents} intents committed but {archived} archived")
         finally:
             for worker in workers:
                 worker.terminate()
@@ -379,8 +390,7 @@ def run_scenario(
         steady=steady_state(timeline, intents),
         webhook_ceiling_per_sec=hook_ceiling,
         db2_ceiling_per_sec=ledger_ceiling,
-        worker_cpu_s=report["worker_cpu_s"],
-        webhook_cpu_s=hook_cpu,
+        whole_run_parts={k: parts_after[k] - parts_before[k] for k in parts_after},
         phases=report,
         waits=sampler.report(),
         webhook_processes=plan.webhook_processes,
