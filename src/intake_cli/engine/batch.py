@@ -517,25 +517,33 @@ class Batch:
         if not (self.committed or retries or dead or self.done_already):
             return
         q = self.w.queue
-        async with self.w.db1.connection() as conn, conn.transaction():
-            if self.committed:
-                await conn.execute(
-                    drain_query("finish_committed"), columns(self.committed, queue=q)
-                )
-            if self.done_already:
-                await conn.execute(drain_query("archive_many"), columns(self.done_already, queue=q))
-            if retries:
-                r = [i for i, _ in retries]
-                await conn.execute(
-                    drain_query("schedule_retries"),
-                    columns(r, queue=q, delays=[delay for _, delay in retries]),
-                )
-            if dead:
-                d = [i for i, _ in dead]
-                await conn.execute(
-                    drain_query("dead_letter"),
-                    columns(d, queue=q, dlq=self.w.dlq, intents=[Jsonb(i.message) for i in d]),
-                )
+        steps = sum(map(bool, (self.committed, self.done_already, retries, dead)))
+        async with self.w.db1.connection() as conn:
+            # One statement alone is atomic without the BEGIN and COMMIT round
+            # trips (the usual batch: only commits), and holds no transaction
+            # open while the worker's loop is busy elsewhere.
+            together = conn.transaction() if steps > 1 else contextlib.nullcontext()
+            async with together:
+                if self.committed:
+                    await conn.execute(
+                        drain_query("finish_committed"), columns(self.committed, queue=q)
+                    )
+                if self.done_already:
+                    await conn.execute(
+                        drain_query("archive_many"), columns(self.done_already, queue=q)
+                    )
+                if retries:
+                    r = [i for i, _ in retries]
+                    await conn.execute(
+                        drain_query("schedule_retries"),
+                        columns(r, queue=q, delays=[delay for _, delay in retries]),
+                    )
+                if dead:
+                    d = [i for i, _ in dead]
+                    await conn.execute(
+                        drain_query("dead_letter"),
+                        columns(d, queue=q, dlq=self.w.dlq, intents=[Jsonb(i.message) for i in d]),
+                    )
         self.unfinished.clear()
         counts = self.w.stats.counts
         counts["committed"] += len(self.committed)

@@ -65,6 +65,9 @@ SLOT_PHASES = ("read", "validate", "commit", "finish")
 class Scenario:
     processes: int
     webhook_delay_ms: int
+    # A source tree (with src/ and sql/) whose `intake drain` runs instead of
+    # this one: the before of a before/after measured in one run.
+    baseline: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -177,6 +180,7 @@ class DrainResult:
         steady = self.steady_per_sec
         per = lambda seconds: round(seconds / self.intents * 1000, 3)  # noqa: E731
         return {
+            "code": f"baseline {self.scenario.baseline}" if self.scenario.baseline else "this tree",
             "processes": self.scenario.processes,
             "webhook_delay_ms": self.scenario.webhook_delay_ms,
             "webhook_processes": self.webhook_processes,
@@ -243,6 +247,11 @@ def phase_report(directory: Path, concurrency: int) -> dict[str, Any]:
             name: round(s / batches * 1000, 2) if batches else None
             for name, s in sorted(seconds.items())
         },
+        # How often each phase ran per batch: db1_mark above 1 is the webhook's
+        # answers recorded in several writes as they arrived.
+        "times_per_batch": {
+            name: round(n / batches, 2) if batches else None for name, n in sorted(counts.items())
+        },
         "share_of_slot_time": {
             **{name: round(seconds.get(name, 0.0) / slot_s, 3) for name in SLOT_PHASES},
             "idle": round(max(0.0, slot_s - busy) / slot_s, 3),
@@ -295,7 +304,7 @@ class Plan:
 def run_scenario(
     workdir: Path, clusters: dict[str, Cluster], scenario: Scenario, plan: Plan
 ) -> DrainResult:
-    tag = f"p{scenario.processes}_d{scenario.webhook_delay_ms}"
+    tag = f"p{scenario.processes}_d{scenario.webhook_delay_ms}{'_b' if scenario.baseline else ''}"
     intents, concurrency, batch_size = plan.intents, plan.concurrency, plan.batch_size
     db1_name, db2_name = f"bench_db1_{tag}", f"bench_db2_{tag}"
     db1 = _database(clusters["db1"], db1_name)
@@ -339,6 +348,8 @@ def run_scenario(
             "--log-level", "error", "--concurrency", str(concurrency),
         ]  # fmt: skip
         env = {**os.environ, phases.ENV: str(phase_dir)}
+        if scenario.baseline is not None:
+            env["PYTHONPATH"] = str(scenario.baseline / "src")
         sampler = WaitSampler(
             {"db1": (clusters["db1"].dsn, [db1_name]), "db2": (clusters["db2"].dsn, [db2_name])}
         )
@@ -418,7 +429,7 @@ def markdown(results: list[DrainResult]) -> str:
     lines.append("")
     for r in results:
         d = r.as_json()
-        head = f"{d['processes']} process(es), webhook {d['webhook_delay_ms']} ms"
+        head = f"{d['processes']} process(es), webhook {d['webhook_delay_ms']} ms, {d['code']}"
         shares = d["phases"].get("share_of_slot_time", {})
         lines.append(
             f"- {head}: slot time "
@@ -439,6 +450,7 @@ def markdown(results: list[DrainResult]) -> str:
 def targets(results: list[DrainResult]) -> list[dict[str, Any]]:
     """The issue's bars that one run can judge: scale-out against one process."""
     found = []
+    results = [r for r in results if r.scenario.baseline is None]
     one = {r.scenario.webhook_delay_ms: r for r in results if r.scenario.processes == 1}
     for r in results:
         base = one.get(r.scenario.webhook_delay_ms)
@@ -522,6 +534,12 @@ def drain_command(
     ceiling_clients: int = typer.Option(
         0, "--ceiling-clients", min=0, help="Load generator processes per ceiling; 0: from cores."
     ),
+    baseline_src: Path | None = typer.Option(
+        None,
+        "--baseline-src",
+        help="Also run every scenario with the `intake drain` of this source tree (its src/ "
+        "and sql/, e.g. from `git archive`), before this tree's: a before/after in one run.",
+    ),
     quick: bool = typer.Option(False, "--quick", help="A smoke run: 1,000 intents, 1 process."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
@@ -532,6 +550,15 @@ def drain_command(
         for d in _int_list(webhook_delay_ms, "--webhook-delay-ms")
         for p in _int_list(processes, "--processes")
     ]
+    if baseline_src is not None:
+        if not (baseline_src / "src" / "intake_cli").is_dir():
+            raise typer.BadParameter(
+                f"{baseline_src} has no src/intake_cli", param_hint="--baseline-src"
+            )
+        baseline = baseline_src.resolve()
+        scenarios = [
+            x for s in scenarios for x in (Scenario(s.processes, s.webhook_delay_ms, baseline), s)
+        ]
     largest = max(s.processes for s in scenarios)
     plan = Plan(
         intents=sized(intents, largest, concurrency, batch_size, batches_per_slot),
