@@ -465,11 +465,7 @@ class Worker:
             qty = max(p.batch_size for p in served)
             vt = max(p.visibility_timeout for p in served)
             cur = conn.cursor(row_factory=dict_row)
-            rows = await (
-                await cur.execute(
-                    queries("pgmq")["read"], {"queue": self.queue, "vt": vt, "qty": qty}
-                )
-            ).fetchall()
+            rows = await (await cur.execute(drain_query("read"), {"vt": vt, "qty": qty})).fetchall()
             if not rows:
                 return 0
             self.stats.counts["read"] += len(rows)
