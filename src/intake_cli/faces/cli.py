@@ -20,7 +20,7 @@ from intake_cli.engine import claims, controls, lifecycle
 from intake_cli.engine import dlq as dead_letters
 from intake_cli.engine import worker as drainer
 from intake_cli.faces import watch
-from intake_cli.platform import config, logs
+from intake_cli.platform import config, eventloop, logs
 from intake_cli.platform.db import connect, endpoints
 from intake_cli.platform.display import cell, markup
 from intake_cli.platform.errors import IntakeError, UnknownPool, UsageError
@@ -576,7 +576,7 @@ def drain(
         log_drain=drain,
         connect_timeout_s=connect_timeout,
     )
-    stats = asyncio.run(worker.run())
+    stats = eventloop.run(worker.run())
     if as_json:
         _print_json(stats.as_json())
 

@@ -10,7 +10,6 @@ the tests' per-key checks use the one-process WebhookServer.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import subprocess
@@ -22,6 +21,7 @@ from types import TracebackType
 
 import typer
 
+from intake_cli.platform import eventloop
 from intake_cli.tools.testhook import Script, TestWebhook, serve
 
 READY_TIMEOUT_S = 15.0
@@ -112,7 +112,7 @@ def _member(
 ) -> None:
     """One process of the fleet (internal)."""
     hook = TestWebhook(Script(delay_ms=delay_ms), None, keep_calls=0)
-    asyncio.run(serve(hook, "127.0.0.1", port, ready_file, announce=False, reuse_port=True))
+    eventloop.run(serve(hook, "127.0.0.1", port, ready_file, announce=False, reuse_port=True))
 
 
 if __name__ == "__main__":
