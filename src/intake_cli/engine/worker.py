@@ -4,7 +4,8 @@ One batch goes through three steps, each costing one round trip per database
 whatever the batch size (recording the webhook's answers: one per group of
 answers that arrive together):
 
-1. read up to batch_size messages (pgmq.read, leased for visibility_timeout)
+1. read up to batch_size messages (intake.read_intents: like pgmq.read,
+   leased for visibility_timeout, oldest vt first)
    and load what DB1 knows of their intents (intent_state) and of their units:
    only an intent that DB1's claim path issued and that still holds its unit
    (the same key, buyer and resource id on a locked or consumed unit) goes
