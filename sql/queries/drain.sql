@@ -7,6 +7,9 @@ select pool_id, paused, batch_size, visibility_timeout, validation_webhook_url,
        end as inventory_lost
   from intake.engine_config c;
 
+-- read: lease up to qty messages for vt seconds, longest visible first (intake.read_intents: pgmq.read without walking past the leased head)
+select msg_id, read_ct, enqueued_at, vt, message from intake.read_intents(%(vt)s::integer, %(qty)s::integer);
+
 -- intent_states: per intent of a batch, in order: its state (null: queued, never failed), and its unit as DB1 holds it, to tell an intent the claim path issued from a message written by anything else; every lookup by primary key
 select s.state, s.attempts, s.msg_id as state_msg_id,
        r.pool_id is not null as inventory_ready,

@@ -20,7 +20,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import PoolTimeout
 
-from intake_cli.engine import ledger
+from intake_cli.engine import ledger, phases
 from intake_cli.engine.retry import RetryPolicy
 from intake_cli.engine.webhook import Verdict
 from intake_cli.platform.errors import (
@@ -286,13 +286,14 @@ class Batch:
                 to_validate.append(intent)
 
         keeper = asyncio.create_task(self._keep_leases())
-        phases: dict[str, float] = {}
+        laps: dict[str, float] = {}
         clock = time.perf_counter()
 
         def lap(name: str) -> None:
             nonlocal clock
             now = time.perf_counter()
-            phases[f"{name}_ms"] = round((now - clock) * 1000, 1)
+            laps[f"{name}_ms"] = round((now - clock) * 1000, 1)
+            phases.add(name, now - clock)
             clock = now
 
         try:
@@ -316,7 +317,7 @@ class Batch:
                 committed=len(self.committed),
                 rejected=len(self.rejected),
                 failed=len(self.failed),
-                **phases,
+                **laps,
             )
         finally:
             keeper.cancel()
@@ -398,16 +399,17 @@ class Batch:
         """Write webhook answers to DB1: the yeses validated, the noes finished."""
         validated = [i for i in answers if i.state == "validated"]
         rejected = [i for i in answers if i.state != "validated"]
-        async with self.w.db1.connection() as conn:
-            # One statement alone is atomic without the BEGIN and COMMIT round trips.
-            both = conn.transaction() if validated and rejected else contextlib.nullcontext()
-            async with both:
-                if validated:
-                    await conn.execute(drain_query("mark_validated"), columns(validated))
-                if rejected:
-                    await conn.execute(
-                        drain_query("finish_rejected"), columns(rejected, queue=self.w.queue)
-                    )
+        with phases.clock("db1_mark"):
+            async with self.w.db1.connection() as conn:
+                # One statement alone is atomic without the BEGIN and COMMIT round trips.
+                both = conn.transaction() if validated and rejected else contextlib.nullcontext()
+                async with both:
+                    if validated:
+                        await conn.execute(drain_query("mark_validated"), columns(validated))
+                    if rejected:
+                        await conn.execute(
+                            drain_query("finish_rejected"), columns(rejected, queue=self.w.queue)
+                        )
         for intent in validated:
             # Recorded with the validation: a later failure of the commit
             # must not count this call again.
@@ -457,6 +459,10 @@ class Batch:
     async def _take_tokens(self, pool: PoolRuntime, wanted: int) -> int:
         if pool.commit_rate_per_sec <= 0:
             return wanted
+        with phases.clock("commit_tokens"):
+            return await self._wait_for_tokens(pool, wanted)
+
+    async def _wait_for_tokens(self, pool: PoolRuntime, wanted: int) -> int:
         while True:
             async with self.w.db1.connection() as conn:
                 cur = await conn.execute(
@@ -479,6 +485,7 @@ class Batch:
         except (LedgerUnavailable, PoolTimeout, psycopg.OperationalError) as exc:
             self._fail_all(chunk, f"DB2 unavailable: {exc}".strip())
             return
+        phases.add("db2_commit", time.perf_counter() - started)
         elapsed_ms = round((time.perf_counter() - started) * 1000, 1)
         for intent, outcome in zip(chunk, outcomes, strict=True):
             if outcome.ok:
@@ -510,25 +517,33 @@ class Batch:
         if not (self.committed or retries or dead or self.done_already):
             return
         q = self.w.queue
-        async with self.w.db1.connection() as conn, conn.transaction():
-            if self.committed:
-                await conn.execute(
-                    drain_query("finish_committed"), columns(self.committed, queue=q)
-                )
-            if self.done_already:
-                await conn.execute(drain_query("archive_many"), columns(self.done_already, queue=q))
-            if retries:
-                r = [i for i, _ in retries]
-                await conn.execute(
-                    drain_query("schedule_retries"),
-                    columns(r, queue=q, delays=[delay for _, delay in retries]),
-                )
-            if dead:
-                d = [i for i, _ in dead]
-                await conn.execute(
-                    drain_query("dead_letter"),
-                    columns(d, queue=q, dlq=self.w.dlq, intents=[Jsonb(i.message) for i in d]),
-                )
+        steps = sum(map(bool, (self.committed, self.done_already, retries, dead)))
+        async with self.w.db1.connection() as conn:
+            # One statement alone is atomic without the BEGIN and COMMIT round
+            # trips (the usual batch: only commits), and holds no transaction
+            # open while the worker's loop is busy elsewhere.
+            together = conn.transaction() if steps > 1 else contextlib.nullcontext()
+            async with together:
+                if self.committed:
+                    await conn.execute(
+                        drain_query("finish_committed"), columns(self.committed, queue=q)
+                    )
+                if self.done_already:
+                    await conn.execute(
+                        drain_query("archive_many"), columns(self.done_already, queue=q)
+                    )
+                if retries:
+                    r = [i for i, _ in retries]
+                    await conn.execute(
+                        drain_query("schedule_retries"),
+                        columns(r, queue=q, delays=[delay for _, delay in retries]),
+                    )
+                if dead:
+                    d = [i for i, _ in dead]
+                    await conn.execute(
+                        drain_query("dead_letter"),
+                        columns(d, queue=q, dlq=self.w.dlq, intents=[Jsonb(i.message) for i in d]),
+                    )
         self.unfinished.clear()
         counts = self.w.stats.counts
         counts["committed"] += len(self.committed)

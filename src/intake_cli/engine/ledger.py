@@ -388,7 +388,9 @@ async def commit_batch(
         rows = await _fetch(
             conn,
             _commit_sql("commit_batch", rpc, timeout_ms),
-            {"payloads": [Jsonb(p) for p in payloads]},
+            # One JSON array: dumped in one call, where a jsonb[] literal
+            # quotes every element in Python (sql/queries/db2.sql).
+            {"payloads": Jsonb(payloads)},
         )
     except psycopg.Error as exc:
         if _connection_lost(conn):

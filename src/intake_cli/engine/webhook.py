@@ -217,7 +217,9 @@ class WebhookClient:
         except (OSError, ValueError) as exc:
             return retry(_short(f"{type(exc).__name__}: {exc}"))
         elapsed = time.perf_counter() - started
-        said = _body_reason(head, content_type)
+        # A yes needs no words: its body is read (so the connection is reused)
+        # but not parsed, which the worker would pay for on every intent.
+        said = "" if 200 <= status < 300 else _body_reason(head, content_type)
         reason = f"HTTP {status}: {said}" if said else f"HTTP {status}"
         return WebhookResult(classify(status), status, reason, elapsed)
 

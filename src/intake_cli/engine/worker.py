@@ -4,7 +4,8 @@ One batch goes through three steps, each costing one round trip per database
 whatever the batch size (recording the webhook's answers: one per group of
 answers that arrive together):
 
-1. read up to batch_size messages (pgmq.read, leased for visibility_timeout)
+1. read up to batch_size messages (intake.read_intents: like pgmq.read,
+   leased for visibility_timeout, oldest vt first)
    and load what DB1 knows of their intents (intent_state) and of their units:
    only an intent that DB1's claim path issued and that still holds its unit
    (the same key, buyer and resource id on a locked or consumed unit) goes
@@ -55,7 +56,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from intake_cli.engine import ledger, recovery, telemetry
+from intake_cli.engine import ledger, phases, recovery, telemetry
 from intake_cli.engine.batch import (
     Batch,
     DrainStats,
@@ -207,6 +208,7 @@ class Worker:
         waited_s = time.monotonic() - self.stats.started
         # Throughput is measured over the draining, not the wait for the databases.
         self.stats.started = time.monotonic()
+        phases.enable()
         pool_size = self.concurrency + 2
         self.db1 = async_pool(
             self.db1_dsn,
@@ -471,6 +473,7 @@ class Worker:
             event(self.log, logging.WARNING, "inventory_rebuilt", **rebuilt.as_json())
 
     async def _one_batch(self) -> int:
+        read_started = time.perf_counter()
         async with self.db1.connection() as conn:
             pools = await self._load_pools(conn)
             served = [p for p in pools.values() if self.pool_filter in (None, p.pool_id)]
@@ -479,11 +482,7 @@ class Worker:
             qty = max(p.batch_size for p in served)
             vt = max(p.visibility_timeout for p in served)
             cur = conn.cursor(row_factory=dict_row)
-            rows = await (
-                await cur.execute(
-                    queries("pgmq")["read"], {"queue": self.queue, "vt": vt, "qty": qty}
-                )
-            ).fetchall()
+            rows = await (await cur.execute(drain_query("read"), {"vt": vt, "qty": qty})).fetchall()
             if not rows:
                 return 0
             self.stats.counts["read"] += len(rows)
@@ -521,6 +520,7 @@ class Worker:
                     f"{intent.state} as message {known['state_msg_id']}"
                 )
 
+        phases.add("read", time.perf_counter() - read_started)
         batch = Batch(self, pools, intents, vt, broken)
         try:
             await batch.process()

@@ -22,7 +22,7 @@ from intake_cli.engine import dlq as dead_letters
 from intake_cli.engine import worker as drainer
 from intake_cli.faces import serve, watch
 from intake_cli.faces.serve import auth as serve_auth
-from intake_cli.platform import config, logs
+from intake_cli.platform import config, eventloop, logs
 from intake_cli.platform.db import connect, endpoints
 from intake_cli.platform.display import cell, markup
 from intake_cli.platform.errors import IntakeError, UnknownPool, UsageError
@@ -581,7 +581,7 @@ def drain(
         log_drain=drain,
         connect_timeout_s=connect_timeout,
     )
-    stats = asyncio.run(worker.run())
+    stats = eventloop.run(worker.run())
     if as_json:
         _print_json(stats.as_json())
 

@@ -268,9 +268,19 @@ def _error(status: int, reason: str) -> web.Response:
 
 
 async def serve(
-    hook: TestWebhook, host: str, port: int, ready_file: Path | None, *, announce: bool = True
+    hook: TestWebhook,
+    host: str,
+    port: int,
+    ready_file: Path | None,
+    *,
+    announce: bool = True,
+    reuse_port: bool = False,
 ) -> None:
-    """Serve until SIGINT or SIGTERM."""
+    """Serve until SIGINT or SIGTERM.
+
+    `reuse_port`: several processes listen on one port (SO_REUSEPORT) and the
+    kernel spreads connections among them (the benchmarks' webhook fleet).
+    """
     runner = web.AppRunner(
         hook.app(),
         access_log=None,
@@ -280,7 +290,7 @@ async def serve(
     )
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port, backlog=1024)
+        site = web.TCPSite(runner, host, port, backlog=1024, reuse_port=reuse_port or None)
         try:
             await site.start()
         except OSError as exc:

@@ -1,0 +1,120 @@
+"""What the serve benchmarks (tick, dashboard) share: an event with every unit
+claimed, `intake` as a subprocess, a running `intake serve`, and a drain
+worker timed until the queue is empty."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+import httpx
+import yaml
+
+from intake_cli.engine import claims, lifecycle
+from intake_cli.platform import config
+from intake_cli.platform.embedded import Cluster, free_port
+from intake_cli.tools.bench.drain import _archived, _database
+
+POOL = "bench"
+# How long serve may take to answer at start, and a drain worker to stop.
+START_S = 60.0
+STOP_S = 60.0
+
+
+def claimed_event(
+    workdir: Path, clusters: dict[str, Cluster], name: str, webhook_url: str, intents: int
+) -> Path:
+    """A fresh DB1 and DB2 database pair provisioned by `intake up`, every unit
+    of its pool claimed by a distinct buyer; returns its intake.yaml."""
+    db1 = _database(clusters["db1"], f"{name}_db1")
+    db2 = _database(clusters["db2"], f"{name}_db2")
+    path = workdir / f"{name}.yaml"
+    pool = {
+        "pool_id": POOL,
+        "inventory": intents,
+        "batch_size": 500,
+        "validation_webhook_url": webhook_url,
+    }
+    document = {"db1": {"dsn": db1}, "db2": {"dsn": db2, "install_example_ledger": True}}
+    path.write_text(yaml.safe_dump({**document, "pools": [pool]}))
+    lifecycle.up(config.load(path))
+    buyers = [f"buyer-{i}" for i in range(intents)]
+    asyncio.run(claims.burst(db1, POOL, buyers, concurrency=64))
+    return path
+
+
+def db1_dsn(path: Path) -> str:
+    return str(yaml.safe_load(path.read_text())["db1"]["dsn"])
+
+
+def intake_argv(path: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "intake_cli", "-c", str(path), *args]
+
+
+@contextmanager
+def serving(path: Path, token: str, log: IO[bytes] | None = None) -> Iterator[tuple[int, str]]:
+    """`intake serve` on a free port, answering; yields (its pid, its URL)."""
+    port = free_port()
+    output = log if log is not None else subprocess.DEVNULL
+    server = subprocess.Popen(
+        intake_argv(path, "serve", "--port", str(port)),
+        stdout=output,
+        stderr=output,
+        env={**os.environ, "INTAKE_ADMIN_TOKEN": token},
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_answering(url, server)
+        yield server.pid, url
+    finally:
+        server.terminate()
+        server.wait(timeout=STOP_S)
+
+
+def _wait_answering(url: str, server: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + START_S
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError("intake serve exited at start")
+        try:
+            httpx.get(url + "/api/openapi.json", timeout=2)
+            return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise RuntimeError(f"intake serve did not answer in {START_S:.0f} s")
+
+
+def drain_until_archived(
+    path: Path, intents: int, concurrency: int, on_done: Callable[[], None] | None = None
+) -> float:
+    """Seconds one `intake drain` worker takes to archive `intents` messages.
+
+    `on_done` runs the moment they are, before the worker is stopped (a
+    benchmark reads its CPU counters there).
+    """
+    db1 = db1_dsn(path)
+    started = time.perf_counter()
+    worker = subprocess.Popen(
+        intake_argv(path, "drain", "--log-level", "error", "--concurrency", str(concurrency)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        while _archived(db1) < intents:
+            if worker.poll() is not None:
+                raise RuntimeError("the drain worker exited early")
+            time.sleep(0.05)
+        seconds = time.perf_counter() - started
+        if on_done is not None:
+            on_done()
+        return seconds
+    finally:
+        worker.terminate()
+        worker.wait(timeout=STOP_S)
