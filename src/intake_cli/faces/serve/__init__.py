@@ -56,6 +56,10 @@ async def serve(
         event(logger, logging.INFO, "stopped")
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+            # Stopped: a signal that arrives while the interpreter winds down
+            # (a supervisor repeating its SIGTERM) must not turn exit 0 into a
+            # kill; the default action it would get back here does.
+            signal.signal(sig, signal.SIG_IGN)
 
 
 def _netloc(host: str, port: int) -> str:
