@@ -10,7 +10,8 @@ def test_bench_dashboard_quick_reports_both_runs():
     base, dashboard = report["results"]
     assert (base["pages"], dashboard["pages"]) == (0, 3)
     assert base["intents"] == dashboard["intents"] == 1000
-    assert dashboard["serve_cpu_s"] > 0 and dashboard["errors"] == []
+    # A quick run may cost serve less than one clock tick (10 ms) of CPU: counted, maybe 0.
+    assert dashboard["serve_cpu_s"] >= 0 and dashboard["errors"] == []
     # Every page got every row written while the drain ran.
     assert dashboard["rows_written"] > 0
     assert dashboard["rows_seen_by_every_page"] == dashboard["rows_written"]

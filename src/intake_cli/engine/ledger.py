@@ -23,10 +23,31 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
 
 from intake_cli.platform.config import check_rpc_name
 from intake_cli.platform.errors import ConnectionFailed, LedgerContractError, LedgerUnavailable
+from intake_cli.platform.pgconn import async_pool
 from intake_cli.platform.sqlfiles import queries, render
+
+
+def db2_pool(dsn: str, max_size: int) -> AsyncConnectionPool:
+    """DB2's connections for a drain (worker or tick), not yet opened.
+
+    DB2 may be down for a while: a connection is checked before use and a
+    missing server fails fast, so that the commit is retried later instead
+    of a batch waiting on it.
+    """
+    return async_pool(
+        dsn,
+        min_size=0,
+        max_size=max_size,
+        open=False,
+        timeout=5,
+        kwargs={"autocommit": True, "connect_timeout": 3},
+        check=AsyncConnectionPool.check_connection,
+        reconnect_timeout=0,
+    )
 
 EXAMPLE_RPC = "public.finalize_transaction"
 

@@ -78,17 +78,7 @@ class Ticker:
             check=AsyncConnectionPool.check_connection,
             reconnect_timeout=0,
         )
-        # As the drain's: DB2 may be down a while; a commit then fails fast and is retried.
-        self.db2 = async_pool(
-            self.db2_dsn,
-            min_size=0,
-            max_size=POOL_MAX,
-            open=False,
-            timeout=5,
-            kwargs={"autocommit": True, "connect_timeout": 3},
-            check=AsyncConnectionPool.check_connection,
-            reconnect_timeout=0,
-        )
+        self.db2 = ledger.db2_pool(self.db2_dsn, POOL_MAX)
         await self.db1.open(wait=False)
         await self.db2.open(wait=False)
         self._webhook = WebhookClient(timeout_s=self.webhook_timeout_s, max_connections=256)

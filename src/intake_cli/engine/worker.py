@@ -220,18 +220,7 @@ class Worker:
             # the batch loop, and a broken connection surfaces as an
             # OperationalError that the slot's retry already handles.
         )
-        # DB2 may be down for a while: connections are checked before use and
-        # a missing server fails fast (the commit is retried later).
-        self.db2 = async_pool(
-            self.db2_dsn,
-            min_size=0,
-            max_size=pool_size,
-            open=False,
-            timeout=5,
-            kwargs={"autocommit": True, "connect_timeout": 3},
-            check=AsyncConnectionPool.check_connection,
-            reconnect_timeout=0,
-        )
+        self.db2 = ledger.db2_pool(self.db2_dsn, pool_size)
         # Not waiting for the first connection: DB1 answered a moment ago, and
         # should it go away again the slots' retry rides that out.
         await self.db1.open()

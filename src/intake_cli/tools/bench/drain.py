@@ -261,7 +261,7 @@ def phase_report(directory: Path, concurrency: int) -> dict[str, Any]:
     }
 
 
-def _database(cluster: Cluster, name: str) -> str:
+def fresh_database(cluster: Cluster, name: str) -> str:
     with open_sync(cluster.dsn) as conn:
         conn.execute(
             psycopg.sql.SQL("drop database if exists {}").format(psycopg.sql.Identifier(name))
@@ -270,7 +270,7 @@ def _database(cluster: Cluster, name: str) -> str:
     return cluster.dsn_for(name)
 
 
-def _archived(dsn: str) -> int:
+def archived_count(dsn: str) -> int:
     with open_sync(dsn) as conn:
         row = conn.execute(queries("bench_drain")["archived"]).fetchone()
     return int(row[0]) if row else 0
@@ -307,9 +307,9 @@ def run_scenario(
     tag = f"p{scenario.processes}_d{scenario.webhook_delay_ms}{'_b' if scenario.baseline else ''}"
     intents, concurrency, batch_size = plan.intents, plan.concurrency, plan.batch_size
     db1_name, db2_name = f"bench_db1_{tag}", f"bench_db2_{tag}"
-    db1 = _database(clusters["db1"], db1_name)
-    db2 = _database(clusters["db2"], db2_name)
-    ceiling_db2 = _database(clusters["db2"], f"bench_db2_ceiling_{tag}")
+    db1 = fresh_database(clusters["db1"], db1_name)
+    db2 = fresh_database(clusters["db2"], db2_name)
+    ceiling_db2 = fresh_database(clusters["db2"], f"bench_db2_ceiling_{tag}")
     with open_sync(ceiling_db2, autocommit=False) as conn:
         ledger.install_example(conn)
         conn.commit()
@@ -383,7 +383,7 @@ def run_scenario(
             seconds = time.perf_counter() - started
             cpu_after = cpu_times()
             parts_after = parts()
-            archived = _archived(db1)
+            archived = archived_count(db1)
             if archived != intents:
                 raise RuntimeError(f"{intents} intents committed but {archived} archived")
         finally:
@@ -483,7 +483,7 @@ def targets(results: list[DrainResult]) -> list[dict[str, Any]]:
     return found
 
 
-def _int_list(text: str, name: str) -> list[int]:
+def parse_int_list(text: str, name: str) -> list[int]:
     try:
         values = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
@@ -547,8 +547,8 @@ def drain_command(
     cores = os.cpu_count() or 1
     scenarios = [
         Scenario(p, d)
-        for d in _int_list(webhook_delay_ms, "--webhook-delay-ms")
-        for p in _int_list(processes, "--processes")
+        for d in parse_int_list(webhook_delay_ms, "--webhook-delay-ms")
+        for p in parse_int_list(processes, "--processes")
     ]
     if baseline_src is not None:
         if not (baseline_src / "src" / "intake_cli").is_dir():

@@ -20,7 +20,7 @@ import yaml
 from intake_cli.engine import claims, lifecycle
 from intake_cli.platform import config
 from intake_cli.platform.embedded import Cluster, free_port
-from intake_cli.tools.bench.drain import _archived, _database
+from intake_cli.tools.bench.drain import archived_count, fresh_database
 
 POOL = "bench"
 # How long serve may take to answer at start, and a drain worker to stop.
@@ -33,8 +33,8 @@ def claimed_event(
 ) -> Path:
     """A fresh DB1 and DB2 database pair provisioned by `intake up`, every unit
     of its pool claimed by a distinct buyer; returns its intake.yaml."""
-    db1 = _database(clusters["db1"], f"{name}_db1")
-    db2 = _database(clusters["db2"], f"{name}_db2")
+    db1 = fresh_database(clusters["db1"], f"{name}_db1")
+    db2 = fresh_database(clusters["db2"], f"{name}_db2")
     path = workdir / f"{name}.yaml"
     pool = {
         "pool_id": POOL,
@@ -107,7 +107,7 @@ def drain_until_archived(
         stderr=subprocess.DEVNULL,
     )
     try:
-        while _archived(db1) < intents:
+        while archived_count(db1) < intents:
             if worker.poll() is not None:
                 raise RuntimeError("the drain worker exited early")
             time.sleep(0.05)

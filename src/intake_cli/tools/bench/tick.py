@@ -30,7 +30,7 @@ from intake_cli.platform import config
 from intake_cli.platform.embedded import Cluster, EmbeddedClusters
 from intake_cli.tools.bench import claims as bench
 from intake_cli.tools.bench import served_event
-from intake_cli.tools.bench.drain import _archived, _int_list, cpu_times
+from intake_cli.tools.bench.drain import archived_count, cpu_times, parse_int_list
 from intake_cli.tools.webhook_process import WebhookServer
 
 TARGET_RATIO = 0.70
@@ -70,7 +70,7 @@ async def _schedule(url: str, db1: str, intents: int, interval_s: float) -> tupl
     headers = {"Authorization": f"Bearer {TOKEN}"}
     async with httpx.AsyncClient(timeout=120, headers=headers) as client:
         started = time.perf_counter()
-        while await asyncio.to_thread(_archived, db1) < intents:
+        while await asyncio.to_thread(archived_count, db1) < intents:
             due = started + len(fired) * interval_s
             if time.perf_counter() >= due:
                 fired.append(asyncio.create_task(client.post(url + "/api/drain/tick")))
@@ -119,7 +119,7 @@ def tick_command(
 ) -> None:
     """Drain throughput through HTTP ticks (batch 500, one per --interval) vs `intake drain
     --concurrency 1`, same run; the target is a ratio of at least 0.70."""
-    delays = _int_list(webhook_delay_ms, "--webhook-delay-ms")
+    delays = parse_int_list(webhook_delay_ms, "--webhook-delay-ms")
     if quick:
         intents, delays = 1000, [0]
     workdir = Path(tempfile.mkdtemp(prefix="intake-bench-tick-"))
