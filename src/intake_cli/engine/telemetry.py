@@ -8,7 +8,10 @@ figures `intake status` and `intake watch` show.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import socket
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -30,6 +33,24 @@ _VERSION = re.compile(r"^(\d+)\.(\d+)")
 
 def query(name: str) -> str:
     return queries("telemetry")[name]
+
+
+async def register_worker(
+    conn: psycopg.AsyncConnection, worker_id: str, pool_filter: str | None, concurrency: int
+) -> None:
+    """Enter a drain (worker or serve's ticker) in the registry `intake watch` reads."""
+    # An earlier try's insert may have committed before its connection broke.
+    with contextlib.suppress(psycopg.errors.UniqueViolation):
+        await conn.execute(
+            query("register_worker"),
+            {
+                "worker_id": worker_id,
+                "hostname": socket.gethostname(),
+                "pid": os.getpid(),
+                "pool_filter": pool_filter,
+                "concurrency": concurrency,
+            },
+        )
 
 
 def has_seconds_schedule(pg_cron_version: str) -> bool:

@@ -17,7 +17,6 @@ shows up as a silent worker.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -139,17 +138,7 @@ class Ticker:
         if self._registered:
             return
         async with self.db1.connection() as conn:
-            with contextlib.suppress(psycopg.errors.UniqueViolation):
-                await conn.execute(
-                    telemetry.query("register_worker"),
-                    {
-                        "worker_id": self.worker_id,
-                        "hostname": socket.gethostname(),
-                        "pid": os.getpid(),
-                        "pool_filter": None,
-                        "concurrency": 1,
-                    },
-                )
+            await telemetry.register_worker(conn, self.worker_id, None, 1)
         self._registered = True
 
     async def _heartbeat(self, *, stopped: bool = False) -> None:

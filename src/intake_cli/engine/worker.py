@@ -342,18 +342,7 @@ class Worker:
     # -- the registry `intake watch` reads ---------------------------------------
 
     async def _register(self, conn: psycopg.AsyncConnection) -> None:
-        # An earlier try's insert may have committed before its connection broke.
-        with contextlib.suppress(psycopg.errors.UniqueViolation):
-            await conn.execute(
-                telemetry.query("register_worker"),
-                {
-                    "worker_id": self.worker_id,
-                    "hostname": socket.gethostname(),
-                    "pid": os.getpid(),
-                    "pool_filter": self.pool_filter,
-                    "concurrency": self.concurrency,
-                },
-            )
+        await telemetry.register_worker(conn, self.worker_id, self.pool_filter, self.concurrency)
 
     async def _heartbeat(self, *, stopped: bool = False) -> None:
         counts = self.stats.counts
