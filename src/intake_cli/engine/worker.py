@@ -36,7 +36,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import socket
 import time
 import uuid
@@ -78,6 +77,7 @@ from intake_cli.platform.errors import (
 )
 from intake_cli.platform.logs import LogDrain, event
 from intake_cli.platform.pgconn import async_pool, open_async
+from intake_cli.platform.signals import stop_on_signals
 from intake_cli.platform.sqlfiles import queries
 
 # Waiting for a database at start: the first try again after about half a
@@ -173,19 +173,15 @@ class Worker:
         self._stopping.set()
 
     async def run(self) -> DrainStats:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self.stop)
-        shipper = asyncio.create_task(self.log_drain.run()) if self.log_drain else None
-        try:
-            if await self._until_stopped(self._wait_for_databases()):
-                await self._drain()
-            # Logged before the log drain's last flush, so the drain receives it too.
-            event(self.log, logging.INFO, "stopped", **self.stats.as_json())
-        finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
-            await self._close_log_drain(shipper)
+        with stop_on_signals(asyncio.get_running_loop(), self.stop):
+            shipper = asyncio.create_task(self.log_drain.run()) if self.log_drain else None
+            try:
+                if await self._until_stopped(self._wait_for_databases()):
+                    await self._drain()
+                # Logged before the log drain's last flush, so the drain receives it too.
+                event(self.log, logging.INFO, "stopped", **self.stats.as_json())
+            finally:
+                await self._close_log_drain(shipper)
         return self.stats
 
     async def _until_stopped(self, work: Coroutine[Any, Any, None]) -> bool:

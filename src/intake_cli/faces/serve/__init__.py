@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 
 from aiohttp import web
 
@@ -16,6 +15,7 @@ from intake_cli.faces.serve.app import build_app
 from intake_cli.platform.config import Settings
 from intake_cli.platform.errors import IntakeError
 from intake_cli.platform.logs import event
+from intake_cli.platform.signals import stop_on_signals
 
 # How long open requests (a tick mid-batch) get to finish when stopping.
 SHUTDOWN_TIMEOUT_S = 30.0
@@ -37,29 +37,23 @@ async def serve(
     )
     await runner.setup()
     stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stopping.set)
-    try:
-        site = web.TCPSite(runner, host, port)
+    # The handlers stay until the end: a second signal while running ticks
+    # finish must not kill the process halfway through its shutdown.
+    with stop_on_signals(asyncio.get_running_loop(), stopping.set):
         try:
-            await site.start()
-        except OSError as exc:
-            raise BindFailed(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-        event(logger, logging.INFO, "serving", url=f"http://{_netloc(host, port)}/")
-        await stopping.wait()
-        event(logger, logging.INFO, "stopping", reason="signal")
-    finally:
-        # The handlers stay until the end: a second signal while running ticks
-        # finish must not kill the process halfway through its shutdown.
-        await runner.cleanup()
-        event(logger, logging.INFO, "stopped")
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-            # Stopped: a signal that arrives while the interpreter winds down
-            # (a supervisor repeating its SIGTERM) must not turn exit 0 into a
-            # kill; the default action it would get back here does.
-            signal.signal(sig, signal.SIG_IGN)
+            site = web.TCPSite(runner, host, port)
+            try:
+                await site.start()
+            except OSError as exc:
+                raise BindFailed(
+                    f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+                ) from None
+            event(logger, logging.INFO, "serving", url=f"http://{_netloc(host, port)}/")
+            await stopping.wait()
+            event(logger, logging.INFO, "stopping", reason="signal")
+        finally:
+            await runner.cleanup()
+            event(logger, logging.INFO, "stopped")
 
 
 def _netloc(host: str, port: int) -> str:
