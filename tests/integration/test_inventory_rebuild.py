@@ -9,6 +9,7 @@ processes, is tests/acceptance/test_crash_recovery.py.
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 
 import psycopg
@@ -191,3 +192,75 @@ def test_the_maintenance_job_rebuilds_a_lost_pool(workdir, db1_dsn, db2_dsn):
         assert inventory(conn) == before
         assert recovery.last_rebuilds(conn)["drop"].trigger == "maintenance"
         assert claims.claim(conn, "drop", "d").unit_no == 4
+
+
+@pytest.mark.parametrize("how", ["single", "batched"])
+def test_a_claim_racing_the_rebuilds_commit_leaves_no_unit_off_sale(
+    workdir, db1_dsn, db2_dsn, how
+):
+    """A claim that runs after the rebuild set the unit sequence but before it
+    committed must not draw a number it cannot use: that unit would stay
+    available below the sequence, off the release list, and a later buyer
+    would be told `sold_out` while it remained (seen in a real crash run)."""
+    provision(workdir, db1_dsn, db2_dsn, pool_spec("drop", 10))
+    with (
+        psycopg.connect(db1_dsn, autocommit=True) as conn,
+        psycopg.connect(db1_dsn) as rebuilder,
+    ):
+        claims.claim_batch(conn, "drop", ["a", "b", "c"])
+        lose_volatile_state(conn)
+        # The rebuild has run, sequence set, and has not committed yet.
+        rebuilder.execute("select * from intake.rebuild_inventory('drop', 'test')").fetchall()
+        racer = (
+            claims.claim(conn, "drop", "racer")
+            if how == "single"
+            else claims.claim_batch(conn, "drop", ["racer"])[0]
+        )
+        assert racer.outcome == "recovering"
+        rebuilder.commit()
+
+        buyers = [f"late-{n}" for n in range(8)]
+        answers = [claims.claim(conn, "drop", user).outcome for user in buyers]
+        assert answers == ["claimed"] * 7 + ["sold_out"]
+        left = conn.execute(
+            "select count(*) from intake.allocations where pool_id = 'drop'"
+            " and status = 'available'"
+        ).fetchone()[0]
+        assert left == 0
+
+
+
+@pytest.mark.parametrize("how", ["single", "batched"])
+def test_a_released_unit_held_by_a_claim_that_rolls_back_is_not_sold_out(
+    workdir, db1_dsn, db2_dsn, how
+):
+    """The last unit on sale is on the release list and another claim holds
+    its entry: that claim may still roll back, so a claim meanwhile waits for
+    it and takes the unit, rather than answer `sold_out` while it remains."""
+    provision(workdir, db1_dsn, db2_dsn, pool_spec("drop", 3))
+    with (
+        psycopg.connect(db1_dsn, autocommit=True) as conn,
+        psycopg.connect(db1_dsn) as holder,
+    ):
+        got = claims.claim_batch(conn, "drop", ["a", "b", "c"])
+        finish(conn, "rejected", got[1:2])
+        assert released(conn) == {2}
+        holder.execute("select from intake.released_units for update")
+
+        answers: list[claims.Claim] = []
+
+        def late_claim() -> None:
+            with psycopg.connect(db1_dsn, autocommit=True) as other:
+                if how == "single":
+                    answers.append(claims.claim(other, "drop", "late"))
+                else:
+                    answers.extend(claims.claim_batch(other, "drop", ["late"]))
+
+        waiting = threading.Thread(target=late_claim)
+        waiting.start()
+        waiting.join(1)
+        assert waiting.is_alive(), f"answered while the entry was held: {answers}"
+        holder.rollback()
+        waiting.join(10)
+        assert [(a.outcome, a.unit_no) for a in answers] == [("claimed", 2)]
+        assert claims.claim(conn, "drop", "later").outcome == "sold_out"
