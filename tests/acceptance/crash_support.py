@@ -5,9 +5,12 @@ rides the crash the way real clients do (reconnect, retry `recovering`)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
+import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -99,12 +102,14 @@ class CrashEvent:
             )
         else:
             pid = int((Path(cluster.datadir) / "postmaster.pid").read_text().split()[0])
+            children = _children(pid)
             os.kill(pid, signal.SIGKILL)
             # Gone, not merely signalled: until then `pg_ctl status` still
             # finds it and nothing would be started.
             deadline = time.monotonic() + 30
             while _alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.05)
+            _reap_orphans(children)
         # After a SIGKILL, orphaned backends hold the shared memory a moment
         # longer; the start is retried until they are gone.
         deadline = time.monotonic() + 60
@@ -116,6 +121,47 @@ class CrashEvent:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.5)
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (a postmaster's backends and workers)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            # The name may hold spaces; the parent pid is the 2nd field after it.
+            if int(stat.read_text().rpartition(")")[2].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
+
+
+def _reap_orphans(children: list[int], grace_s: float = 15.0) -> None:
+    """Backends orphaned by a postmaster's SIGKILL exit on their own once they
+    notice; one still there after `grace_s` is killed, as a service manager
+    stopping the server's control group would, and named on stderr."""
+    deadline = time.monotonic() + grace_s
+    while any(_running(c) for c in children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for child in children:
+        if _running(child):
+            with contextlib.suppress(OSError):
+                state = _state(child)
+                cmdline = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ")
+                print(f"orphaned backend {child} ({state}) {cmdline!r} killed", file=sys.stderr)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
+
+
+def _state(pid: int) -> str:
+    """The process's state letter (R, S, T, Z…); "" once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
+def _running(pid: int) -> bool:
+    """Still there and not a zombie (a zombie holds no shared memory)."""
+    return _state(pid) not in ("", "Z")
 
 
 def _alive(pid: int) -> bool:
@@ -177,6 +223,10 @@ class Herd:
     answers: list[tuple[str, str]] = field(default_factory=list)  # (user, outcome) in order
     final: dict[str, claims.Claim] = field(default_factory=dict)
     errors: int = 0
+    # Once this many buyers hold a unit, no new buyer starts until `resume`
+    # is set: a crash test then never finds the herd over before the crash.
+    hold_at: int | None = None
+    resume: threading.Event = field(default_factory=threading.Event)
 
     @property
     def claimed(self) -> int:
@@ -191,6 +241,14 @@ class Herd:
         async def buyer() -> None:
             conn: psycopg.AsyncConnection | None = None
             while pending:
+                while (
+                    self.hold_at is not None
+                    and self.claimed >= self.hold_at
+                    and not self.resume.is_set()
+                ):
+                    await asyncio.sleep(0.05)
+                if not pending:
+                    break
                 user = pending.pop()
                 while True:
                     try:

@@ -37,7 +37,9 @@ def _herd_with_crash(event: CrashEvent, how: str, workers: list[subprocess.Popen
     the pool before any buyer reconnects, and the test could not show what
     buyers are told meanwhile. The maintenance job is off for the same reason.
     """
-    herd = Herd(event.db1, event.pool_id)
+    # Held at two thirds until DB1 is back: on a busy machine the herd could
+    # otherwise be over before the crash, and no claim would see it.
+    herd = Herd(event.db1, event.pool_id, hold_at=2 * UNITS // 3)
     users = [f"buyer-{n}" for n in range(UNITS)]
     runner = threading.Thread(
         target=lambda: asyncio.run(herd.run(users, concurrency=8, pace_s=0.05)), daemon=True
@@ -49,6 +51,7 @@ def _herd_with_crash(event: CrashEvent, how: str, workers: list[subprocess.Popen
         worker.send_signal(signal.SIGSTOP)
     try:
         event.crash(how)
+        herd.resume.set()
         wait_for(lambda: "recovering" in herd.outcomes(), 60, "a claim answered `recovering`")
     finally:
         for worker in workers:
