@@ -1,4 +1,4 @@
--- claim_views: the gateway's once-a-second snapshot: for each watched buyer of one pool, their latest intent (unit, key, state), how many of the pool's queued intents are ahead of it, and the drain's latest measured outflow; {queue} and {archive} are the intent queue's pgmq tables
+-- claim_views: the gateway's once-a-second snapshot: for each watched buyer of one pool, their latest intent (unit, key, state), how many of the pool's queued intents are ahead of it (only when %(with_positions)s: numbering the queue is the costly part, and the gateway spaces it by its measured cost), and the drain's latest measured outflow; {queue} and {archive} are the intent queue's pgmq tables
 with watched as (
     select distinct u as user_id from unnest(%(user_ids)s::text[]) as u
 ), held as (
@@ -16,7 +16,8 @@ with watched as (
     select (q.message ->> 'idempotency_key')::uuid as idempotency_key,
            row_number() over (order by q.msg_id) - 1 as ahead
       from {queue} q
-     where q.message ->> 'pool_id' = %(pool_id)s
+     where %(with_positions)s
+       and q.message ->> 'pool_id' = %(pool_id)s
 ), released as (
     -- A rejected intent gave its unit back: only the archive still names its buyer.
     select distinct on (a.message ->> 'user_id')

@@ -52,10 +52,18 @@ def _statement(queue_name: str) -> sql.Composed:
 
 
 async def read(
-    conn: psycopg.AsyncConnection, queue_name: str, pool_id: str, user_ids: list[str]
+    conn: psycopg.AsyncConnection,
+    queue_name: str,
+    pool_id: str,
+    user_ids: list[str],
+    with_positions: bool = True,
 ) -> PoolView:
-    """Every listed buyer's latest claim in the pool, in one statement."""
-    cur = await conn.execute(_statement(queue_name), {"pool_id": pool_id, "user_ids": user_ids})
+    """Every listed buyer's latest claim in the pool, in one statement; without
+    positions (`ahead` None throughout), the queue is not read."""
+    cur = await conn.execute(
+        _statement(queue_name),
+        {"pool_id": pool_id, "user_ids": user_ids, "with_positions": with_positions},
+    )
     rows = await cur.fetchall()
     velocity = rows[0][6] if rows else None
     views = {

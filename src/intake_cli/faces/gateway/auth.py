@@ -14,6 +14,7 @@ through the gateway.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import re
 import time
@@ -30,6 +31,14 @@ JWKS_ALGORITHMS = ["RS256", "ES256"]
 # Fetched keys are kept this long; a token naming an unknown key id triggers
 # one fetch (PyJWKClient's own cache rate-limits that).
 JWKS_CACHE_S = 300.0
+
+# Verified tokens are remembered (token text -> buyer, until min(exp, this
+# long)): a buyer who polls their claim every few seconds sends the same
+# token each time, and checking its signature again is most of a lookup's
+# cost. Bounded, and short enough that a key withdrawn from the JWKS stops
+# working within it.
+VERIFIED_CACHE_S = 60.0
+VERIFIED_CACHE_MAX = 100_000
 
 BUYER_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
 
@@ -57,6 +66,8 @@ class Verifier:
         self._secret = secret or None
         self._jwks = jwt.PyJWKClient(jwks_url, cache_keys=True, timeout=5) if jwks_url else None
         self._keys: dict[str, _CachedKey] = {}
+        # token -> (buyer, epoch seconds after which it must be checked again)
+        self._verified: dict[str, tuple[str, float]] = {}
 
     @classmethod
     def from_environment(cls, audience: str, jwks_url: str | None) -> Verifier:
@@ -65,18 +76,26 @@ class Verifier:
     async def buyer(self, authorization: str | None) -> str:
         """The buyer id of a verified `Authorization: Bearer …` header, or TokenRefused."""
         token = _bearer(authorization)
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError:
-            raise TokenRefused("malformed token") from None
-        if self._secret is not None and header.get("alg") in HMAC_ALGORITHMS:
-            key: object = self._secret
-            algorithms = HMAC_ALGORITHMS
-        elif self._jwks is not None:
-            cached = await self._signing_key(header.get("kid"))
-            key, algorithms = cached.key, [cached.algorithm]
+        known = self._verified.get(token)
+        if known is not None:
+            if time.time() < known[1]:
+                return known[0]
+            del self._verified[token]
+        key: object
+        if self._jwks is None:
+            # One way to verify: jwt.decode holds the token's alg to it, and
+            # parsing the header first as well would cost a third of a check.
+            key, algorithms = self._secret, HMAC_ALGORITHMS
         else:
-            raise TokenRefused("token algorithm not accepted")
+            try:
+                header = jwt.get_unverified_header(token)
+            except jwt.PyJWTError:
+                raise TokenRefused("malformed token") from None
+            if self._secret is not None and header.get("alg") in HMAC_ALGORITHMS:
+                key, algorithms = self._secret, HMAC_ALGORITHMS
+            else:
+                cached = await self._signing_key(header.get("kid"))
+                key, algorithms = cached.key, [cached.algorithm]
         try:
             claims = jwt.decode(
                 token,
@@ -90,7 +109,18 @@ class Verifier:
         sub = claims.get("sub")
         if not isinstance(sub, str) or not BUYER_ID.fullmatch(sub):
             raise TokenRefused("sub is not a user id (expected a UUID)")
-        return sub.lower()
+        buyer = sub.lower()
+        self._remember(token, buyer, claims["exp"])
+        return buyer
+
+    def _remember(self, token: str, buyer: str, exp: object) -> None:
+        if len(self._verified) >= VERIFIED_CACHE_MAX:
+            # Dicts keep insertion order: the oldest entries go first.
+            for stale in list(itertools.islice(self._verified, VERIFIED_CACHE_MAX // 10)):
+                del self._verified[stale]
+        # `exp` was checked by jwt.decode: a number.
+        until = min(float(exp), time.time() + VERIFIED_CACHE_S)  # type: ignore[arg-type]
+        self._verified[token] = (buyer, until)
 
     async def _signing_key(self, kid: object) -> _CachedKey:
         if not isinstance(kid, str) or not kid:
@@ -133,4 +163,8 @@ def _reason(exc: jwt.PyJWTError) -> str:
         return f"token lacks the {exc.claim} claim"
     if isinstance(exc, jwt.InvalidSignatureError):
         return "bad signature"
+    if isinstance(exc, jwt.InvalidAlgorithmError):
+        return "token algorithm not accepted"
+    if isinstance(exc, jwt.DecodeError):
+        return "malformed token"
     return "invalid token"

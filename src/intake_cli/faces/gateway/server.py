@@ -16,6 +16,7 @@ from aiohttp import web
 
 from intake_cli.faces.gateway import app as gateway_app
 from intake_cli.faces.gateway.auth import Verifier
+from intake_cli.platform import eventloop
 from intake_cli.platform.config import Settings
 
 # Idle keep-alive connections are closed after this many seconds, so that
@@ -36,6 +37,7 @@ def serve(settings: Settings, dsn: str, host: str, port: int, reuse_port: bool) 
         access_log=None,
         keepalive_timeout=min(KEEPALIVE_S, gateway.client_timeout_s),
         handle_signals=True,
+        loop=eventloop.new_loop(),
     )
 
 
