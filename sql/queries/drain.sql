@@ -34,18 +34,26 @@ select s.state, s.attempts, s.msg_id as state_msg_id,
 select intake.refuse_messages(%(queue)s, %(dlq)s, %(msg_ids)s::bigint[], %(messages)s::jsonb[],
                               %(errors)s::text[]);
 
--- mark_validated: the webhook said yes
+-- mark_validated: the webhook said yes; committed without waiting for the WAL flush
+-- Why not durably: the record of an answer only spares the next worker from
+-- asking the webhook again after a worker dies, and a worker's death loses no
+-- commit. A DB1 crash may lose the last few of these commits (never one that a
+-- later durable commit depends on: WAL is flushed in order); those intents then
+-- ask the webhook again under the same idempotency key, as before the record
+-- existed. Each answer group was a WAL flush of its own.
 select intake.mark_validated(%(keys)s::uuid[], %(pool_ids)s::text[], %(msg_ids)s::bigint[],
-                             %(calls)s::integer[]);
+                             %(calls)s::integer[]),
+       set_config('synchronous_commit', 'off', true);
 
 -- finish_committed: committed in DB2: consume the units, archive the messages
 select intake.finish_committed(%(queue)s, %(msg_ids)s::bigint[], %(keys)s::uuid[],
                                %(pool_ids)s::text[], %(unit_nos)s::bigint[]);
 
--- finish_rejected: the webhook said no: release the units, archive the messages
+-- finish_rejected: the webhook said no: release the units, archive the messages; committed without waiting for the WAL flush, as mark_validated (a claim that takes a released unit commits durably, and flushes this with it)
 select intake.finish_rejected(%(queue)s, %(msg_ids)s::bigint[], %(keys)s::uuid[],
                               %(pool_ids)s::text[], %(unit_nos)s::bigint[], %(errors)s::text[],
-                              %(calls)s::integer[]);
+                              %(calls)s::integer[]),
+       set_config('synchronous_commit', 'off', true);
 
 -- schedule_retries: count a failure and hide the messages for their backoff
 select intake.schedule_retries(%(queue)s, %(msg_ids)s::bigint[], %(keys)s::uuid[],

@@ -8,7 +8,14 @@ from tests.conftest import run_intake
 def test_bench_drain_quick_reports_its_scenario():
     proc = run_intake("bench", "drain", "--quick", "--json", check=True)
     report = json.loads(proc.stdout)
-    [result] = report["results"]
+    bare, result = report["results"]
+    # The bare Python drain ran first on the same shape, and is the reference
+    # for one process.
+    assert (bare["code"], bare["processes"], bare["intents"]) == ("bare Python drain", 1, 1000)
+    assert bare["intents_per_sec"] > 0
+    assert result["code"] == "this tree"
+    [reference] = [t for t in report["targets"] if "bare Python drain" in t["what"]]
+    assert reference["measured"] > 0 and reference["bare_per_sec"] > 0
     assert (result["processes"], result["webhook_delay_ms"], result["intents"]) == (1, 0, 1000)
     assert result["intents_per_sec"] > 0 and result["webhook_ceiling_per_sec"] > 0
     assert result["db2_ceiling_per_sec"] > 0

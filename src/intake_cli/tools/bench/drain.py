@@ -42,6 +42,7 @@ from intake_cli.platform import config
 from intake_cli.platform.embedded import Cluster, EmbeddedClusters
 from intake_cli.platform.pgconn import open_sync
 from intake_cli.platform.sqlfiles import queries
+from intake_cli.tools.bench import bare_drain
 from intake_cli.tools.bench import claims as bench
 from intake_cli.tools.bench.ceilings import db2_ceiling, webhook_ceiling
 from intake_cli.tools.bench.cputime import (
@@ -68,6 +69,14 @@ class Scenario:
     # A source tree (with src/ and sql/) whose `intake drain` runs instead of
     # this one: the before of a before/after measured in one run.
     baseline: Path | None = None
+    # The bare Python drain (tools/bench/bare_drain.py) instead of `intake drain`.
+    bare: bool = False
+
+    @property
+    def code(self) -> str:
+        if self.bare:
+            return "bare Python drain"
+        return f"baseline {self.baseline}" if self.baseline else "this tree"
 
 
 @dataclass(frozen=True)
@@ -180,7 +189,7 @@ class DrainResult:
         steady = self.steady_per_sec
         per = lambda seconds: round(seconds / self.intents * 1000, 3)  # noqa: E731
         return {
-            "code": f"baseline {self.scenario.baseline}" if self.scenario.baseline else "this tree",
+            "code": self.scenario.code,
             "processes": self.scenario.processes,
             "webhook_delay_ms": self.scenario.webhook_delay_ms,
             "webhook_processes": self.webhook_processes,
@@ -282,6 +291,14 @@ def _committed(conn: psycopg.Connection) -> int:
     return int(row[0]) if row else 0
 
 
+def _bare_progress(path: Path) -> int:
+    """Intents the bare drain has archived, from the file it rewrites after each batch."""
+    try:
+        return int(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return 0
+
+
 def _seed_claims(dsn: str, intents: int) -> None:
     """`intents` buyers claim once each, a thousand per statement (the batched claim)."""
     step = claims.MAX_BATCH
@@ -304,7 +321,8 @@ class Plan:
 def run_scenario(
     workdir: Path, clusters: dict[str, Cluster], scenario: Scenario, plan: Plan
 ) -> DrainResult:
-    tag = f"p{scenario.processes}_d{scenario.webhook_delay_ms}{'_b' if scenario.baseline else ''}"
+    variant = "_bare" if scenario.bare else "_b" if scenario.baseline else ""
+    tag = f"p{scenario.processes}_d{scenario.webhook_delay_ms}{variant}"
     intents, concurrency, batch_size = plan.intents, plan.concurrency, plan.batch_size
     db1_name, db2_name = f"bench_db1_{tag}", f"bench_db2_{tag}"
     db1 = fresh_database(clusters["db1"], db1_name)
@@ -332,7 +350,8 @@ def run_scenario(
                 }
             )
         )
-        lifecycle.up(config.load(path))
+        settings = config.load(path)
+        lifecycle.up(settings)
         _seed_claims(db1, intents)
         hook_ceiling = webhook_ceiling(
             webhook.url, min(slots * batch_size, 1024), plan.ceiling_clients, plan.ceiling_seconds
@@ -343,10 +362,19 @@ def run_scenario(
         phase_dir = workdir / f"phases-{tag}"
         phase_dir.mkdir()
         phase_dir.chmod(0o777)
-        argv = [
-            sys.executable, "-m", "intake_cli", "-c", str(path), "drain",
-            "--log-level", "error", "--concurrency", str(concurrency),
-        ]  # fmt: skip
+        progress_file = workdir / f"progress-{tag}"
+        if scenario.bare:
+            bare_drain.prepare_db2(db2)
+            argv = [
+                sys.executable, "-m", "intake_cli.tools.bench.bare_drain", db1, db2,
+                webhook.url, settings.queue_name, str(batch_size), str(concurrency),
+                str(progress_file),
+            ]  # fmt: skip
+        else:
+            argv = [
+                sys.executable, "-m", "intake_cli", "-c", str(path), "drain",
+                "--log-level", "error", "--concurrency", str(concurrency),
+            ]  # fmt: skip
         env = {**os.environ, phases.ENV: str(phase_dir)}
         if scenario.baseline is not None:
             env["PYTHONPATH"] = str(scenario.baseline / "src")
@@ -372,12 +400,16 @@ def run_scenario(
         parts_before = parts()
         try:
             with sampler, open_sync(db1) as progress:
+                def how_far() -> int:
+                    return _bare_progress(progress_file) if scenario.bare else _committed(progress)
+
                 while True:
-                    done = _committed(progress)
+                    done = how_far()
                     timeline.append(Tick(time.perf_counter() - started, done, cpu_times(), parts()))
                     if done >= intents:
                         break
-                    if any(w.poll() is not None for w in workers):
+                    # The bare drain exits once the queue is empty: look again first.
+                    if any(w.poll() is not None for w in workers) and how_far() < intents:
                         raise RuntimeError("a drain worker exited early")
                     time.sleep(0.1)
             seconds = time.perf_counter() - started
@@ -410,16 +442,16 @@ def run_scenario(
 
 def markdown(results: list[DrainResult]) -> str:
     lines = [
-        "| drain processes | webhook delay | intents | seconds | intents/s | steady/s "
+        "| code | drain processes | webhook delay | intents | seconds | intents/s | steady/s "
         "| per process | webhook ceiling/s | DB2 ceiling/s | machine CPU busy | CPU ms/intent "
         "| machine ceiling/s | limit |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in results:
         d = r.as_json()
         steady = f"{d['steady_intents_per_sec']:,}" if d["steady_intents_per_sec"] else "—"
         lines.append(
-            f"| {d['processes']} | {d['webhook_delay_ms']} ms | {d['intents']:,} | "
+            f"| {d['code']} | {d['processes']} | {d['webhook_delay_ms']} ms | {d['intents']:,} | "
             f"{d['seconds']} | {d['intents_per_sec']:,} | {steady} | "
             f"{d['intents_per_sec_per_process']:,} | "
             f"{d['webhook_ceiling_per_sec']:,} | {d['db2_ceiling_per_sec']:,} | "
@@ -450,7 +482,8 @@ def markdown(results: list[DrainResult]) -> str:
 def targets(results: list[DrainResult]) -> list[dict[str, Any]]:
     """The issue's bars that one run can judge: scale-out against one process."""
     found = []
-    results = [r for r in results if r.scenario.baseline is None]
+    bare = {r.scenario.webhook_delay_ms: r for r in results if r.scenario.bare}
+    results = [r for r in results if r.scenario.baseline is None and not r.scenario.bare]
     one = {r.scenario.webhook_delay_ms: r for r in results if r.scenario.processes == 1}
     for r in results:
         base = one.get(r.scenario.webhook_delay_ms)
@@ -469,6 +502,23 @@ def targets(results: list[DrainResult]) -> list[dict[str, Any]]:
                 "limit": r.limit(),
                 "one_process_machine_cpu_busy": round(base.machine_busy, 3),
                 "machine_ceiling_per_sec": round(base.machine_ceiling_per_sec),
+            }
+        )
+    for delay, reference in sorted(bare.items()):
+        base = one.get(delay)
+        if base is None:
+            continue
+        rate, bare_rate = (
+            (base.steady_per_sec or base.per_sec),
+            (reference.steady_per_sec or reference.per_sec),
+        )
+        found.append(
+            {
+                "what": f"one process >= 80% of a bare Python drain (webhook delay {delay} ms, "
+                "steady state)",
+                "measured": round(rate / bare_rate, 2),
+                "met": rate >= 0.8 * bare_rate,
+                "bare_per_sec": round(bare_rate),
             }
         )
     for r in results:
@@ -540,7 +590,16 @@ def drain_command(
         help="Also run every scenario with the `intake drain` of this source tree (its src/ "
         "and sql/, e.g. from `git archive`), before this tree's: a before/after in one run.",
     ),
-    quick: bool = typer.Option(False, "--quick", help="A smoke run: 1,000 intents, 1 process."),
+    bare: bool = typer.Option(
+        True,
+        "--bare/--no-bare",
+        help="Also run the bare Python drain (read, POST each, one DB2 insert, archive: "
+        "tools/bench/bare_drain.py) as one process at each webhook delay, the reference "
+        "for one `intake drain` process.",
+    ),
+    quick: bool = typer.Option(
+        False, "--quick", help="A smoke run: 1,000 intents, 1 process, and the bare drain."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Drain throughput per process, where its time goes, and the webhook's and DB2's ceilings."""
@@ -559,6 +618,9 @@ def drain_command(
         scenarios = [
             x for s in scenarios for x in (Scenario(s.processes, s.webhook_delay_ms, baseline), s)
         ]
+    if bare:
+        delays = sorted({s.webhook_delay_ms for s in scenarios})
+        scenarios = [Scenario(1, d, bare=True) for d in delays] + scenarios
     largest = max(s.processes for s in scenarios)
     plan = Plan(
         intents=sized(intents, largest, concurrency, batch_size, batches_per_slot),
@@ -569,7 +631,7 @@ def drain_command(
         ceiling_clients=ceiling_clients or max(2, cores // 2),
     )
     if quick:
-        scenarios = [Scenario(1, 0)]
+        scenarios = [Scenario(1, 0, bare=True), Scenario(1, 0)] if bare else [Scenario(1, 0)]
         plan = Plan(1000, concurrency, batch_size, plan.webhook_processes, 0.5, 2)
     workdir = Path(tempfile.mkdtemp(prefix="intake-bench-drain-"))
     workdir.chmod(0o755)
