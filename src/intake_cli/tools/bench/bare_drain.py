@@ -25,9 +25,9 @@ import sys
 from pathlib import Path
 
 import aiohttp
-import psycopg
 
 from intake_cli.platform import eventloop
+from intake_cli.platform.pgconn import open_async, open_sync
 
 # What the drain's webhook client allows at once (engine/webhook.py).
 MAX_CONNECTIONS = 256
@@ -57,10 +57,7 @@ class BareDrain:
         return self.done
 
     async def _slot(self, session: aiohttp.ClientSession) -> None:
-        async with (
-            await psycopg.AsyncConnection.connect(self.db1, autocommit=True) as db1,
-            await psycopg.AsyncConnection.connect(self.db2, autocommit=True) as db2,
-        ):
+        async with await open_async(self.db1) as db1, await open_async(self.db2) as db2:
             while True:
                 cur = await db1.execute(
                     "select msg_id, message from pgmq.read(%s, %s, %s)",
@@ -96,7 +93,7 @@ class BareDrain:
 
 
 def prepare_db2(dsn: str) -> None:
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    with open_sync(dsn) as conn:
         conn.execute(CREATE_TABLE)
 
 
