@@ -123,15 +123,22 @@ class CrashEvent:
                 time.sleep(0.5)
 
 
+def _stat(pid: int) -> list[str]:
+    """/proc/<pid>/stat after the process name (which may hold spaces): state,
+    parent pid, …; [] once the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return []
+
+
 def _children(pid: int) -> list[int]:
     """The processes whose parent is `pid` (a postmaster's backends and workers)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            # The name may hold spaces; the parent pid is the 2nd field after it.
-            if int(stat.read_text().rpartition(")")[2].split()[1]) == pid:
-                found.append(int(stat.parent.name))
-    return found
+    return [
+        int(entry.name)
+        for entry in Path("/proc").glob("[0-9]*")
+        if _stat(int(entry.name))[1:2] == [str(pid)]
+    ]
 
 
 def _reap_orphans(children: list[int], grace_s: float = 15.0) -> None:
@@ -153,10 +160,7 @@ def _reap_orphans(children: list[int], grace_s: float = 15.0) -> None:
 
 def _state(pid: int) -> str:
     """The process's state letter (R, S, T, Z…); "" once it is gone."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except (OSError, IndexError):
-        return ""
+    return next(iter(_stat(pid)), "")
 
 
 def _running(pid: int) -> bool:

@@ -73,14 +73,7 @@ class Cluster:
 
     def dsn_for(self, dbname: str) -> str:
         """A DSN for one of this cluster's databases; the password stays in the passfile."""
-        return make_conninfo(
-            "",
-            host="127.0.0.1",
-            port=self.port,
-            user=SUPERUSER,
-            dbname=dbname,
-            passfile=self.passfile,
-        )
+        return local_dsn(self.port, dbname, self.passfile)
 
     @property
     def dsn(self) -> str:
@@ -89,6 +82,14 @@ class Cluster:
     @property
     def logfile(self) -> str:
         return str(Path(self.datadir).parent / f"{self.name}.log")
+
+
+def local_dsn(port: int, dbname: str, passfile: str) -> str:
+    """intake's superuser on a loopback port (a cluster's, or a pooler's in front
+    of it), its password read from `passfile`, never written in the DSN."""
+    return make_conninfo(
+        "", host="127.0.0.1", port=port, user=SUPERUSER, dbname=dbname, passfile=passfile
+    )
 
 
 def _major_of(bindir: Path) -> float:

@@ -29,8 +29,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from psycopg.conninfo import make_conninfo
-
 from intake_cli.platform.embedded import (
     PASSFILE,
     SUPERUSER,
@@ -38,6 +36,7 @@ from intake_cli.platform.embedded import (
     _as,
     _server_account,
     free_port,
+    local_dsn,
 )
 from intake_cli.platform.errors import IntakeError
 from intake_cli.platform.pgconn import open_sync
@@ -60,14 +59,7 @@ class Pooler:
 
     def dsn_for(self, dbname: str) -> str:
         """A DSN for one of the cluster's databases, through the pooler."""
-        return make_conninfo(
-            "",
-            host="127.0.0.1",
-            port=self.port,
-            user=SUPERUSER,
-            dbname=dbname,
-            passfile=str(self.passfile),
-        )
+        return local_dsn(self.port, dbname, str(self.passfile))
 
     def log(self) -> str:
         return self.logfile.read_text(errors="replace") if self.logfile.exists() else ""
