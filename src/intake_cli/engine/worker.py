@@ -67,7 +67,7 @@ from intake_cli.engine.batch import (
 from intake_cli.engine.retry import RetryPolicy
 from intake_cli.engine.webhook import WebhookClient
 from intake_cli.platform.config import Settings
-from intake_cli.platform.db import CONNECT_TIMEOUT_S, describe_dsn
+from intake_cli.platform.db import CONNECT_TIMEOUT_S, describe_dsn, first_line
 from intake_cli.platform.errors import (
     ConnectionFailed,
     DatabaseUnreachable,
@@ -87,11 +87,6 @@ DB_WAIT_FIRST_S = 0.5
 DB_WAIT_MAX_S = 10
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0].removeprefix("connection failed: ") if lines else type(exc).__name__
-
-
 @contextlib.asynccontextmanager
 async def _connect(dsn: str, label: str) -> AsyncIterator[psycopg.AsyncConnection]:
     """A direct connection for the start-up checks; losing the server is DatabaseUnreachable."""
@@ -99,7 +94,7 @@ async def _connect(dsn: str, label: str) -> AsyncIterator[psycopg.AsyncConnectio
         conn = await open_async(dsn, connect_timeout=CONNECT_TIMEOUT_S)
     except psycopg.OperationalError as exc:
         raise DatabaseUnreachable(
-            label, f"cannot connect to {label} ({describe_dsn(dsn)}): {_first_line(exc)}"
+            label, f"cannot connect to {label} ({describe_dsn(dsn)}): {first_line(exc)}"
         ) from None
     except psycopg.ProgrammingError as exc:
         # A malformed DSN will not get better by waiting.
@@ -108,7 +103,7 @@ async def _connect(dsn: str, label: str) -> AsyncIterator[psycopg.AsyncConnectio
         try:
             yield conn
         except (psycopg.OperationalError, psycopg.InterfaceError, LedgerUnavailable) as exc:
-            raise DatabaseUnreachable(label, f"{label}: {_first_line(exc)}") from None
+            raise DatabaseUnreachable(label, f"{label}: {first_line(exc)}") from None
 
 
 class Worker:

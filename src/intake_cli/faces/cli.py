@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -23,9 +24,9 @@ from intake_cli.engine import worker as drainer
 from intake_cli.faces import serve, watch
 from intake_cli.faces.serve import auth as serve_auth
 from intake_cli.platform import config, eventloop, logs
-from intake_cli.platform.db import connect, endpoints
+from intake_cli.platform.db import connect, endpoints, first_line
 from intake_cli.platform.display import cell, markup
-from intake_cli.platform.errors import IntakeError, UnknownPool, UsageError
+from intake_cli.platform.errors import ConnectionFailed, IntakeError, UnknownPool, UsageError
 from intake_cli.tools import demo, testhook
 from intake_cli.tools.bench import dashboard as bench_dashboard
 from intake_cli.tools.bench import drain as bench_drain
@@ -838,3 +839,10 @@ def main() -> None:
     except IntakeError as exc:
         err.print("[bold red]error:[/]", markup(exc, lines=True), highlight=False)
         sys.exit(exc.exit_code)
+    except psycopg.Error as exc:
+        # A database that fails mid-command (a DB1 crash during `intake burst`,
+        # a read-only or restarting server) is a fault to report, not a bug to
+        # trace back: what was done before it stands.
+        reason = f"{type(exc).__name__}: {first_line(exc)}"
+        err.print("[bold red]error:[/] database:", markup(reason, lines=True), highlight=False)
+        sys.exit(ConnectionFailed.exit_code)

@@ -49,6 +49,12 @@ def endpoints(settings: Settings, *, start: bool = False) -> Endpoints:
     return Endpoints(db1=db1, db2=db2, embedded=bool(wanted))
 
 
+def first_line(exc: BaseException) -> str:
+    """A database error's first line, for one-line messages."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0].removeprefix("connection failed: ") if lines else type(exc).__name__
+
+
 def describe_dsn(dsn: str) -> str:
     """The DSN without its passwords (the server's and the client key's), for messages."""
     try:
@@ -65,10 +71,8 @@ def connect(dsn: str, label: str, *, autocommit: bool = True) -> Iterator[psycop
     try:
         conn = open_sync(dsn, autocommit=autocommit, connect_timeout=CONNECT_TIMEOUT_S)
     except psycopg.OperationalError as exc:
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        reason = lines[0].removeprefix("connection failed: ") if lines else type(exc).__name__
         where = describe_dsn(dsn)
-        raise ConnectionFailed(f"cannot connect to {label} ({where}): {reason}") from None
+        raise ConnectionFailed(f"cannot connect to {label} ({where}): {first_line(exc)}") from None
     except psycopg.ProgrammingError as exc:
         raise ConnectionFailed(f"{label}: invalid connection string: {exc}") from None
     with conn:
