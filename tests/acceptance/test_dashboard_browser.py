@@ -117,6 +117,23 @@ def wait_page(browser: Any, predicate, timeout: float, what: str) -> dict[str, A
         time.sleep(0.05)
 
 
+DLQ_LOADS = (
+    "return performance.getEntriesByType('resource')"
+    ".filter((e) => e.name.includes('api/dlq?')).length;"
+)
+
+
+def reload_dead_letters(browser: Any) -> None:
+    """Press the list's Refresh and wait until its answer has been drawn."""
+    before = browser.execute_script(DLQ_LOADS)
+    browser.find_element("css selector", "#dlq-refresh").click()
+    deadline = time.monotonic() + 10
+    while browser.execute_script(DLQ_LOADS) == before:
+        assert time.monotonic() < deadline, "the dead-letter list was not reloaded"
+        time.sleep(0.05)
+    time.sleep(0.3)  # the answer is fetched; let the page draw it
+
+
 def open_dashboard(browser: Any, server: Server) -> dict[str, Any]:
     """Load `/`, give it the token through its form, and wait for its first snapshot."""
     browser.get(server.url + "/")
@@ -255,9 +272,13 @@ def test_replay_button_puts_a_dead_letter_back_and_it_commits(workdir, db1_dsn, 
             key = first["cells"][2]
             assert key in keys and "webhook: HTTP 503" in first["cells"][6]
 
-            browser.find_element(
+            replay = browser.find_element(
                 "css selector", f'#dlq tr[data-msg-id="{first["msg_id"]}"] button.replay'
-            ).click()
+            )
+            # A list reload landing between finding the button and clicking it
+            # must leave the same button in place (CI once clicked a detached one).
+            reload_dead_letters(browser)
+            replay.click()
             shown = wait_page(
                 browser,
                 lambda p: (

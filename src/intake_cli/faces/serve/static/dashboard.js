@@ -527,12 +527,12 @@
       const body = $("dlq").tBodies[0];
       if (!result.ok) {
         $("dlq-note").textContent = "dead letters: " + result.error;
-        body.replaceChildren();
+        renderLetters(body, []);
         return;
       }
       const letters = lettersOf(result.data);
       dlqDepthShown = latest ? latest.payload.snapshot.dlq_depth : null;
-      body.replaceChildren(...letters.map(letterRow));
+      renderLetters(body, letters);
       const total = latest ? latest.payload.snapshot.dlq_depth : null;
       $("dlq-note").textContent = letters.length === 0
         ? "The dead-letter queue is empty."
@@ -547,20 +547,51 @@
     }
   }
 
-  function letterRow(letter) {
-    const button = el("button", { type: "button", className: "replay", data: { msgId: letter.msg_id } }, ["Replay"]);
-    button.addEventListener("click", () => replay(letter.msg_id, button));
-    return el("tr", { data: { msgId: letter.msg_id } }, [
-      el("td", { className: "num" }, [text(letter.msg_id)]),
-      el("td", { className: "text" }, [text(letter.pool_id)]),
-      el("td", { className: "text" }, [text(letter.idempotency_key)]),
-      el("td", { className: "text" }, [text(letter.user_id)]),
-      el("td", {}, [text(letter.state)]),
-      el("td", { className: "num" }, [text(letter.attempts)]),
-      el("td", { className: "text", data: { field: "last_error" } }, [text(letter.last_error)]),
-      el("td", {}, [letter.dead_at ? new Date(letter.dead_at).toLocaleString() : "—"]),
-      el("td", {}, [button]),
-    ]);
+  // Rows are kept per message id, not rebuilt: a reload that lands while the
+  // operator moves to a Replay button must not swap the button from under
+  // the click (seen in CI as a click on a detached element).
+  const letterRows = new Map(); // msg id → { row, cells }
+  const LETTER_FIELDS = [
+    ["msg_id", "num"], ["pool_id", "text"], ["idempotency_key", "text"], ["user_id", "text"],
+    ["state", ""], ["attempts", "num"], ["last_error", "text"], ["dead_at", ""],
+  ];
+
+  function renderLetters(body, letters) {
+    const present = new Set();
+    for (const letter of letters) {
+      const key = String(letter.msg_id);
+      present.add(key);
+      let entry = letterRows.get(key);
+      if (!entry) entry = addLetterRow(key, letter.msg_id);
+      for (const [field] of LETTER_FIELDS) {
+        const value = letter[field];
+        entry.cells[field].textContent = field === "dead_at"
+          ? (value ? new Date(value).toLocaleString() : "—")
+          : text(value);
+      }
+      body.appendChild(entry.row); // keeps the answer's order
+    }
+    for (const [key, entry] of letterRows) {
+      if (!present.has(key)) {
+        entry.row.remove();
+        letterRows.delete(key);
+      }
+    }
+  }
+
+  function addLetterRow(key, msgId) {
+    const cells = {};
+    const row = el("tr", { data: { msgId: key } });
+    for (const [field, className] of LETTER_FIELDS) {
+      cells[field] = el("td", { className, data: { field } });
+      row.appendChild(cells[field]);
+    }
+    const button = el("button", { type: "button", className: "replay", data: { msgId: key } }, ["Replay"]);
+    button.addEventListener("click", () => replay(msgId, button));
+    row.appendChild(el("td", {}, [button]));
+    const entry = { row, cells };
+    letterRows.set(key, entry);
+    return entry;
   }
 
   async function replay(msgId, button) {
@@ -568,8 +599,11 @@
     const result = await api("POST", "api/dlq/replay", { msg_ids: [msgId] });
     if (result.ok) {
       say("dead letter " + msgId + " replayed: back on the queue", "ok");
-      const row = button.closest("tr");
-      if (row) row.remove();
+      const entry = letterRows.get(String(msgId));
+      if (entry) {
+        entry.row.remove();
+        letterRows.delete(String(msgId));
+      }
       loadDlq(); // after any load that started before the replay
 
     } else {
