@@ -264,3 +264,46 @@ def test_a_released_unit_held_by_a_claim_that_rolls_back_is_not_sold_out(
         waiting.join(10)
         assert [(a.outcome, a.unit_no) for a in answers] == [("claimed", 2)]
         assert claims.claim(conn, "drop", "later").outcome == "sold_out"
+
+
+def test_two_batches_sharing_the_last_released_units_do_not_deadlock(workdir, db1_dsn, db2_dsn):
+    """Two batches each take one of the last released units and want more.
+    The batch that holds an entry must not wait for the other's: the other
+    may be waiting for it, and PostgreSQL would end that by aborting one
+    whole batch (every buyer in it answered with an error)."""
+    provision(workdir, db1_dsn, db2_dsn, pool_spec("drop", 4))
+    with (
+        psycopg.connect(db1_dsn, autocommit=True) as conn,
+        psycopg.connect(db1_dsn) as open_batch,
+    ):
+        got = claims.claim_batch(conn, "drop", ["a", "b", "c", "d"])
+        finish(conn, "rejected", got[1:3])
+        assert released(conn) == {2, 3}
+        # A batch in an open transaction holds one entry (a gateway batch
+        # that has not committed yet).
+        first = claims.claim_batch(open_batch, "drop", ["b1"])
+        assert [a.outcome for a in first] == ["claimed"]
+
+        answers: list[claims.Claim] = []
+        errors: list[BaseException] = []
+
+        def two_buyers() -> None:
+            try:
+                with psycopg.connect(db1_dsn, autocommit=True) as other:
+                    answers.extend(claims.claim_batch(other, "drop", ["a1", "a2"]))
+            except psycopg.Error as exc:
+                errors.append(exc)
+
+        batch = threading.Thread(target=two_buyers)
+        batch.start()
+        batch.join(2)
+        # The open batch wants one more unit while the other holds the last entry.
+        second = claims.claim_batch(open_batch, "drop", ["b2"])
+        open_batch.commit()
+        batch.join(10)
+        assert not batch.is_alive() and errors == []
+        assert sorted(a.outcome for a in answers) == ["claimed", "sold_out"]
+        assert [a.outcome for a in second] == ["sold_out"]
+        units = inventory(conn)
+        assert sorted(s for _, s, *_ in units.values()) == ["locked"] * 4
+        assert released(conn) == set()
