@@ -27,15 +27,12 @@ def resource_ids(dsn: str) -> dict[int, str]:
     with psycopg.connect(dsn) as conn:
         return dict(
             conn.execute(
-                "select unit_no, resource_id::text from intake.allocations"
-                " where pool_id = 'listed'"
+                "select unit_no, resource_id::text from intake.allocations where pool_id = 'listed'"
             ).fetchall()
         )
 
 
-def test_listed_units_carry_the_operators_ids_and_grow_by_appending(
-    workdir, empty_db_dsn, db2_dsn
-):
+def test_listed_units_carry_the_operators_ids_and_grow_by_appending(workdir, empty_db_dsn, db2_dsn):
     ids = [str(uuid.uuid4()) for _ in range(30)]
     cfg = write_config(workdir, empty_db_dsn, db2_dsn, [listed_pool(workdir, ids)])
     report = json.loads(run_intake("up", "--json", config=cfg, check=True).stdout)

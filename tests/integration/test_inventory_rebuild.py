@@ -63,8 +63,7 @@ def finish(conn: psycopg.Connection, step: str, done: list[claims.Claim], **extr
         )
     elif step == "dead":
         intents = conn.execute(
-            "select array_agg(message order by msg_id) from pgmq.q_intents"
-            " where msg_id = any(%s)",
+            "select array_agg(message order by msg_id) from pgmq.q_intents where msg_id = any(%s)",
             (columns["msg_ids"],),
         ).fetchone()[0]
         n = len(done)
@@ -98,9 +97,7 @@ def test_rebuild_restores_every_unit_holding_and_number(workdir, db1_dsn, db2_ds
         # No unit and no `sold_out` for anyone while the inventory is gone.
         assert claims.claim(conn, "drop", "u3").outcome == "recovering"
         assert claims.claim(conn, "drop", "newcomer").outcome == "recovering"
-        assert {c.outcome for c in claims.claim_batch(conn, "drop", ["x", "u4"])} == {
-            "recovering"
-        }
+        assert {c.outcome for c in claims.claim_batch(conn, "drop", ["x", "u4"])} == {"recovering"}
         assert recovery.lost_pools(conn) == ["drop"]
 
         rebuilt = recovery.rebuild(conn, "drop", "test")
@@ -195,9 +192,7 @@ def test_the_maintenance_job_rebuilds_a_lost_pool(workdir, db1_dsn, db2_dsn):
 
 
 @pytest.mark.parametrize("how", ["single", "batched"])
-def test_a_claim_racing_the_rebuilds_commit_leaves_no_unit_off_sale(
-    workdir, db1_dsn, db2_dsn, how
-):
+def test_a_claim_racing_the_rebuilds_commit_leaves_no_unit_off_sale(workdir, db1_dsn, db2_dsn, how):
     """A claim that runs after the rebuild set the unit sequence but before it
     committed must not draw a number it cannot use: that unit would stay
     available below the sequence, off the release list, and a later buyer
@@ -227,7 +222,6 @@ def test_a_claim_racing_the_rebuilds_commit_leaves_no_unit_off_sale(
             " and status = 'available'"
         ).fetchone()[0]
         assert left == 0
-
 
 
 @pytest.mark.parametrize("how", ["single", "batched"])

@@ -32,9 +32,7 @@ def _describe(command: Any) -> dict[str, Any]:
     }
     # typer ships its own click; a group is whatever has subcommands.
     if hasattr(command, "commands"):
-        node["commands"] = {
-            name: _describe(sub) for name, sub in sorted(command.commands.items())
-        }
+        node["commands"] = {name: _describe(sub) for name, sub in sorted(command.commands.items())}
     return node
 
 

@@ -49,6 +49,7 @@ def db2_pool(dsn: str, max_size: int) -> AsyncConnectionPool:
         reconnect_timeout=0,
     )
 
+
 EXAMPLE_RPC = "public.finalize_transaction"
 
 ArgType = Literal["jsonb", "json"]

@@ -126,9 +126,7 @@ async def _buyer(request: web.Request, gateway: Gateway) -> str | web.Response:
     return buyer
 
 
-async def _buyer_and_pool(
-    request: web.Request, gateway: Gateway
-) -> tuple[str, str] | web.Response:
+async def _buyer_and_pool(request: web.Request, gateway: Gateway) -> tuple[str, str] | web.Response:
     """The verified buyer and the pool a request names, or the response refusing it."""
     buyer = await _buyer(request, gateway)
     if isinstance(buyer, web.Response):

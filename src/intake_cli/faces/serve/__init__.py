@@ -45,9 +45,7 @@ async def serve(
             try:
                 await site.start()
             except OSError as exc:
-                raise BindFailed(
-                    f"cannot listen on {host}:{port}: {exc.strerror or exc}"
-                ) from None
+                raise BindFailed(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
             event(logger, logging.INFO, "serving", url=f"http://{_netloc(host, port)}/")
             await stopping.wait()
             event(logger, logging.INFO, "stopping", reason="signal")

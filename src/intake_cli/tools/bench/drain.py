@@ -400,6 +400,7 @@ def run_scenario(
         parts_before = parts()
         try:
             with sampler, open_sync(db1) as progress:
+
                 def how_far() -> int:
                     return _bare_progress(progress_file) if scenario.bare else _committed(progress)
 
