@@ -1,0 +1,109 @@
+"""`intake drain`: the worker that validates and commits the queued intents."""
+
+from __future__ import annotations
+
+import typer
+
+from intake_cli.engine import worker as drainer
+from intake_cli.faces.cli.root import JsonOption, app, finite, load_settings, print_json
+from intake_cli.platform import config, eventloop, logs
+from intake_cli.platform.db import endpoints
+from intake_cli.platform.errors import UsageError
+
+# `drain --once` is run by cron and the like: waiting longer for a database
+# than a run's period would pile runs up.
+ONCE_CONNECT_TIMEOUT_S = 30
+
+
+@app.command()
+def drain(
+    concurrency: int = typer.Option(
+        4,
+        "--concurrency",
+        min=1,
+        max=64,
+        help="Batches in flight at once: one batch's webhook calls overlap another's commits.",
+    ),
+    once: bool = typer.Option(
+        False, "--once", help="Process one batch and exit (for cron or serverless callers)."
+    ),
+    pool: str | None = typer.Option(None, "--pool", help="Serve only this pool."),
+    log_level: str = typer.Option(
+        "info",
+        "--log-level",
+        help="debug | info | warning | error (info: one line per transition).",
+    ),
+    log_format: str = typer.Option("json", "--log-format", help="json | text"),
+    webhook_timeout: float = typer.Option(
+        10.0,
+        "--webhook-timeout",
+        min=0.1,
+        max=3600,
+        callback=finite,
+        help="Seconds before a webhook call counts as failed.",
+    ),
+    shutdown_timeout: float = typer.Option(
+        30.0,
+        "--shutdown-timeout",
+        min=0,
+        max=3600,
+        callback=finite,
+        help="On SIGINT/SIGTERM, seconds in-flight batches get to finish before being handed back.",
+    ),
+    connect_timeout: float | None = typer.Option(
+        None,
+        "--connect-timeout",
+        min=0,
+        max=86400,
+        callback=finite,
+        help=(
+            "Seconds to wait at start for DB1 and DB2 to be reachable, then exit 3 "
+            f"(default: as long as it takes; with --once, {ONCE_CONNECT_TIMEOUT_S} s)."
+        ),
+        show_default=False,
+    ),
+    as_json: bool = JsonOption,
+) -> None:
+    """Drain intents: validate with the webhook, commit to DB2, archive. Runs until stopped.
+
+    Started while DB1 or DB2 is unreachable, the worker waits for them (backoff
+    with jitter, a waiting_for_db1/waiting_for_db2 log line per try) and drains
+    as soon as both answer; --once gives up after --connect-timeout, so cron
+    runs do not pile up. A configuration error (DB1 not provisioned, unknown
+    pool, commit RPC missing in DB2) exits at once.
+
+    SIGINT/SIGTERM stop reading (or waiting); in-flight batches finish (or are
+    handed back to the queue after --shutdown-timeout) and the worker exits 0.
+    Changes to engine_config (batch size, visibility timeout, webhook URL,
+    commit rate, pause) are picked up at the next batch.
+    """
+    if log_level not in ("debug", "info", "warning", "error"):
+        raise UsageError(f"--log-level: expected debug, info, warning or error, got {log_level!r}")
+    if log_format not in ("json", "text"):
+        raise UsageError(f"--log-format: expected json or text, got {log_format!r}")
+    settings = load_settings()
+    if pool is not None and (reason := config.check_pool_id(pool)):
+        raise UsageError(f"--pool: {reason}")
+    where = endpoints(settings)
+    if connect_timeout is None and once:
+        connect_timeout = ONCE_CONNECT_TIMEOUT_S
+    drain = None
+    if settings.log_drain_url:
+        drain = logs.LogDrain(settings.log_drain_url, logs.DrainBuffer(settings.log_drain_buffer))
+    logger = logs.configure(log_level, log_format, drain.buffer if drain else None)
+    worker = drainer.Worker(
+        settings,
+        where.db1,
+        where.db2,
+        logger,
+        concurrency=concurrency,
+        once=once,
+        pool_filter=pool,
+        webhook_timeout_s=webhook_timeout,
+        shutdown_timeout_s=shutdown_timeout,
+        log_drain=drain,
+        connect_timeout_s=connect_timeout,
+    )
+    stats = eventloop.run(worker.run())
+    if as_json:
+        print_json(stats.as_json())
