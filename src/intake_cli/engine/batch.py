@@ -117,6 +117,22 @@ class DrainStats:
             "committed_per_sec": round(self.counts["committed"] / elapsed, 1) if elapsed else 0,
         }
 
+    @staticmethod
+    def total(reports: list[dict[str, Any]]) -> dict[str, Any]:
+        """Several workers' `as_json` as one: counts added, over the longest-running one."""
+        seconds = max((r["seconds"] for r in reports), default=0.0)
+        counts: Counter[str] = Counter()
+        for report in reports:
+            counts.update(
+                {k: v for k, v in report.items() if k not in ("seconds", "committed_per_sec")}
+            )
+        return {
+            **counts,
+            "workers": len(reports),
+            "seconds": seconds,
+            "committed_per_sec": round(counts["committed"] / seconds, 1) if seconds else 0,
+        }
+
 
 def columns(batch: list[Intent], **extra: Any) -> dict[str, Any]:
     """A batch as the parallel arrays the DB1 batch functions take (one round trip)."""

@@ -2,17 +2,34 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import signal
+from dataclasses import dataclass
+from typing import Any
+
 import typer
 
 from intake_cli.engine import worker as drainer
-from intake_cli.faces.cli.root import JsonOption, app, finite, load_settings, print_json
+from intake_cli.engine.batch import DrainStats
+from intake_cli.faces.cli.root import (
+    JsonOption,
+    app,
+    finite,
+    given_config_path,
+    load_settings,
+    print_json,
+    reporting_errors,
+)
 from intake_cli.platform import config, eventloop, logs
 from intake_cli.platform.db import endpoints
 from intake_cli.platform.errors import UsageError
+from intake_cli.platform.processes import run_processes
 
 # `drain --once` is run by cron and the like: waiting longer for a database
 # than a run's period would pile runs up.
 ONCE_CONNECT_TIMEOUT_S = 30
+# One machine's worth: each process wants a core.
+MAX_WORKERS = 128
 
 
 @app.command()
@@ -26,6 +43,16 @@ def drain(
     ),
     once: bool = typer.Option(
         False, "--once", help="Process one batch and exit (for cron or serverless callers)."
+    ),
+    workers: int = typer.Option(
+        1,
+        "--workers",
+        min=1,
+        max=MAX_WORKERS,
+        help=(
+            "Worker processes this command starts on this machine (one core each), "
+            "each with --concurrency batches in flight; SIGINT/SIGTERM stops them all."
+        ),
     ),
     pool: str | None = typer.Option(None, "--pool", help="Serve only this pool."),
     log_level: str = typer.Option(
@@ -76,6 +103,10 @@ def drain(
     handed back to the queue after --shutdown-timeout) and the worker exits 0.
     Changes to engine_config (batch size, visibility timeout, webhook URL,
     commit rate, pause) are picked up at the next batch.
+
+    --workers N starts N such workers as processes and stops them together;
+    it exits with the first failing worker's status, and --json adds up
+    their counts.
     """
     if log_level not in ("debug", "info", "warning", "error"):
         raise UsageError(f"--log-level: expected debug, info, warning or error, got {log_level!r}")
@@ -84,26 +115,77 @@ def drain(
     settings = load_settings()
     if pool is not None and (reason := config.check_pool_id(pool)):
         raise UsageError(f"--pool: {reason}")
-    where = endpoints(settings)
+    endpoints(settings)  # a configuration without DB1 or DB2 is refused here, once
     if connect_timeout is None and once:
         connect_timeout = ONCE_CONNECT_TIMEOUT_S
-    drain = None
+    run = DrainRun(
+        config_path=given_config_path(),
+        concurrency=concurrency,
+        once=once,
+        pool=pool,
+        log_level=log_level,
+        log_format=log_format,
+        webhook_timeout=webhook_timeout,
+        shutdown_timeout=shutdown_timeout,
+        connect_timeout=connect_timeout,
+    )
+    stats = run_worker(run).as_json() if workers == 1 else _run_fleet(run, workers)
+    if as_json:
+        print_json(stats)
+
+
+@dataclass(frozen=True)
+class DrainRun:
+    """One worker's settings, as `--workers` hands them to each process it starts."""
+
+    config_path: str
+    concurrency: int
+    once: bool
+    pool: str | None
+    log_level: str
+    log_format: str
+    webhook_timeout: float
+    shutdown_timeout: float
+    connect_timeout: float | None
+
+
+def run_worker(run: DrainRun) -> DrainStats:
+    """One `intake drain` worker in this process, until it stops."""
+    settings = config.load(run.config_path)
+    where = endpoints(settings)
+    log_drain = None
     if settings.log_drain_url:
-        drain = logs.LogDrain(settings.log_drain_url, logs.DrainBuffer(settings.log_drain_buffer))
-    logger = logs.configure(log_level, log_format, drain.buffer if drain else None)
+        log_drain = logs.LogDrain(
+            settings.log_drain_url, logs.DrainBuffer(settings.log_drain_buffer)
+        )
+    logger = logs.configure(run.log_level, run.log_format, log_drain.buffer if log_drain else None)
     worker = drainer.Worker(
         settings,
         where.db1,
         where.db2,
         logger,
-        concurrency=concurrency,
-        once=once,
-        pool_filter=pool,
-        webhook_timeout_s=webhook_timeout,
-        shutdown_timeout_s=shutdown_timeout,
-        log_drain=drain,
-        connect_timeout_s=connect_timeout,
+        concurrency=run.concurrency,
+        once=run.once,
+        pool_filter=run.pool,
+        webhook_timeout_s=run.webhook_timeout,
+        shutdown_timeout_s=run.shutdown_timeout,
+        log_drain=log_drain,
+        connect_timeout_s=run.connect_timeout,
     )
-    stats = eventloop.run(worker.run())
-    if as_json:
-        print_json(stats.as_json())
+    return eventloop.run(worker.run())
+
+
+def _run_fleet(run: DrainRun, workers: int) -> dict[str, Any]:
+    """`workers` processes of `run_worker`; their counts added up."""
+    reports = multiprocessing.get_context("spawn").SimpleQueue()
+    code = run_processes(_fleet_member, (run, reports), workers)
+    if code:
+        raise typer.Exit(code)
+    return DrainStats.total([reports.get() for _ in range(workers)])
+
+
+def _fleet_member(run: DrainRun, reports: Any) -> None:
+    # Ctrl-C reaches every process of the terminal's group: the parent passes
+    # it on as SIGTERM, which the worker takes as "finish and stop".
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    reporting_errors(lambda: reports.put(run_worker(run).as_json()))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -52,6 +53,11 @@ def load_settings() -> config.Settings:
     return config.load(_config_path)
 
 
+def given_config_path() -> str:
+    """The configuration file this command was given (-c, INTAKE_CONFIG or the default)."""
+    return _config_path
+
+
 JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON instead of tables.")
 
 
@@ -67,8 +73,16 @@ def print_json(data: Any) -> None:
 
 
 def main() -> None:
+    reporting_errors(app)
+
+
+def reporting_errors(job: Callable[[], object]) -> None:
+    """Run `job`; intake's own errors and database faults become one line and an exit code.
+
+    `main` runs the whole command so; a process that `--workers` starts runs its job so.
+    """
     try:
-        app()
+        job()
     except IntakeError as exc:
         err.print("[bold red]error:[/]", markup(exc, lines=True), highlight=False)
         sys.exit(exc.exit_code)

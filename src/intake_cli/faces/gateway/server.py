@@ -7,10 +7,7 @@ balancer) needs no coordination.
 
 from __future__ import annotations
 
-import multiprocessing
-import signal
 import sys
-from types import FrameType
 
 from aiohttp import web
 
@@ -18,6 +15,7 @@ from intake_cli.faces.gateway import app as gateway_app
 from intake_cli.faces.gateway.auth import Verifier
 from intake_cli.platform import eventloop
 from intake_cli.platform.config import Settings
+from intake_cli.platform.processes import run_processes
 
 # Idle keep-alive connections are closed after this many seconds, so that
 # clients that stop talking do not pile up sockets.
@@ -48,24 +46,5 @@ def run(settings: Settings, dsn: str, host: str, port: int, workers: int) -> Non
     if workers == 1:
         serve(settings, dsn, host, port, reuse_port=False)
         return
-    # spawn: each worker starts clean, with no copy of the parent's state.
-    context = multiprocessing.get_context("spawn")
-    children = [
-        context.Process(target=serve, args=(settings, dsn, host, port, True), daemon=False)
-        for _ in range(workers)
-    ]
-    for child in children:
-        child.start()
-
-    def stop(signum: int, _: FrameType | None) -> None:
-        for child in children:
-            if child.is_alive() and child.pid is not None:
-                child.terminate()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    for child in children:
-        child.join()
-    failed = [c.exitcode for c in children if c.exitcode not in (0, -signal.SIGTERM)]
-    if failed:
+    if run_processes(serve, (settings, dsn, host, port, True), workers):
         sys.exit(1)

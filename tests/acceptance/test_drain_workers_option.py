@@ -1,0 +1,94 @@
+"""`intake drain --workers N`: one command runs N worker processes on one queue
+and stops them together; their counts add up, and a failure is its exit code."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from intake_cli.platform.embedded import free_port
+from intake_cli.tools.webhook_process import WebhookServer
+from tests.acceptance.drain_support import make_event, start_drain, stop, wait_for, with_dsn
+from tests.conftest import run_intake
+
+
+@pytest.fixture
+def webhook() -> Iterator[WebhookServer]:
+    with WebhookServer() as server:
+        yield server
+
+
+def workers_seen(db1: str) -> list[tuple[int, bool]]:
+    """(pid, stopped) of every worker that registered in DB1."""
+    with psycopg.connect(db1) as conn:
+        rows = conn.execute("select pid, stopped_at is not null from intake.workers").fetchall()
+    return [(pid, stopped) for pid, stopped in rows]
+
+
+def test_three_workers_from_one_command_drain_once_and_stop_together(
+    workdir, db1_dsn, db2_dsn, webhook
+):
+    event = make_event(workdir, db1_dsn, db2_dsn, webhook.url, 600, batch_size=25)
+    keys = event.claim(600)
+    proc = start_drain(event, "--workers", "3", "--concurrency", "2")
+    try:
+        wait_for(lambda: len(workers_seen(db1_dsn)) == 3, 60, "three workers registered")
+        wait_for(lambda: event.queue_depth() == 0 and event.archived() == 600, 120, "600 drained")
+        running = workers_seen(db1_dsn)
+        pids = {pid for pid, _ in running}
+        # Three processes of their own, none of them the command's.
+        assert len(pids) == 3 and proc.pid not in pids
+        assert [stopped for _, stopped in running] == [False] * 3
+    finally:
+        stop(proc)  # SIGTERM to the command; asserts exit 0
+    assert [stopped for _, stopped in workers_seen(db1_dsn)] == [True] * 3
+    assert event.tickets() == {key: 1 for key in keys}
+    assert webhook.per_key() == {key: 1 for key in keys}
+    assert event.units() == {"consumed": 600}
+
+
+def test_once_with_two_workers_reads_two_batches_and_adds_up_the_counts(
+    workdir, db1_dsn, db2_dsn, webhook
+):
+    event = make_event(workdir, db1_dsn, db2_dsn, webhook.url, 100, batch_size=25)
+    event.claim(100)
+    done = run_intake(
+        "drain", "--once", "--workers", "2", "--json", "--log-level", "error",
+        config=event.config, check=True,
+    )  # fmt: skip
+    report = json.loads(done.stdout)
+    assert (report["workers"], report["read"], report["committed"]) == (2, 50, 50)
+    assert report["batches"] == 2 and report["dead"] == 0
+    assert event.archived() == 50 and len(event.tickets()) == 50
+    assert event.queue_depth() == 50
+
+
+def test_a_failing_fleet_exits_with_the_workers_status_and_no_traceback(
+    workdir, db1_dsn, db2_dsn, webhook
+):
+    event = make_event(workdir, db1_dsn, db2_dsn, webhook.url, 10)
+    event.claim(10)
+    nowhere = f"host=127.0.0.1 port={free_port()} user=intake dbname=intake"
+    cut_off = with_dsn(event, "db2", nowhere)
+    done = run_intake(
+        "drain", "--once", "--workers", "2", "--connect-timeout", "1", config=cut_off.config
+    )
+    assert done.returncode == 3, done.stderr
+    # One error line from each worker, as `intake drain` alone prints one.
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 2 and all("cannot connect to DB2" in line for line in errors)
+    assert "Traceback" not in done.stderr
+    assert event.queue_depth() == 10 and webhook.per_key() == {}
+
+
+@pytest.mark.parametrize("value", ["0", "129", "two"])
+def test_a_bad_workers_count_is_refused(workdir, db1_dsn, db2_dsn, webhook, value):
+    event = make_event(workdir, db1_dsn, db2_dsn, webhook.url, 5)
+    event.claim(5)
+    done = run_intake("drain", "--once", "--workers", value, config=event.config)
+    assert done.returncode == 2, done.stderr
+    assert "--workers" in done.stderr and "Traceback" not in done.stderr
+    assert event.queue_depth() == 5 and webhook.per_key() == {}
