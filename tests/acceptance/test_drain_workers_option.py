@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -19,6 +20,21 @@ from tests.conftest import run_intake
 def webhook() -> Iterator[WebhookServer]:
     with WebhookServer() as server:
         yield server
+
+
+def spawned(pid: int) -> list[int]:
+    """The processes `pid` has started through multiprocessing's spawn."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    found = []
+    for child in children:
+        try:
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        except FileNotFoundError:
+            continue
+        # Not its resource tracker, which spawn starts beside them.
+        if b"spawn_main" in cmdline:
+            found.append(int(child))
+    return found
 
 
 def workers_seen(db1: str) -> list[tuple[int, bool]]:
@@ -48,6 +64,19 @@ def test_three_workers_from_one_command_drain_once_and_stop_together(
     assert event.tickets() == {key: 1 for key in keys}
     assert webhook.per_key() == {key: 1 for key in keys}
     assert event.units() == {"consumed": 600}
+
+
+def test_a_fleet_stopped_as_it_starts_exits_0(workdir, db1_dsn, db2_dsn, webhook):
+    """SIGTERM before (or while) the workers start: each stops, reported or not."""
+    event = make_event(workdir, db1_dsn, db2_dsn, webhook.url, 10)
+    keys = event.claim(10)
+    proc = start_drain(event, "--workers", "2", "--json")
+    # The moment both are spawned: neither has imported intake yet.
+    wait_for(lambda: len(spawned(proc.pid)) == 2, 30, "two processes spawned", 0.01)
+    out, _ = stop(proc, timeout=30)  # asserts exit 0
+    assert json.loads(out)["workers"] == 2
+    tickets = event.tickets()
+    assert set(tickets) <= set(keys) and set(tickets.values()) <= {1}
 
 
 def test_once_with_two_workers_reads_two_batches_and_adds_up_the_counts(

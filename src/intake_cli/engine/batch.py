@@ -128,7 +128,6 @@ class DrainStats:
             )
         return {
             **counts,
-            "workers": len(reports),
             "seconds": seconds,
             "committed_per_sec": round(counts["committed"] / seconds, 1) if seconds else 0,
         }

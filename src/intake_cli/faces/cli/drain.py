@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import multiprocessing
+import json
+import os
 import signal
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -177,15 +180,24 @@ def run_worker(run: DrainRun) -> DrainStats:
 
 def _run_fleet(run: DrainRun, workers: int) -> dict[str, Any]:
     """`workers` processes of `run_worker`; their counts added up."""
-    reports = multiprocessing.get_context("spawn").SimpleQueue()
-    code = run_processes(_fleet_member, (run, reports), workers)
-    if code:
-        raise typer.Exit(code)
-    return DrainStats.total([reports.get() for _ in range(workers)])
+    # Each process leaves its counts in a file of its own: a pipe the parent
+    # reads only after joining could fill and hold a process back from exiting.
+    with tempfile.TemporaryDirectory(prefix="intake-drain-") as reports:
+        code = run_processes(_fleet_member, (run, reports), workers)
+        if code:
+            raise typer.Exit(code)
+        # A process stopped before its worker started has nothing to add.
+        counts = [json.loads(path.read_text()) for path in Path(reports).glob("*.json")]
+    return {**DrainStats.total(counts), "workers": workers}
 
 
-def _fleet_member(run: DrainRun, reports: Any) -> None:
+def _fleet_member(run: DrainRun, reports: str) -> None:
     # Ctrl-C reaches every process of the terminal's group: the parent passes
     # it on as SIGTERM, which the worker takes as "finish and stop".
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    reporting_errors(lambda: reports.put(run_worker(run).as_json()))
+
+    def work() -> None:
+        stats = run_worker(run).as_json()
+        (Path(reports) / f"{os.getpid()}.json").write_text(json.dumps(stats))
+
+    reporting_errors(work)
