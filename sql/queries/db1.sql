@@ -140,6 +140,10 @@ select %(pool_id)s, i.unit_no, i.resource_id
 select coalesce(pg_sequence_last_value(unit_seq), 0) as position
   from intake.engine_config where pool_id = %(pool_id)s;
 
+-- close_numbering: the unit sequence of a pool that grew after it passed the old end, moved to the new end: the new units go on the release list, and a number must not reach them as well (a claim by number and one by release list meeting on a unit could deadlock)
+select setval(unit_seq, greatest(coalesce(pg_sequence_last_value(unit_seq), 0), %(target)s))
+  from intake.engine_config where pool_id = %(pool_id)s;
+
 -- release_range: put units lo..hi on the release list (units added after the sequence passed them)
 insert into intake.released_units (pool_id, unit_no)
 select %(pool_id)s, n from generate_series(%(lo)s::bigint, %(hi)s::bigint) as n

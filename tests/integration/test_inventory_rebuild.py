@@ -301,3 +301,50 @@ def test_two_batches_sharing_the_last_released_units_do_not_deadlock(workdir, db
         units = inventory(conn)
         assert sorted(s for _, s, *_ in units.values()) == ["locked"] * 4
         assert released(conn) == set()
+
+
+def test_a_grown_pools_new_units_have_one_way_in_and_batches_do_not_deadlock(
+    workdir, db1_dsn, db2_dsn
+):
+    """A pool that grows after its sequence passed the old end puts the new
+    units on the release list. Had numbers kept reaching them too, one batch
+    could take a unit by number while another took its release-list entry,
+    each then waiting for the other's row: a deadlock PostgreSQL ends by
+    aborting one whole batch."""
+    provision(workdir, db1_dsn, db2_dsn, pool_spec("drop", 3))
+    with (
+        psycopg.connect(db1_dsn, autocommit=True) as conn,
+        psycopg.connect(db1_dsn) as open_batch,
+    ):
+        assert [a.outcome for a in claims.claim_batch(conn, "drop", ["a", "b", "c", "d"])] == [
+            "claimed", "claimed", "claimed", "sold_out",
+        ]  # fmt: skip
+        provision(workdir, db1_dsn, db2_dsn, pool_spec("drop", 6))
+        assert released(conn) == {4, 5, 6}
+        first = claims.claim_batch(open_batch, "drop", ["b1"])
+        assert [a.outcome for a in first] == ["claimed"]
+
+        answers: list[claims.Claim] = []
+        errors: list[BaseException] = []
+
+        def three_buyers() -> None:
+            try:
+                with psycopg.connect(db1_dsn, autocommit=True) as other:
+                    answers.extend(claims.claim_batch(other, "drop", ["a1", "a2", "a3"]))
+            except psycopg.Error as exc:
+                errors.append(exc)
+
+        batch = threading.Thread(target=three_buyers)
+        batch.start()
+        batch.join(2)
+        second = claims.claim_batch(open_batch, "drop", ["b2"])
+        open_batch.commit()
+        batch.join(10)
+        assert not batch.is_alive() and errors == []
+        assert sorted(a.outcome for a in [*answers, *second]) == [
+            "claimed", "claimed", "sold_out", "sold_out",
+        ]  # fmt: skip
+        units = inventory(conn)
+        assert sorted(s for _, s, *_ in units.values()) == ["locked"] * 6
+        assert len({holder for *_, holder, _ in units.values()}) == 6
+        assert released(conn) == set()

@@ -186,9 +186,13 @@ def seed(
     sequence_passed = False
     if high < target:
         position = conn.execute(_q("sequence_position"), {"pool_id": pool.pool_id}).fetchone()
-        # Claims have already been numbered past the old end: new units would
-        # never be reached by number, so they go on the release list instead.
+        # Claims have already been numbered past the old end: some new units
+        # would never be reached by number, so they all go on the release
+        # list instead, and numbering is closed before any of them exists
+        # (sequences are not transactional: the claims see it at once).
         sequence_passed = bool(position and position[0] > high)
+        if sequence_passed:
+            conn.execute(_q("close_numbering"), {"pool_id": pool.pool_id, "target": target})
     lo = high + 1
     while lo <= target:
         hi = min(lo + SEED_CHUNK - 1, target)
