@@ -348,3 +348,22 @@ def test_a_grown_pools_new_units_have_one_way_in_and_batches_do_not_deadlock(
         assert sorted(s for _, s, *_ in units.values()) == ["locked"] * 6
         assert len({holder for *_, holder, _ in units.values()}) == 6
         assert released(conn) == set()
+
+
+def test_the_sweep_for_skipped_units_passes_over_a_claim_in_flight(workdir, db1_dsn, db2_dsn):
+    """A unit a claim has taken but not yet committed looks available to the
+    sweep; listing it would give the unit a second way in (see above)."""
+    provision(workdir, db1_dsn, db2_dsn, pool_spec("drop", 3))
+    with (
+        psycopg.connect(db1_dsn, autocommit=True) as conn,
+        psycopg.connect(db1_dsn) as in_flight,
+    ):
+        claims.claim_batch(conn, "drop", ["a"])
+        taken = claims.claim_batch(in_flight, "drop", ["b"])
+        assert [(a.outcome, a.unit_no) for a in taken] == [("claimed", 2)]
+        swept = conn.execute("select intake.recover_skipped_units('drop')").fetchone()[0]
+        assert (swept, released(conn)) == (0, set())
+        in_flight.rollback()
+        # Now a true gap: the rolled-back claim drew number 2.
+        swept = conn.execute("select intake.recover_skipped_units('drop')").fetchone()[0]
+        assert (swept, released(conn)) == (1, {2})
