@@ -231,6 +231,8 @@ class Herd:
     # is set: a crash test then never finds the herd over before the crash.
     hold_at: int | None = None
     resume: threading.Event = field(default_factory=threading.Event)
+    # Buyers per claim call: 1 is claim_resource, more is claim_resources.
+    batch: int = 1
 
     @property
     def claimed(self) -> int:
@@ -241,6 +243,18 @@ class Herd:
 
     async def run(self, users: list[str], concurrency: int, pace_s: float) -> None:
         pending = list(reversed(users))
+
+        async def ask(conn: psycopg.AsyncConnection, todo: list[str]) -> list[claims.Claim]:
+            if self.batch == 1:
+                cur = await conn.execute(
+                    "select (r).* from (select intake.claim_resource(%s, %s) as r) c",
+                    (self.pool_id, todo[0]),
+                )
+                row = await cur.fetchone()
+                assert row is not None
+                return [claims.Claim(*row)]
+            # The gateway's way: one claim_resources call for several buyers.
+            return await claims.claim_batch_async(conn, self.pool_id, todo)
 
         async def buyer() -> None:
             conn: psycopg.AsyncConnection | None = None
@@ -253,32 +267,30 @@ class Herd:
                     await asyncio.sleep(0.05)
                 if not pending:
                     break
-                user = pending.pop()
-                while True:
+                todo = [pending.pop() for _ in range(min(self.batch, len(pending)))]
+                while todo:
                     try:
                         if conn is None or conn.closed:
                             conn = await psycopg.AsyncConnection.connect(
                                 self.dsn, autocommit=True, connect_timeout=2
                             )
-                        cur = await conn.execute(
-                            "select (r).* from (select intake.claim_resource(%s, %s) as r) c",
-                            (self.pool_id, user),
-                        )
-                        row = await cur.fetchone()
+                        results = await ask(conn, todo)
                     except psycopg.OperationalError:
-                        # DB1 is down or restarting; the answer, if any, was lost.
+                        # DB1 is down or restarting; the answers, if any, were lost.
                         self.errors += 1
                         conn = None
                         await asyncio.sleep(0.2)
                         continue
-                    assert row is not None
-                    result = claims.Claim(*row)
-                    self.answers.append((user, result.outcome))
-                    if result.outcome == "recovering":
+                    again = []
+                    for user, result in zip(todo, results, strict=True):
+                        self.answers.append((user, result.outcome))
+                        if result.outcome == "recovering":
+                            again.append(user)
+                        else:
+                            self.final[user] = result
+                    todo = again
+                    if todo:
                         await asyncio.sleep(0.1)
-                        continue
-                    self.final[user] = result
-                    break
                 await asyncio.sleep(pace_s)
             if conn is not None:
                 await conn.close()

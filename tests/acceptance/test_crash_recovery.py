@@ -29,7 +29,9 @@ def _as_drain_event(event: CrashEvent) -> Event:
     return Event(event.config, event.db1, event.db2, event.pool_id)
 
 
-def _herd_with_crash(event: CrashEvent, how: str, workers: list[subprocess.Popen]) -> Herd:
+def _herd_with_crash(
+    event: CrashEvent, how: str, workers: list[subprocess.Popen], batch: int = 1
+) -> Herd:
     """N distinct buyers for N units, DB1 crashed once a third have their unit.
 
     The workers are frozen (SIGSTOP) across the crash and thawed once buyers
@@ -39,7 +41,7 @@ def _herd_with_crash(event: CrashEvent, how: str, workers: list[subprocess.Popen
     """
     # Held at two thirds until DB1 is back: on a busy machine the herd could
     # otherwise be over before the crash, and no claim would see it.
-    herd = Herd(event.db1, event.pool_id, hold_at=2 * UNITS // 3)
+    herd = Herd(event.db1, event.pool_id, hold_at=2 * UNITS // 3, batch=batch)
     users = [f"buyer-{n}" for n in range(UNITS)]
     runner = threading.Thread(
         target=lambda: asyncio.run(herd.run(users, concurrency=8, pace_s=0.05)), daemon=True
@@ -103,17 +105,20 @@ def _assert_exact_sale(event: CrashEvent, herd: Herd, before: dict[int, tuple]) 
 
 
 @pytest.mark.parametrize(
-    ("how", "listed"), [("immediate", False), ("sigkill", False), ("immediate", True)]
+    ("how", "listed", "batch"),
+    [("immediate", False, 1), ("sigkill", False, 1), ("immediate", True, 1), ("sigkill", False, 5)],
 )
-def test_crash_mid_herd_sells_each_unit_once(workdir, how, listed):
-    name = f"crash-{how}{'-listed' if listed else ''}"
+def test_crash_mid_herd_sells_each_unit_once(workdir, how, listed, batch):
+    """batch > 1: the buyers claim five at a time through claim_resources, as
+    the gateway's micro-batches do."""
+    name = f"crash-{how}{'-listed' if listed else ''}-{batch}"
     with (
         WebhookServer(fail_share=0.1) as webhook,
         crash_event(workdir, name, webhook.url, UNITS, listed=listed) as event,
     ):
         before = event.units()
         with draining(_as_drain_event(event), workers=2) as workers:
-            herd = _herd_with_crash(event, how, workers)
+            herd = _herd_with_crash(event, how, workers, batch)
             _assert_exact_sale(event, herd, before)
         status = json.loads(run_intake("status", "--json", config=event.config, check=True).stdout)
         pool = status["pools"][0]
