@@ -132,7 +132,7 @@ def drain(
         shutdown_timeout=shutdown_timeout,
         connect_timeout=connect_timeout,
     )
-    stats = run_worker(run).as_json() if workers == 1 else _run_fleet(run, workers)
+    stats = run_worker(run, settings).as_json() if workers == 1 else _run_fleet(run, workers)
     if as_json:
         print_json(stats)
 
@@ -152,9 +152,9 @@ class DrainRun:
     connect_timeout: float | None
 
 
-def run_worker(run: DrainRun) -> DrainStats:
+def run_worker(run: DrainRun, settings: config.Settings | None = None) -> DrainStats:
     """One `intake drain` worker in this process, until it stops."""
-    settings = config.load(run.config_path)
+    settings = settings or config.load(run.config_path)
     where = endpoints(settings)
     log_drain = None
     if settings.log_drain_url:
