@@ -28,7 +28,9 @@ def run_processes(target: Callable[..., Any], args: tuple[Any, ...], count: int)
     a signal counts as 1).
     """
     context = multiprocessing.get_context("spawn")
-    children = [context.Process(target=target, args=args, daemon=False) for _ in range(count)]
+    children = [
+        context.Process(target=_child, args=(target, args), daemon=False) for _ in range(count)
+    ]
     for child in children:
         child.start()
 
@@ -49,3 +51,11 @@ def run_processes(target: Callable[..., Any], args: tuple[Any, ...], count: int)
         if code not in (0, -signal.SIGTERM):
             return code if code is not None and code > 0 else 1
     return 0
+
+
+def _child(target: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    # Ctrl-C reaches every process of the terminal's group; the parent passes
+    # it on as SIGTERM. Until the job installs its own handlers, a SIGINT
+    # here would only end the process with a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    target(*args)

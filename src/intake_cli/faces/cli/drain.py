@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,10 +191,6 @@ def _run_fleet(run: DrainRun, workers: int) -> dict[str, Any]:
 
 
 def _fleet_member(run: DrainRun, reports: str) -> None:
-    # Ctrl-C reaches every process of the terminal's group: the parent passes
-    # it on as SIGTERM, which the worker takes as "finish and stop".
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
     def work() -> None:
         stats = run_worker(run).as_json()
         (Path(reports) / f"{os.getpid()}.json").write_text(json.dumps(stats))
