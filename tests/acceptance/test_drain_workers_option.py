@@ -4,6 +4,9 @@ and stops them together; their counts add up, and a failure is its exit code."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +16,7 @@ import pytest
 from intake_cli.platform.embedded import free_port
 from intake_cli.tools.webhook_process import WebhookServer
 from tests.acceptance.drain_support import make_event, start_drain, stop, wait_for, with_dsn
-from tests.conftest import run_intake
+from tests.conftest import INTAKE, ROOT, run_intake
 
 
 @pytest.fixture
@@ -76,6 +79,39 @@ def test_a_fleet_stopped_as_it_starts_exits_0(workdir, db1_dsn, db2_dsn, webhook
     out, _ = stop(proc, timeout=30)  # asserts exit 0
     assert json.loads(out)["workers"] == 2
     tickets = event.tickets()
+    assert set(tickets) <= set(keys) and set(tickets.values()) <= {1}
+
+
+@pytest.mark.parametrize("when", ["starting", "draining"])
+def test_ctrl_c_on_a_terminal_stops_the_fleet_cleanly(workdir, db1_dsn, db2_dsn, webhook, when):
+    """Ctrl-C sends SIGINT to the terminal's whole process group: the command
+    and every worker get it at once, and all stop cleanly, even while the
+    workers are still starting."""
+    event = make_event(workdir, db1_dsn, db2_dsn, webhook.url, 300, batch_size=25)
+    keys = event.claim(300)
+    proc = subprocess.Popen(
+        [*INTAKE, "-c", str(event.config), "drain", "--workers", "2", "--log-level", "warning"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # a process group of its own, as a terminal's job
+    )
+    try:
+        if when == "starting":
+            wait_for(lambda: len(spawned(proc.pid)) == 2, 30, "two processes spawned", 0.01)
+        else:
+            wait_for(lambda: len(workers_seen(db1_dsn)) == 2, 60, "two workers registered")
+            wait_for(lambda: event.archived() == 300, 120, "300 drained")
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert all(stopped for _, stopped in workers_seen(db1_dsn))
+    tickets = event.tickets()
+    if when == "draining":
+        assert tickets == {key: 1 for key in keys}
     assert set(tickets) <= set(keys) and set(tickets.values()) <= {1}
 
 

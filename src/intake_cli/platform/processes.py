@@ -28,9 +28,14 @@ def run_processes(target: Callable[..., Any], args: tuple[Any, ...], count: int)
     a signal counts as 1).
     """
     context = multiprocessing.get_context("spawn")
-    children = [
-        context.Process(target=_child, args=(target, args), daemon=False) for _ in range(count)
-    ]
+    children = [context.Process(target=target, args=args, daemon=False) for _ in range(count)]
+    # Ctrl-C reaches every process of the terminal's group, and the parent
+    # passes it on as SIGTERM. A SIGINT ignored here stays ignored in a
+    # child through its exec, so Python does not turn one that arrives while
+    # the child starts into a KeyboardInterrupt traceback; the job's own
+    # handlers (the worker's, aiohttp's) take over once installed.
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     for child in children:
         child.start()
 
@@ -39,23 +44,18 @@ def run_processes(target: Callable[..., Any], args: tuple[Any, ...], count: int)
             if child.is_alive() and child.pid is not None:
                 child.terminate()
 
-    previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, stop)
     try:
         for child in children:
             child.join()
     finally:
         for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            # None: a handler not set from Python, which cannot be put back.
+            if handler is not None:
+                signal.signal(sig, handler)
     for child in children:
         code = child.exitcode
         if code not in (0, -signal.SIGTERM):
             return code if code is not None and code > 0 else 1
     return 0
-
-
-def _child(target: Callable[..., Any], args: tuple[Any, ...]) -> None:
-    # Ctrl-C reaches every process of the terminal's group; the parent passes
-    # it on as SIGTERM. Until the job installs its own handlers, a SIGINT
-    # here would only end the process with a traceback.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    target(*args)
