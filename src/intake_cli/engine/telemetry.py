@@ -27,6 +27,9 @@ STALE_AFTER_S = 3 * INTERVAL_S
 # A worker that has not heartbeaten for this long is shown as silent.
 SILENT_AFTER_S = 10.0
 HEARTBEAT_S = 2.0
+# Where pg_cron does not run intake's housekeeping, each drain worker runs it
+# this often (intake.keep_tidy: its cost is a scan of each pool's units).
+TIDY_S = 60.0
 
 _VERSION = re.compile(r"^(\d+)\.(\d+)")
 
@@ -51,6 +54,24 @@ async def register_worker(
                 "concurrency": concurrency,
             },
         )
+
+
+async def keep_tidy_unless_scheduled(conn: psycopg.AsyncConnection) -> bool:
+    """intake.keep_tidy, unless pg_cron's intake-maintenance runs it; True when it ran here.
+
+    Old metric rows and stopped workers go, and units skipped by aborted
+    claims come back on sale, with or without pg_cron. Lost inventories are
+    not rebuilt here: the worker's own batches do that.
+    """
+    present = await (await conn.execute(query("cron_present"))).fetchone()
+    if present and present[0]:
+        try:
+            row = await (await conn.execute(query("maintenance_scheduled"))).fetchone()
+        except psycopg.errors.InsufficientPrivilege:
+            row = None  # cannot tell: tidying twice changes nothing
+        if row and row[0]:
+            return False
+    return bool(await (await conn.execute(query("tidy"))).fetchall())
 
 
 def has_seconds_schedule(pg_cron_version: str) -> bool:

@@ -217,6 +217,7 @@ class Worker:
         await self.db1.open()
         await self.db2.open()
         heartbeat = asyncio.create_task(self._heartbeat_every(telemetry.HEARTBEAT_S))
+        tidier = None if self.once else asyncio.create_task(self._tidy_every(telemetry.TIDY_S))
         event(
             self.log,
             logging.INFO,
@@ -234,9 +235,11 @@ class Worker:
                 slots = [asyncio.create_task(self._slot(n)) for n in range(self.concurrency)]
                 await self._wait_for(slots)
         finally:
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
+            for task in (heartbeat, tidier):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             await self._heartbeat(stopped=True)
             await self.db1.close()
             await self.db2.close()
@@ -360,6 +363,18 @@ class Worker:
         while True:
             await asyncio.sleep(seconds)
             await self._heartbeat()
+
+    async def _tidy_every(self, seconds: float) -> None:
+        """Housekeeping where pg_cron does not do it (telemetry.keep_tidy_unless_scheduled)."""
+        while True:
+            try:
+                async with self.db1.connection(timeout=5) as conn:
+                    if await telemetry.keep_tidy_unless_scheduled(conn):
+                        event(self.log, logging.DEBUG, "tidied")
+            except (psycopg.Error, PoolTimeout) as exc:
+                # Housekeeping can wait for the next tick; the drain must not.
+                event(self.log, logging.WARNING, "tidy_failed", error=first_line(exc))
+            await asyncio.sleep(seconds)
 
     async def _wait_for(self, slots: list[asyncio.Task[None]]) -> None:
         stop_wait = asyncio.create_task(self._stopping.wait())
