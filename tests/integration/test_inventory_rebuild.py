@@ -260,6 +260,32 @@ def test_a_released_unit_held_by_a_claim_that_rolls_back_is_not_sold_out(
         assert claims.claim(conn, "drop", "later").outcome == "sold_out"
 
 
+def race_two_batches(
+    db1_dsn: str, open_batch: psycopg.Connection, buyers: list[str], more: list[str]
+) -> tuple[list[claims.Claim], list[claims.Claim]]:
+    """`buyers` claim as one batch in a thread; two seconds later the open
+    transaction's batch claims `more` and commits. Both must answer (no
+    deadlock, no error); returns their answers."""
+    answers: list[claims.Claim] = []
+    errors: list[BaseException] = []
+
+    def batch_of_buyers() -> None:
+        try:
+            with psycopg.connect(db1_dsn, autocommit=True) as other:
+                answers.extend(claims.claim_batch(other, "drop", buyers))
+        except psycopg.Error as exc:
+            errors.append(exc)
+
+    batch = threading.Thread(target=batch_of_buyers)
+    batch.start()
+    batch.join(2)
+    second = claims.claim_batch(open_batch, "drop", more)
+    open_batch.commit()
+    batch.join(10)
+    assert not batch.is_alive() and errors == []
+    return answers, second
+
+
 def test_two_batches_sharing_the_last_released_units_do_not_deadlock(workdir, db1_dsn, db2_dsn):
     """Two batches each take one of the last released units and want more.
     The batch that holds an entry must not wait for the other's: the other
@@ -278,24 +304,8 @@ def test_two_batches_sharing_the_last_released_units_do_not_deadlock(workdir, db
         first = claims.claim_batch(open_batch, "drop", ["b1"])
         assert [a.outcome for a in first] == ["claimed"]
 
-        answers: list[claims.Claim] = []
-        errors: list[BaseException] = []
-
-        def two_buyers() -> None:
-            try:
-                with psycopg.connect(db1_dsn, autocommit=True) as other:
-                    answers.extend(claims.claim_batch(other, "drop", ["a1", "a2"]))
-            except psycopg.Error as exc:
-                errors.append(exc)
-
-        batch = threading.Thread(target=two_buyers)
-        batch.start()
-        batch.join(2)
         # The open batch wants one more unit while the other holds the last entry.
-        second = claims.claim_batch(open_batch, "drop", ["b2"])
-        open_batch.commit()
-        batch.join(10)
-        assert not batch.is_alive() and errors == []
+        answers, second = race_two_batches(db1_dsn, open_batch, ["a1", "a2"], ["b2"])
         assert sorted(a.outcome for a in answers) == ["claimed", "sold_out"]
         assert [a.outcome for a in second] == ["sold_out"]
         units = inventory(conn)
@@ -324,23 +334,7 @@ def test_a_grown_pools_new_units_have_one_way_in_and_batches_do_not_deadlock(
         first = claims.claim_batch(open_batch, "drop", ["b1"])
         assert [a.outcome for a in first] == ["claimed"]
 
-        answers: list[claims.Claim] = []
-        errors: list[BaseException] = []
-
-        def three_buyers() -> None:
-            try:
-                with psycopg.connect(db1_dsn, autocommit=True) as other:
-                    answers.extend(claims.claim_batch(other, "drop", ["a1", "a2", "a3"]))
-            except psycopg.Error as exc:
-                errors.append(exc)
-
-        batch = threading.Thread(target=three_buyers)
-        batch.start()
-        batch.join(2)
-        second = claims.claim_batch(open_batch, "drop", ["b2"])
-        open_batch.commit()
-        batch.join(10)
-        assert not batch.is_alive() and errors == []
+        answers, second = race_two_batches(db1_dsn, open_batch, ["a1", "a2", "a3"], ["b2"])
         assert sorted(a.outcome for a in [*answers, *second]) == [
             "claimed", "claimed", "sold_out", "sold_out",
         ]  # fmt: skip
