@@ -66,11 +66,5 @@ select collected_at, inventory, available_slots, locked, consumed, rejected, ret
    and collected_at > clock_timestamp() - make_interval(secs => %(seconds)s)
  order by collected_at;
 
--- cron_present: whether pg_cron's job table is in this database
-select to_regclass('cron.job') is not null as present;
-
--- maintenance_scheduled: whether pg_cron runs intake's housekeeping here
-select exists (select from cron.job where jobname = 'intake-maintenance' and active) as scheduled;
-
 -- tidy: intake.keep_tidy, unless another worker is at it (a transaction-level try-lock: nobody waits)
 select intake.keep_tidy() where pg_try_advisory_xact_lock(7411, 5);

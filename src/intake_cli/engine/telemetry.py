@@ -63,13 +63,13 @@ async def keep_tidy_unless_scheduled(conn: psycopg.AsyncConnection) -> bool:
     claims come back on sale, with or without pg_cron. Lost inventories are
     not rebuilt here: the worker's own batches do that.
     """
-    present = await (await conn.execute(query("cron_present"))).fetchone()
-    if present and present[0]:
+    if await (await conn.execute(queries("db1")["pg_cron_version"])).fetchone():
         try:
-            row = await (await conn.execute(query("maintenance_scheduled"))).fetchone()
+            cur = conn.cursor(row_factory=dict_row)
+            jobs = await (await cur.execute(query("cron_jobs"))).fetchall()
         except psycopg.errors.InsufficientPrivilege:
-            row = None  # cannot tell: tidying twice changes nothing
-        if row and row[0]:
+            jobs = []  # cannot tell: tidying twice changes nothing
+        if any(job["jobname"] == "intake-maintenance" and job["active"] for job in jobs):
             return False
     return bool(await (await conn.execute(query("tidy"))).fetchall())
 

@@ -117,7 +117,6 @@ def drain(
     settings = load_settings()
     if pool is not None and (reason := config.check_pool_id(pool)):
         raise UsageError(f"--pool: {reason}")
-    endpoints(settings)  # a configuration without DB1 or DB2 is refused here, once
     if connect_timeout is None and once:
         connect_timeout = ONCE_CONNECT_TIMEOUT_S
     run = DrainRun(
@@ -131,7 +130,11 @@ def drain(
         shutdown_timeout=shutdown_timeout,
         connect_timeout=connect_timeout,
     )
-    stats = run_worker(run, settings).as_json() if workers == 1 else _run_fleet(run, workers)
+    if workers == 1:
+        stats = run_worker(run, settings).as_json()
+    else:
+        endpoints(settings)  # a configuration without DB1 or DB2 is refused once, not N times
+        stats = _run_fleet(run, workers)
     if as_json:
         print_json(stats)
 
