@@ -452,4 +452,22 @@ RPC: list[Case] = [
 ]
 
 
+# ---------------------------------------------------------------------------
+# The faces' edges (issue 21), one list per owner; each joins CONFIG or CLI.
+
+# fmt: off
+RENDER_CLI: list[Case] = [
+]
+GATEWAY_CONFIG: list[Case] = [
+]
+GATEWAY_CLI: list[Case] = [
+]
+DLQ_CLI: list[Case] = [
+]
+SERVE_CLI: list[Case] = [
+]
+# fmt: on
+CONFIG += GATEWAY_CONFIG
+CLI += [*RENDER_CLI, *GATEWAY_CLI, *DLQ_CLI, *SERVE_CLI]
+
 ALL = [*CONFIG, *CLI, *WEBHOOK_STATUSES, *WEBHOOK_BODIES, *RPC]
