@@ -3,14 +3,16 @@
     with serving(event.config, token="t0ken") as server:
         status, body = server.call("GET", "/api/status")
 
-`Server.url` is the base URL, `Server.token` the admin token it was started
-with (None: started without one, loopback only). The process is stopped
-with SIGTERM when the block ends and must exit 0.
+`Server.url` is the base URL, `Server.token` the admin token: the one it was
+started with, or (token=None: INTAKE_ADMIN_TOKEN unset) the one serve made
+and printed. The process is stopped with SIGTERM when the block ends and
+must exit 0.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -27,7 +29,9 @@ import httpx
 from tests.conftest import INTAKE, ROOT
 
 START_TIMEOUT_S = 60
-TOKEN = "serve-test-token-0123456789"
+TOKEN = "serve-test-admin-token-5c1e9a7f3b2d8e4a6f0c"
+# What serve prints when it makes the run's token itself.
+MADE_TOKEN = re.compile(r"this run's admin token is (\S+)")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -58,6 +62,9 @@ class Server:
         **kwargs: Any,
     ) -> httpx.Response:
         headers = {**self.headers(token), **kwargs.pop("headers", {})}
+        sends_body = {"content", "data"} & kwargs.keys() or kwargs.get("json") is not None
+        if method not in ("GET", "HEAD") and not sends_body:
+            kwargs["json"] = {}  # as the dashboard and any client: a change is sent as JSON
         return httpx.request(method, self.url + path, headers=headers, timeout=timeout, **kwargs)
 
     def call(
@@ -109,6 +116,10 @@ def start_serve(
         log.close()
         server = Server(proc, f"http://{host}:{port}", token, Path(log.name))
         if _wait_until_answering(server):
+            if token is None:
+                made = MADE_TOKEN.search(server.log())
+                assert made, f"serve printed no token of its own: {server.log()[-3000:]}"
+                server.token = made.group(1)
             return server
         if "cannot listen" not in server.log():
             raise AssertionError(f"intake serve did not start: {server.log()[-3000:]}")

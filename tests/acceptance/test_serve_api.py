@@ -208,7 +208,9 @@ def test_bad_requests_are_refused_naming_the_field_and_change_nothing(event):
     before = snapshot(db1)
     with serving(cfg) as server:
         for method, path, body, status, field, message in BAD_REQUESTS:
-            sent = {"content": body} if isinstance(body, bytes) else {"json": body}
+            sent: dict = {"json": body}
+            if isinstance(body, bytes):
+                sent = {"content": body, "headers": {"Content-Type": "application/json"}}
             response = server.request(method, path, **sent)
             assert response.status_code == status, (method, path, body, response.text)
             answer = response.json()
@@ -224,21 +226,31 @@ def test_start_is_refused_off_loopback_without_a_token(event):
     cfg, _ = event
     proc = run_intake("serve", "--host", "0.0.0.0", "--port", "1", config=cfg)
     assert proc.returncode == 2, proc.stderr
-    assert "refusing to serve on 0.0.0.0 without a token" in proc.stderr
+    assert "refusing to serve on 0.0.0.0 without INTAKE_ADMIN_TOKEN" in proc.stderr
     assert "INTAKE_ADMIN_TOKEN" in proc.stderr
     empty = run_intake("serve", config=cfg, env={"INTAKE_ADMIN_TOKEN": " "})
     assert empty.returncode == 2 and "INTAKE_ADMIN_TOKEN is set but empty" in empty.stderr
 
 
-def test_on_loopback_without_a_token_the_api_is_open_and_says_so(event):
+def test_on_loopback_without_a_token_serve_makes_one_and_the_api_needs_it(event):
     cfg, db1 = event
     with serving(cfg, token=None) as server:
+        made = server.token
+        assert made is not None and len(made) >= 43
+        # Open to nobody without it: not to local users, not to a web page.
+        assert server.call("POST", "/api/pools/other/pause", token=None)[0] == 401
+        assert server.call("GET", "/api/dlq", token=None)[0] == 401
+        assert engine_config(db1)["other"]["paused"] is False
         assert server.call("POST", "/api/pools/other/pause")[0] == 200
         log = server.log()
-    assert "the admin API on 127.0.0.1 is open to every local user" in log
+    assert f"dashboard: {server.url}/#token={made}" in log
     change = next(json.loads(line) for line in log.splitlines() if '"admin_change"' in line)
-    assert change["who"] == "loopback" and change["pool_id"] == "other"
+    assert change["who"] == "token" and change["pool_id"] == "other"
     assert engine_config(db1)["other"]["paused"] is True
+    # Each run makes its own.
+    with serving(cfg, token=None) as again:
+        assert again.token != made
+        assert again.call("GET", "/api/status", token=made)[0] == 401
 
 
 def test_openapi_describes_every_route(event):

@@ -10,6 +10,7 @@ from intake_cli.engine import controls
 from intake_cli.faces import serve, watch
 from intake_cli.faces.cli.root import JsonOption, app, err, finite, load_settings, out, print_json
 from intake_cli.faces.serve import auth as serve_auth
+from intake_cli.faces.serve.tick import TickExpectation
 from intake_cli.platform import config, logs
 from intake_cli.platform.db import connect, endpoints
 from intake_cli.platform.display import markup
@@ -48,23 +49,63 @@ def serve_command(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
     port: int = typer.Option(8080, "--port", min=1, max=65535, help="Port to listen on."),
     log_format: str = typer.Option("json", "--log-format", help="json | text"),
+    allowed_host: list[str] = typer.Option(
+        [],
+        "--allowed-host",
+        help="A name browsers may reach serve by (a proxy's name), besides IP addresses, "
+        "localhost and --host. Repeat for several.",
+    ),
+    expect_ticks: bool | None = typer.Option(
+        None,
+        "--expect-ticks/--no-expect-ticks",
+        help="Whether drain ticks should arrive. Default: yes once DB1 schedules the "
+        "intake-drain-tick job or a tick has arrived.",
+    ),
+    tick_stale_after: float | None = typer.Option(
+        None,
+        "--tick-stale-after",
+        min=1,
+        max=86_400,
+        callback=finite,
+        help="Seconds without a tick before it is flagged stale. Default: 3 of the tick "
+        "job's intervals, at least 30 s (180 s for a minute schedule).",
+    ),
 ) -> None:
     """Admin API, Prometheus /metrics and the drain's HTTP tick, in one process.
 
-    The API needs `Authorization: Bearer $INTAKE_ADMIN_TOKEN` when that
-    variable is set; without it, serve starts only on a loopback address
-    (and says the API is open to local users). /metrics is open on loopback,
-    behind the token otherwise. SIGINT/SIGTERM stop it gracefully (exit 0):
-    running ticks finish or hand their batch back. See docs/serve.md.
+    Every /api/ path needs `Authorization: Bearer $INTAKE_ADMIN_TOKEN`; without
+    that variable, serve (on a loopback address only) makes a token for the
+    run and prints it once with the dashboard's address. Requests naming
+    another Host, coming from another origin's web page, or changing
+    something without a JSON body are refused. INTAKE_TICK_TOKEN, if set, is
+    a second token that can only call POST /api/drain/tick. /metrics is open
+    on loopback, behind the token otherwise. SIGINT/SIGTERM stop it
+    gracefully (exit 0): running ticks finish or hand their batch back.
+    See docs/serve.md.
     """
     if log_format not in ("json", "text"):
         raise UsageError(f"--log-format: expected json or text, got {log_format!r}")
-    token = serve_auth.token_from_env()
-    if warning := serve_auth.check_start(host, token):
-        err.print(markup(warning))
+    for name in allowed_host:
+        if reason := serve_auth.check_host_name(name):
+            raise UsageError(f"--allowed-host {name!r}: {reason}")
+    token, tick_token = serve_auth.tokens_from_env()
+    start = serve_auth.check_start(host, port, token)
     settings = load_settings()
+    if start.notice:
+        err.print(start.notice, markup=False, highlight=False, soft_wrap=True)
     logger = logs.configure("info", log_format)
-    asyncio.run(serve.serve(settings, host=host, port=port, token=token, logger=logger))
+    asyncio.run(
+        serve.serve(
+            settings,
+            host=host,
+            port=port,
+            token=start.token,
+            logger=logger,
+            tick_token=tick_token,
+            allowed_hosts=tuple(allowed_host),
+            ticks=TickExpectation(expect_ticks, tick_stale_after),
+        )
+    )
 
 
 pool_app = typer.Typer(help="Pause or resume a pool while the event runs.", no_args_is_help=True)

@@ -12,6 +12,7 @@ import logging
 from aiohttp import web
 
 from intake_cli.faces.serve.app import build_app
+from intake_cli.faces.serve.tick import TickExpectation
 from intake_cli.platform.config import Settings
 from intake_cli.platform.errors import IntakeError
 from intake_cli.platform.logs import event
@@ -28,10 +29,25 @@ class BindFailed(IntakeError):
 
 
 async def serve(
-    settings: Settings, *, host: str, port: int, token: str | None, logger: logging.Logger
+    settings: Settings,
+    *,
+    host: str,
+    port: int,
+    token: str,
+    logger: logging.Logger,
+    tick_token: str | None = None,
+    allowed_hosts: tuple[str, ...] = (),
+    ticks: TickExpectation | None = None,
 ) -> None:
     """Answer until SIGINT or SIGTERM, then stop gracefully."""
-    app = build_app(settings, token=token, host=host)
+    app = build_app(
+        settings,
+        token=token,
+        host=host,
+        tick_token=tick_token,
+        allowed_hosts=allowed_hosts,
+        ticks=ticks,
+    )
     runner = web.AppRunner(
         app, handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S
     )

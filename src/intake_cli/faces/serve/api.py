@@ -18,6 +18,7 @@ from aiohttp import web
 from intake_cli.engine import controls, lifecycle, telemetry
 from intake_cli.engine import dlq as dead_letters
 from intake_cli.faces import watch
+from intake_cli.faces.serve import tick
 from intake_cli.faces.serve.replies import ApiError, from_intake, ok
 from intake_cli.faces.serve.state import ENDPOINTS, LOGGER, SETTINGS
 from intake_cli.platform import config
@@ -120,7 +121,9 @@ def audit(request: web.Request, action: str, **fields: Any) -> None:
 
 
 async def get_status(request: web.Request) -> web.Response:
-    return ok(await asyncio.to_thread(lifecycle.status, request.app[SETTINGS]))
+    answer = await asyncio.to_thread(lifecycle.status, request.app[SETTINGS])
+    answer["drain_tick"] = await tick.current_state(request.app)
+    return ok(answer)
 
 
 async def get_snapshot(request: web.Request) -> web.Response:

@@ -11,6 +11,7 @@ from psycopg_pool import PoolTimeout
 from intake_cli.faces.serve import api, auth, dashboard, metrics, openapi, tick
 from intake_cli.faces.serve.replies import ApiError, error, from_intake
 from intake_cli.faces.serve.state import ENDPOINTS, LOGGER, SETTINGS
+from intake_cli.faces.serve.tick import TickExpectation
 from intake_cli.platform.config import Settings
 from intake_cli.platform.db import endpoints
 from intake_cli.platform.errors import IntakeError
@@ -45,14 +46,25 @@ async def json_errors(request: web.Request, handler: auth.Handler) -> web.Stream
         return error(exc.status, exc.reason, None)
 
 
-def build_app(settings: Settings, *, token: str | None, host: str) -> web.Application:
+def build_app(
+    settings: Settings,
+    *,
+    token: str,
+    host: str,
+    tick_token: str | None = None,
+    allowed_hosts: tuple[str, ...] = (),
+    ticks: TickExpectation | None = None,
+) -> web.Application:
     app = web.Application(
         middlewares=[json_errors, auth.authenticate], client_max_size=MAX_BODY_BYTES
     )
     app[SETTINGS] = settings
     app[ENDPOINTS] = endpoints(settings)
     app[LOGGER] = logging.getLogger(LOGGER_NAME)
-    app[auth.GUARD] = auth.Guard(token=token, loopback=auth.is_loopback(host))
+    app[auth.GUARD] = auth.Guard.build(
+        token=token, host=host, tick_token=tick_token, allowed_hosts=allowed_hosts
+    )
+    app[tick.EXPECTATION] = ticks or TickExpectation()
     api.install(app)
     metrics.install(app)
     tick.install(app)

@@ -11,10 +11,12 @@ from __future__ import annotations
 import re
 from importlib import resources
 from importlib.resources.abc import Traversable
+from typing import Any
 
+import psycopg
 from aiohttp import web
 
-from intake_cli.faces.serve import events
+from intake_cli.faces.serve import events, tick
 from intake_cli.platform.config import Settings
 
 STATIC = resources.files("intake_cli.faces.serve") / "static"
@@ -84,7 +86,13 @@ class Assets:
 def install(app: web.Application, settings: Settings) -> None:
     """Add `GET /`, `GET /static/{path}` and `GET /api/events` to the serve app."""
     assets = Assets()
-    hub = events.Hub(settings)
+    tick_watch = app[tick.WATCH]
+
+    def tick_state(conn: psycopg.Connection) -> dict[str, Any]:
+        tick_watch.read_job(conn)
+        return tick_watch.state()
+
+    hub = events.Hub(settings, tick_state)
     app[events.HUB] = hub
     app.cleanup_ctx.append(hub.lifespan)
 

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -79,8 +79,16 @@ class Subscriber:
 class Hub:
     """One poller, many subscribers. Started and stopped with the app."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        tick_state: Callable[[psycopg.Connection], dict[str, Any]] | None = None,
+    ) -> None:
         self._settings = settings
+        # The drain tick's figures (serve's own, in memory): pushed when they change.
+        self._tick_state = tick_state
+        self._latest_tick: bytes | None = None
+        self._tick_seen: tuple[Any, ...] | None = None
         self._subscribers: set[Subscriber] = set()
         self._wanted = asyncio.Event()
         self._latest: bytes | None = None
@@ -97,6 +105,8 @@ class Hub:
         sub = Subscriber()
         if self._latest is not None:
             sub.offer(self._latest)  # a new page draws at once, not at the next row
+        if self._latest_tick is not None:
+            sub.offer(self._latest_tick)
         self._subscribers.add(sub)
         self._wanted.set()
         try:
@@ -107,6 +117,8 @@ class Hub:
                 self._wanted.clear()
                 # Its ages would be wrong by the time another page opens.
                 self._latest = None
+                self._latest_tick = None
+                self._tick_seen = None
 
     def _publish(self, chunk: bytes, *, keep: bool = True) -> None:
         if keep:
@@ -182,9 +194,28 @@ class Hub:
                         collected_at = loop.time()
                         newest, _ = await asyncio.to_thread(telemetry.newest, conn)
                     seen = newest
+                await self._push_tick(conn)
                 await asyncio.sleep(POLL_S)
         finally:
             await asyncio.to_thread(stack.close)
+
+    async def _push_tick(self, conn: psycopg.Connection) -> None:
+        """The tick's figures, when whether ticks are expected, stale or new has changed.
+
+        The page counts the age on by itself between pushes.
+        """
+        if self._tick_state is None:
+            return
+        state = await asyncio.to_thread(self._tick_state, conn)
+        key = (state["expected"], state["stale"], state["last_at"], state["last_outcome"])
+        if key == self._tick_seen:
+            return
+        self._tick_seen = key
+        self._seq += 1
+        chunk = sse("tick", state, self._seq)
+        self._latest_tick = chunk
+        for sub in self._subscribers:
+            sub.offer(chunk)
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: web.Application) -> AsyncIterator[None]:

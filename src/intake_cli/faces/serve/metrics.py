@@ -23,8 +23,8 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 
 from intake_cli.faces import watch
+from intake_cli.faces.serve import tick
 from intake_cli.faces.serve.state import ENDPOINTS
-from intake_cli.faces.serve.tick import TICKER
 from intake_cli.platform.db import connect
 
 # engine_metrics column → (metric name, help), one sample per pool.
@@ -62,6 +62,36 @@ class Frozen(Collector):
 
     def collect(self) -> Iterator[Metric]:
         yield from self.families
+
+
+def tick_families(state: dict[str, Any]) -> list[Metric]:
+    """Whether the drain's HTTP ticks still arrive (pg_net never says when they do not)."""
+    out = [
+        GaugeMetricFamily(
+            "intake_drain_tick_expected",
+            "1 when ticks are expected (DB1 schedules the tick job, a tick arrived, or told so).",
+            value=float(state["expected"]),
+        ),
+        GaugeMetricFamily(
+            "intake_drain_tick_stale",
+            "1 when ticks are expected and none arrived for intake_drain_tick_stale_after_seconds.",
+            value=float(state["stale"]),
+        ),
+        GaugeMetricFamily(
+            "intake_drain_tick_stale_after_seconds",
+            "How long without a tick counts as stopped.",
+            value=float(state["stale_after_s"]),
+        ),
+    ]
+    if state["age_s"] is not None:
+        out.append(
+            GaugeMetricFamily(
+                "intake_drain_tick_age_seconds",
+                "Seconds since the last tick arrived at this process.",
+                value=float(state["age_s"]),
+            )
+        )
+    return out
 
 
 def families(snap: dict[str, Any], ticks: dict[str, int]) -> list[Metric]:
@@ -127,16 +157,20 @@ def families(snap: dict[str, Any], ticks: dict[str, int]) -> list[Metric]:
 async def get_metrics(request: web.Request) -> web.Response:
     dsn = request.app[ENDPOINTS].db1
 
+    tick_watch = request.app[tick.WATCH]
+
     def read() -> dict[str, Any]:
         with connect(dsn, "DB1") as conn:
+            tick_watch.read_job(conn)
             # As the live view reads: collected here only where nothing is
             # scheduled and the newest row is a full interval old.
             return watch.read(conn).as_json()
 
     snap = await asyncio.to_thread(read)
-    ticker = request.app.get(TICKER)
+    ticker = request.app.get(tick.TICKER)
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(Frozen(families(snap, dict(ticker.totals) if ticker else {})))
+    found = families(snap, dict(ticker.totals) if ticker else {})
+    registry.register(Frozen(found + tick_families(tick_watch.state())))
     encode, content_type = choose_encoder(request.headers.get("Accept", ""))
     body = encode(registry)
     return web.Response(body=body, headers={"Content-Type": content_type})

@@ -42,7 +42,6 @@ from intake_cli.tools.bench import served_event
 from intake_cli.tools.bench.drain import CpuSample, cpu_times
 from intake_cli.tools.webhook_process import WebhookServer
 
-TOKEN = "bench-dashboard-token"
 TARGET_SHARE = 0.05
 # How long a stream may take to show the last row written before it is judged.
 SETTLE_S = 5.0
@@ -97,7 +96,7 @@ class Page:
         self._thread.start()
 
     def _read(self) -> None:
-        headers = {"Authorization": f"Bearer {TOKEN}", "Accept": "text/event-stream"}
+        headers = {"Authorization": f"Bearer {served_event.TOKEN}", "Accept": "text/event-stream"}
         try:
             with self._client.stream("GET", self.url + "/api/events", headers=headers) as r:
                 r.raise_for_status()
@@ -175,7 +174,7 @@ def run_once(path: Path, intents: int, concurrency: int, pages: int, collect_eve
         serve_pids: list[int] = []
         if pages:
             before = _sessions(db1)
-            server_pid, url = stack.enter_context(served_event.serving(path, TOKEN))
+            server_pid, url = stack.enter_context(served_event.serving(path))
             opened = [Page(url) for _ in range(pages)]
             for page in opened:
                 stack.callback(page.close)

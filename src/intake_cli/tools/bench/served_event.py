@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -23,6 +24,8 @@ from intake_cli.platform.embedded import Cluster, free_port
 from intake_cli.tools.bench.drain import archived_count, fresh_database
 
 POOL = "bench"
+# serve refuses a guessable admin token: each bench run makes its own.
+TOKEN = secrets.token_urlsafe(32)
 # How long serve may take to answer at start, and a drain worker to stop.
 START_S = 60.0
 STOP_S = 60.0
@@ -59,15 +62,15 @@ def intake_argv(path: Path, *args: str) -> list[str]:
 
 
 @contextmanager
-def serving(path: Path, token: str, log: IO[bytes] | None = None) -> Iterator[tuple[int, str]]:
-    """`intake serve` on a free port, answering; yields (its pid, its URL)."""
+def serving(path: Path, log: IO[bytes] | None = None) -> Iterator[tuple[int, str]]:
+    """`intake serve` on a free port with TOKEN, answering; yields (its pid, its URL)."""
     port = free_port()
     output = log if log is not None else subprocess.DEVNULL
     server = subprocess.Popen(
         intake_argv(path, "serve", "--port", str(port)),
         stdout=output,
         stderr=output,
-        env={**os.environ, "INTAKE_ADMIN_TOKEN": token},
+        env={**os.environ, "INTAKE_ADMIN_TOKEN": TOKEN},
     )
     url = f"http://127.0.0.1:{port}"
     try:

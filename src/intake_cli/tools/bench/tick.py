@@ -34,7 +34,6 @@ from intake_cli.tools.bench.drain import archived_count, cpu_times, parse_int_li
 from intake_cli.tools.webhook_process import WebhookServer
 
 TARGET_RATIO = 0.70
-TOKEN = "bench-tick-token"
 
 
 @dataclass(frozen=True)
@@ -67,13 +66,13 @@ class Pair:
 async def _schedule(url: str, db1: str, intents: int, interval_s: float) -> tuple[float, int]:
     """Fire a tick every interval until every intent is archived; (seconds, ticks fired)."""
     fired: list[asyncio.Task[httpx.Response]] = []
-    headers = {"Authorization": f"Bearer {TOKEN}"}
+    headers = {"Authorization": f"Bearer {served_event.TOKEN}"}
     async with httpx.AsyncClient(timeout=120, headers=headers) as client:
         started = time.perf_counter()
         while await asyncio.to_thread(archived_count, db1) < intents:
             due = started + len(fired) * interval_s
             if time.perf_counter() >= due:
-                fired.append(asyncio.create_task(client.post(url + "/api/drain/tick")))
+                fired.append(asyncio.create_task(client.post(url + "/api/drain/tick", json={})))
             await asyncio.sleep(0.02)
         seconds = time.perf_counter() - started
         for response in await asyncio.gather(*fired):
@@ -83,7 +82,7 @@ async def _schedule(url: str, db1: str, intents: int, interval_s: float) -> tupl
 
 
 def _ticks_through(path: Path, intents: int, interval_s: float) -> tuple[float, int]:
-    with tempfile.TemporaryFile() as log, served_event.serving(path, TOKEN, log) as (_, url):
+    with tempfile.TemporaryFile() as log, served_event.serving(path, log) as (_, url):
         return asyncio.run(_schedule(url, served_event.db1_dsn(path), intents, interval_s))
 
 

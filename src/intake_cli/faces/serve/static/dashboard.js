@@ -77,6 +77,16 @@
     return sessionStorage.getItem(TOKEN_KEY) || "";
   }
 
+  // `intake serve` without INTAKE_ADMIN_TOKEN prints the dashboard's address
+  // with its token after `#`: a fragment never reaches a server or its logs.
+  // Kept for this tab, then taken out of the address bar and history.
+  (function tokenFromAddress() {
+    const found = /(?:^#|&)token=([^&]+)/.exec(location.hash);
+    if (!found) return;
+    sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(found[1]));
+    history.replaceState(null, "", location.pathname + location.search);
+  })();
+
   function authHeaders(extra) {
     const headers = Object.assign({}, extra || {});
     const value = token();
@@ -108,9 +118,10 @@
 
   async function api(method, path, body) {
     const init = { method, headers: authHeaders({ Accept: "application/json" }), cache: "no-store" };
-    if (body !== undefined) {
+    if (method !== "GET") {
+      // serve refuses a change that is not JSON (no form can send one).
       init.headers["Content-Type"] = "application/json";
-      init.body = JSON.stringify(body);
+      init.body = JSON.stringify(body === undefined ? {} : body);
     }
     let response;
     try {
@@ -184,6 +195,9 @@
     if (name === "snapshot") {
       $("problem").hidden = true;
       render(message);
+    } else if (name === "tick") {
+      tickState = { state: message, receivedAt: Date.now() };
+      drawTick();
     } else if (name === "problem") {
       $("problem").textContent = text(message.error);
       $("problem").hidden = false;
@@ -375,8 +389,36 @@
     node.textContent = (stale ? "STALE: metrics " : "metrics ") + Math.round(age) + " s old";
   }
 
+  // The drain's HTTP tick: shown only where ticks are expected; the age
+  // counts on between pushes, which come only when something changed.
+  let tickState = null; // { state, receivedAt }
+
+  function drawTick() {
+    const node = $("tick");
+    if (!tickState || !tickState.state.expected) {
+      node.hidden = true;
+      return;
+    }
+    const { state, receivedAt } = tickState;
+    const elapsed = (Date.now() - receivedAt) / 1000;
+    const since = (Date.parse(state.since) || receivedAt) / 1000;
+    const silent = Date.now() / 1000 - since;
+    const stale = state.stale || silent > state.stale_after_s;
+    node.hidden = false;
+    node.title = text(state.expected_because);
+    node.dataset.stale = String(stale);
+    if (state.age_s === null) {
+      node.textContent = stale ? "STALE: no drain tick since serve started" : "no drain tick yet";
+    } else {
+      const age = Math.round(state.age_s + elapsed);
+      node.textContent = (stale ? "STALE: last drain tick " : "drain tick ") + age + " s ago";
+    }
+    node.dataset.age = state.age_s === null ? "" : (state.age_s + elapsed).toFixed(1);
+  }
+
   setInterval(() => {
     tick();
+    drawTick();
     renderWorkers();
   }, 1000);
 
