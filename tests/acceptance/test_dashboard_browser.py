@@ -399,12 +399,13 @@ def test_a_running_drain_shows_on_the_page_and_its_charts(workdir, db1_dsn, db2_
 
 
 def read_events(lines: Iterator[str], count: int) -> list[tuple[str, str, dict]]:
-    """The next `count` events of an SSE response's lines: (id, event, data)."""
+    """The next `count` events of an SSE response's lines: (id, event, data), the drain
+    tick's own events (test_the_page_flags_drain_ticks_that_stop_arriving) left out."""
     found: list[tuple[str, str, dict]] = []
     fields: dict[str, str] = {}
     for line in lines:
         if line == "":
-            if "data" in fields:
+            if "data" in fields and fields.get("event") != "tick":
                 found.append((fields.get("id", ""), fields["event"], json.loads(fields["data"])))
                 if len(found) == count:
                     return found
@@ -511,3 +512,34 @@ def test_page_and_assets_are_served_safely(workdir, db1_dsn, db2_dsn, webhook):
         ):
             response = server.request("GET", path, token=None)
             assert response.status_code == 404, (path, response.status_code, response.text[:200])
+
+
+def test_the_page_flags_drain_ticks_that_stop_arriving(workdir, db1_dsn, db2_dsn, webhook, browser):
+    """pg_net never says a tick failed to arrive: the page says it, from serve's own count."""
+    event = make_event(workdir, db1_dsn, db2_dsn, webhook.url, 5)
+    badge = (
+        "const n = document.getElementById('tick');"
+        " return [n.hidden, n.dataset.stale, n.textContent];"
+    )
+    with serving(event.config, args=("--expect-ticks", "--tick-stale-after", "2")) as server:
+        open_dashboard(browser, server)
+        deadline = time.monotonic() + 15
+        while browser.execute_script(badge) != [
+            False,
+            "true",
+            "STALE: no drain tick since serve started",
+        ]:
+            assert time.monotonic() < deadline, browser.execute_script(badge)
+            time.sleep(0.1)
+        assert server.call("POST", "/api/drain/tick")[0] == 200
+        deadline = time.monotonic() + 10
+        while browser.execute_script(badge)[1] != "false":
+            assert time.monotonic() < deadline, browser.execute_script(badge)
+            time.sleep(0.1)
+        hidden, _, shown = browser.execute_script(badge)
+        assert not hidden and shown.startswith("drain tick ") and shown.endswith(" s ago")
+        deadline = time.monotonic() + 10
+        while browser.execute_script(badge)[1] != "true":
+            assert time.monotonic() < deadline, browser.execute_script(badge)
+            time.sleep(0.1)
+        assert browser.execute_script(badge)[2].startswith("STALE: last drain tick ")

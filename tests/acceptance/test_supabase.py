@@ -2,7 +2,7 @@
 non-superuser owner (twice: nothing changes), an event provisioned with
 `intake up`, claimed as `authenticated` with JWT claims the PostgREST way,
 drained into the example ledger with one Realtime change per commit; `anon`
-can do nothing; the drain-tick job calls pg_net with Vault's secrets."""
+can do nothing; the drain-tick job calls pg_net with Vault's URL and tick token."""
 
 from __future__ import annotations
 
@@ -28,6 +28,9 @@ from tests.acceptance.supabase_support import (
 from tests.conftest import pool_spec, run_intake, write_config
 
 STAMP = "20250601120000"
+# Shaped like `openssl rand -hex 32`, as docs/supabase.md tells operators to make them.
+TICK_TOKEN = "9f2c4e71b0d84a6f3e5c1b27d8a90f4e6c3b5a1d2e7f80914c6b3a5d7e2f1c08"
+ADMIN_TOKEN = "e4b1f7a2c9d3058e6b2a4f1c7d9e3b5a08f6c2d4e1b7a9c3f5d2e8b0a6c4f193"
 CREATE_SLOT = "select pg_create_logical_replication_slot(%s, 'test_decoding')"
 
 
@@ -237,24 +240,36 @@ def test_each_commit_is_one_change_on_the_realtime_table(made_by, supa, request)
     assert all(" INSERT: " in change for change in changes)
 
 
-def test_the_drain_tick_job_posts_to_the_vault_url_with_the_vault_token(supa, project):
+def test_the_drain_tick_job_posts_with_vaults_tick_token_never_the_admin_token(supa, project):
+    """The job's bearer token is `intake_tick_token`, which opens the tick endpoint
+    alone; an admin token left in Vault (as earlier intakes asked) is never sent."""
+    ((command,),) = _rows(
+        project, "select command from cron.job where jobname = 'intake-drain-tick'"
+    )
+    assert "intake_admin_token" not in command
     with psycopg.connect(supa.superuser(DATABASE), autocommit=True) as conn:
         conn.execute(
             "insert into vault.decrypted_secrets values"
             " ('intake_tick_url', 'https://intake.example/api/drain/tick?pool=event'),"
-            " ('intake_admin_token', 'tok-123')"
-            " on conflict (name) do update set decrypted_secret = excluded.decrypted_secret"
+            " ('intake_admin_token', %s)"
+            " on conflict (name) do update set decrypted_secret = excluded.decrypted_secret",
+            (ADMIN_TOKEN,),
         )
-    ((command,),) = _rows(
-        project, "select command from cron.job where jobname = 'intake-drain-tick'"
-    )
+        conn.execute("delete from vault.decrypted_secrets where name = 'intake_tick_token'")
+    # Without the tick token the job sends nothing, admin token or not.
+    assert _rows(project, command) == []
+    with psycopg.connect(supa.superuser(DATABASE), autocommit=True) as conn:
+        conn.execute(
+            "insert into vault.decrypted_secrets values ('intake_tick_token', %s)", (TICK_TOKEN,)
+        )
     ((call_id,),) = _rows(project, command)
     ((url, headers, body),) = _rows(
         supa.superuser(DATABASE), "select url, headers, body from net.calls where id = %s",
         (call_id,),
     )  # fmt: skip
     assert url == "https://intake.example/api/drain/tick?pool=event"
-    assert headers["Authorization"] == "Bearer tok-123"
+    assert headers["Authorization"] == f"Bearer {TICK_TOKEN}"
+    assert ADMIN_TOKEN not in json.dumps(headers)
     assert body == {}
 
 

@@ -3,6 +3,8 @@ they must and must not contain."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from datetime import UTC, datetime
 
@@ -43,7 +45,19 @@ def test_the_drain_tick_is_optional_and_reads_its_url_and_token_from_vault():
     tick = _files(drain_tick=True)["drain_tick"].sql
     assert "case when seconds then '5 seconds' else '* * * * *' end" in tick
     assert "vault.decrypted_secrets" in tick and "net.http_post(" in tick
-    assert "'intake_tick_url'" in tick and "'intake_admin_token'" in tick
+    assert "url.name = 'intake_tick_url' and token.name = 'intake_tick_token'" in tick
+
+
+def test_the_drain_tick_never_asks_vault_for_the_admin_token():
+    """The admin token also pauses pools and purges the DLQ: it stays with the
+    operator, and the job carries the tick token, which opens the tick alone."""
+    tick = _files(drain_tick=True)["drain_tick"].sql
+    command = tick.split("$command$")[1]
+    assert "admin" not in command.lower()
+    assert re.findall(r"'(intake_\w+)'", command) == ["intake_tick_url", "intake_tick_token"]
+    header = tick.split("do $tick$")[0]
+    assert "vault.create_secret('<INTAKE_TICK_TOKEN>', 'intake_tick_token')" in header
+    assert "'intake_admin_token'" not in header
 
 
 def test_the_render_never_creates_supabase_roles_or_auth_uid():
@@ -67,6 +81,10 @@ def test_a_directory_holding_an_earlier_render_is_refused_unless_forced(tmp_path
         render.write(later, tmp_path)
     render.write(later, tmp_path, force=True)
     assert sorted(p.name[:8] for p in tmp_path.glob("db*/*.sql")) == ["20250701"] * len(later)
+    listed = json.loads((tmp_path / render.MANIFEST).read_text())["files"]
+    assert listed == {
+        f"{f.group}/{f.name}": hashlib.sha256(f.sql.encode()).hexdigest() for f in later
+    }
 
 
 def test_an_unreadable_timestamp_is_refused():

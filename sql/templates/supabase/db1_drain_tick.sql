@@ -1,9 +1,13 @@
 -- The drain's serverless bridge: every 5 seconds pg_cron asks pg_net to POST
 -- to `intake serve`'s tick endpoint (POST /api/drain/tick, optionally
--- ?pool=P), with the admin token as a bearer token. Both come from Supabase
+-- ?pool=P), with the tick token as a bearer token. Both come from Supabase
 -- Vault at each run, never from this file:
 --   select vault.create_secret('https://…/api/drain/tick', 'intake_tick_url');
---   select vault.create_secret('<INTAKE_ADMIN_TOKEN>', 'intake_admin_token');
+--   select vault.create_secret('<INTAKE_TICK_TOKEN>', 'intake_tick_token');
+-- The tick token is its own secret, INTAKE_TICK_TOKEN of `intake serve`, which
+-- opens the tick endpoint and nothing else. Never put INTAKE_ADMIN_TOKEN in
+-- Vault: whoever can read Vault or pg_net's request log would hold a token
+-- that also pauses pools and purges the DLQ.
 -- Until both secrets exist the job sends nothing. Needs pg_net (Dashboard:
 -- Integrations → pg_net) and pg_cron; pg_cron before 1.5 ticks every minute.
 do $tick$
@@ -39,7 +43,7 @@ select net.http_post(
            body := '{}'::pg_catalog.jsonb,
            timeout_milliseconds := 4000)
   from vault.decrypted_secrets url, vault.decrypted_secrets token
- where url.name = 'intake_tick_url' and token.name = 'intake_admin_token'
+ where url.name = 'intake_tick_url' and token.name = 'intake_tick_token'
 $command$);
 end
 $tick$;

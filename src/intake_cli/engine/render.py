@@ -8,13 +8,24 @@ keeps too), its functions and grants, and its pg_cron jobs; DB2's set is the
 example ledger. What is data stays with `intake up` run against the project:
 the queues, the pools and their inventory (docs/supabase.md).
 
+A render records what it wrote, with each file's sha256, in a manifest
+beside db1/ and db2/; `--force` replaces or removes those files and nothing
+else, so the user's own migrations kept next to intake's are never touched.
+
 Nothing here creates Supabase's roles or auth.uid(): the files refuse a
 database without them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
+import json
+import os
+import re
+import secrets
+import stat
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,11 +34,28 @@ from psycopg import sql
 
 from intake_cli.engine import schema
 from intake_cli.platform.config import QUEUE_NAME_PATTERN
-from intake_cli.platform.errors import UsageError
+from intake_cli.platform.errors import IntakeError, UsageError
 from intake_cli.platform.sqlfiles import render
 
 TARGETS = ("supabase",)
 STAMP_FORMAT = "%Y%m%d%H%M%S"
+GROUPS = ("db1", "db2")
+# The record of what a render wrote, in --out beside db1/ and db2/.
+MANIFEST = ".intake-render.json"
+MANIFEST_FORMAT = 1
+_MANIFEST_NOTE = (
+    "Written by `intake render`. `--force` replaces or removes only the files listed here, "
+    "each only while its sha256 is still the one below; any other file is left alone."
+)
+# Every name intake gives a file: a manifest listing anything else was not written by it.
+_OUR_NAME = re.compile(r"db[12]/[0-9]{14}_intake_[a-z0-9_]+\.sql")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+# Far above any file intake writes; a larger one is not intake's and is not read whole.
+_MAX_READ = 16 * 1024 * 1024
+_TEMP_PREFIX = ".intake-render-"
+_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# The argument is fine and the machine is not: not a usage error.
+_MACHINE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG})
 # Bodies of the example's commit RPC that earlier intakes installed: the
 # DB2 file replaces them in place; any other public.finalize_transaction is
 # somebody's ledger and makes the file stop.
@@ -144,36 +172,352 @@ def supabase_migrations(
     ]
 
 
-def write(files: list[MigrationFile], out: Path, *, force: bool = False) -> list[Path]:
-    """Write the files under out/db1 and out/db2; never over a file unless forced.
+def out_directory(text: str) -> Path:
+    """`--out` as a Path, refused where it cannot name a directory.
 
-    Every target is checked before the first one is written, so a refusal
-    leaves nothing half written.
+    Checked on the text because Path("") is ".": an empty --out (an unset
+    shell variable) would otherwise write into whatever directory this is.
     """
-    targets = [(out / f.group / f.name, f) for f in files]
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out}: exists and is not a directory")
-    if not force:
-        existing = [str(path) for path, _ in targets if path.exists()]
-        # Files from an earlier render under other names would apply twice.
-        earlier = sorted(
-            str(p)
-            for group in ("db1", "db2")
-            if (out / group).is_dir()
-            for p in (out / group).glob("*_intake_*.sql")
-            if p not in {path for path, _ in targets}
-        )
-        if existing or earlier:
-            shown = ", ".join((existing + earlier)[:3])
-            raise UsageError(
-                f"--out {out}: holds intake migrations already ({shown}); "
-                "choose an empty directory, or pass --force to replace them"
+    if not text.strip():
+        blank = "empty" if not text else "only whitespace"
+        raise UsageError(f"--out {text!r}: {blank}; name a directory (. for the current one)")
+    if "\0" in text:
+        raise UsageError(f"--out {text!r}: contains a NUL character, which no path can hold")
+    return Path(text)
+
+
+def write(files: list[MigrationFile], out: Path, *, force: bool = False) -> list[Path]:
+    """Write the files under out/db1 and out/db2, and the manifest that names them.
+
+    Everything is checked before the first byte is written, and the files go
+    to temporary names that replace nothing until every one is written, so a
+    refusal or a full disk leaves `out` as it was. `force` replaces or removes
+    only what an earlier render's manifest lists, each file only while it is
+    byte for byte what intake wrote: a file intake did not write, or one
+    edited since, is never touched and stops the render.
+    """
+    wanted = {f"{f.group}/{f.name}": f.sql.encode("utf-8") for f in files}
+    _check_out(out)
+    with _Survey(out, wanted) as survey:
+        stale = _decide(survey, wanted, force=force)
+        _commit(survey, wanted, stale)
+    return [out / rel for rel in wanted]
+
+
+class _Survey:
+    """What `out` holds, read before anything is written, through directory
+    descriptors opened without following links: nothing a link points to is
+    read, replaced or removed, whatever is swapped in while the render runs."""
+
+    def __init__(self, out: Path, wanted: dict[str, bytes]) -> None:
+        self.out = out
+        self.wanted = wanted
+        self.out_fd: int | None = None
+        self.group_fds: dict[str, int] = {}
+        self.manifest: dict[str, str] | None = None
+        self.present: list[str] = []  # manifest entries still as intake wrote them
+        self.changed: list[str] = []  # manifest entries edited or replaced since
+        self.named_like_ours: list[str] = []  # db1/, db2/ names intake would use
+        self.foreign: list[str] = []  # files to write where something not intake's is
+
+    def __enter__(self) -> _Survey:
+        try:
+            self._read()
+        except OSError as exc:
+            self.close()
+            raise _refusal(self.out, exc) from None
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for fd in [*self.group_fds.values(), self.out_fd]:
+            if fd is not None:
+                os.close(fd)
+        self.out_fd, self.group_fds = None, {}
+
+    def _read(self) -> None:
+        if not os.path.lexists(self.out):
+            return
+        self.out_fd = os.open(self.out, _DIRECTORY)
+        for group in GROUPS:
+            try:
+                st = os.stat(group, dir_fd=self.out_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                raise UsageError(
+                    f"--out {self.out}: {group} is a symbolic link; intake writes through no link"
+                )
+            if not stat.S_ISDIR(st.st_mode):
+                raise UsageError(f"--out {self.out}: {group} exists and is not a directory")
+            self.group_fds[group] = os.open(group, _DIRECTORY, dir_fd=self.out_fd)
+            self.named_like_ours += sorted(
+                f"{group}/{name}"
+                for name in os.listdir(self.group_fds[group])
+                if _OUR_NAME.fullmatch(f"{group}/{name}")
             )
-    for group in {f.group for f in files}:
-        (out / group).mkdir(parents=True, exist_ok=True)
-        if force:
-            for stale in (out / group).glob("*_intake_*.sql"):
-                stale.unlink()
-    for path, f in targets:
-        path.write_text(f.sql, encoding="utf-8")
-    return [path for path, _ in targets]
+        self.manifest = self._manifest()
+        for rel, digest in (self.manifest or {}).items():
+            found = self.digest(rel)
+            if found == digest:
+                self.present.append(rel)
+            elif found is not None:
+                self.changed.append(rel)
+        self.foreign = [
+            rel for rel in self.wanted if rel not in self.present and self.digest(rel) is not None
+        ]
+
+    def _manifest(self) -> dict[str, str] | None:
+        assert self.out_fd is not None
+        try:
+            data = _read_plain(self.out_fd, MANIFEST)
+        except FileNotFoundError:
+            return None
+        except _NotPlain as exc:
+            raise self._damaged(str(exc)) from None
+        try:
+            document = json.loads(data)
+        except (ValueError, RecursionError):  # not UTF-8, not JSON, nested past Python's stack
+            raise self._damaged("is not JSON") from None
+        if not isinstance(document, dict) or document.get("format") != MANIFEST_FORMAT:
+            raise self._damaged(f"is not format {MANIFEST_FORMAT} of intake's manifest")
+        listed = document.get("files")
+        if not isinstance(listed, dict):
+            raise self._damaged(f"is not format {MANIFEST_FORMAT} of intake's manifest")
+        for rel, digest in listed.items():
+            if not _OUR_NAME.fullmatch(rel):
+                raise self._damaged(f"lists {rel[:120]!r}, a file intake never writes")
+            if not (isinstance(digest, str) and _SHA256.fullmatch(digest)):
+                raise self._damaged(f"gives {rel} no sha256")
+        return listed
+
+    def _damaged(self, why: str) -> UsageError:
+        return UsageError(
+            f"--out {self.out}: {MANIFEST} {why}; intake cannot tell which files there are its "
+            "own and touches none: remove what you no longer want yourself, or choose an "
+            "empty directory"
+        )
+
+    def digest(self, rel: str) -> str | None:
+        """sha256 of out/rel; None where nothing is there, "" where it is no plain file."""
+        group, name = rel.split("/")
+        if group not in self.group_fds:
+            return None
+        try:
+            return hashlib.sha256(_read_plain(self.group_fds[group], name)).hexdigest()
+        except FileNotFoundError:
+            return None
+        except _NotPlain:
+            return ""
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an `out` that is no directory intake can create or write into."""
+    out_directory(os.fspath(out))
+    try:
+        st = os.lstat(out)
+    except FileNotFoundError:
+        _check_parent(out)
+        return
+    except OSError as exc:
+        raise _refusal(out, exc) from None
+    if stat.S_ISLNK(st.st_mode):
+        raise UsageError(
+            f"--out {out}: is a symbolic link; name the directory it points to "
+            "(intake writes through no link)"
+        )
+    if not stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"--out {out}: exists and is not a directory")
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out}: is not writable")
+
+
+def _check_parent(out: Path) -> None:
+    """The directory `out` is to be made in must exist: a mistyped path is no request
+    to make a tree of directories."""
+    parent = out.parent
+    try:
+        is_directory = stat.S_ISDIR(os.stat(parent).st_mode)
+    except FileNotFoundError:
+        raise UsageError(f"--out {out}: {parent} does not exist; create it first") from None
+    except OSError as exc:
+        raise _refusal(out, exc) from None
+    if not is_directory:
+        raise UsageError(f"--out {out}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out}: cannot be created, {parent} is not writable")
+
+
+def _decide(survey: _Survey, wanted: dict[str, bytes], *, force: bool) -> list[str]:
+    """The earlier render's files to remove, or the refusal that leaves `out` untouched."""
+    out = survey.out
+    if survey.changed:
+        raise UsageError(
+            f"--out {out}: {_shown(survey.changed)} changed since intake wrote "
+            f"{_it(survey.changed)}; even with --force intake replaces or removes only its "
+            "files as it wrote them: move your copy out of the directory (or delete it) "
+            "and render again"
+        )
+    if survey.manifest is None and survey.named_like_ours:
+        # An intake before the manifest, or the user's own files: the names
+        # cannot tell them apart, so neither is touched.
+        raise UsageError(
+            f"--out {out}: holds files named like intake migrations "
+            f"({_shown(survey.named_like_ours)}) but no {MANIFEST} saying intake wrote them; "
+            "intake will not replace or remove them, even with --force: move them away "
+            "(an older intake's render can simply be deleted), or choose an empty directory"
+        )
+    foreign = survey.foreign
+    if foreign:
+        raise UsageError(
+            f"--out {out}: intake did not write {_shown(foreign)}, which it would replace; "
+            "it never replaces a file it did not write, even with --force: move "
+            f"{_it(foreign)} away, or choose an empty directory"
+        )
+    if survey.present and not force:
+        raise UsageError(
+            f"--out {out}: holds intake migrations already ({_shown(survey.present)}); "
+            "choose an empty directory, or pass --force to replace them"
+        )
+    return [rel for rel in survey.present if rel not in wanted]
+
+
+def _commit(survey: _Survey, wanted: dict[str, bytes], stale: list[str]) -> None:
+    """Write every file under a temporary name, then put them all in place.
+
+    The manifest goes in last: a render stopped part way leaves files the
+    manifest does not vouch for, which the next render refuses rather than
+    guesses about.
+    """
+    out = survey.out
+    created: list[tuple[int | None, str]] = []
+    temps: list[tuple[int, str, str]] = []
+
+    def undo() -> None:
+        for fd, temp, _ in temps:
+            with contextlib.suppress(OSError):
+                os.unlink(temp, dir_fd=fd)
+        for fd, name in reversed(created):
+            with contextlib.suppress(OSError):  # not empty: something stands in it
+                os.rmdir(name, dir_fd=fd)
+
+    try:
+        if survey.out_fd is None:
+            os.mkdir(out)
+            created.append((None, os.fspath(out)))
+            survey.out_fd = os.open(out, _DIRECTORY)
+        for group in sorted({rel.split("/")[0] for rel in wanted} - survey.group_fds.keys()):
+            os.mkdir(group, dir_fd=survey.out_fd)
+            created.append((survey.out_fd, group))
+            survey.group_fds[group] = os.open(group, _DIRECTORY, dir_fd=survey.out_fd)
+        for rel, data in wanted.items():
+            group, name = rel.split("/")
+            temps.append(
+                (survey.group_fds[group], _write_temp(survey.group_fds[group], data), name)
+            )
+        listed = {rel: hashlib.sha256(data).hexdigest() for rel, data in wanted.items()}
+        manifest = {"format": MANIFEST_FORMAT, "note": _MANIFEST_NOTE, "files": listed}
+        text = json.dumps(manifest, indent=1, sort_keys=True) + "\n"
+        temps.append((survey.out_fd, _write_temp(survey.out_fd, text.encode()), MANIFEST))
+    except OSError as exc:
+        undo()
+        raise _refusal(out, exc) from None
+    placed = 0
+    try:
+        while temps:
+            fd, temp, name = temps[0]
+            os.replace(temp, name, src_dir_fd=fd, dst_dir_fd=fd)
+            temps.pop(0)
+            placed += 1
+        for rel in stale:
+            group, name = rel.split("/")
+            os.unlink(name, dir_fd=survey.group_fds[group])
+    except OSError as exc:
+        undo()
+        after = (
+            "some files were replaced and the manifest was not: render again into an "
+            "empty directory"
+            if placed
+            else "nothing was changed"
+        )
+        raise IntakeError(
+            f"--out {out}: could not put the files in place: {exc.strerror}; {after}"
+        ) from None
+
+
+class _NotPlain(Exception):
+    """The name is there but is no regular file (a link, a directory, a device)."""
+
+
+def _read_plain(dir_fd: int, name: str) -> bytes:
+    """The bytes of dir_fd/name, a regular file, read without following a link."""
+    try:
+        # O_NONBLOCK: a FIFO put where a file was expected must not hang the render.
+        fd = os.open(
+            name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd
+        )
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _NotPlain("is a symbolic link") from None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise _NotPlain("is not a regular file")
+        with os.fdopen(os.dup(fd), "rb") as stream:
+            data = stream.read(_MAX_READ + 1)
+    finally:
+        os.close(fd)
+    if len(data) > _MAX_READ:
+        raise _NotPlain(f"is over {_MAX_READ} bytes, larger than anything intake writes")
+    return data
+
+
+def _write_temp(dir_fd: int, data: bytes) -> str:
+    """`data` in a new hidden file under dir_fd, on disk; its name."""
+    name = f"{_TEMP_PREFIX}{secrets.token_hex(8)}.tmp"
+    fd = os.open(
+        name,
+        os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+        0o666,
+        dir_fd=dir_fd,
+    )
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    except OSError:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(name, dir_fd=dir_fd)
+        raise
+    os.close(fd)
+    return name
+
+
+def _refusal(out: Path, exc: OSError) -> IntakeError:
+    """An OSError met on `out` as the one line an operator reads."""
+    reason = exc.strerror or str(exc)
+    # A path or a name under a directory descriptor; an int is the descriptor itself.
+    name = os.fspath(exc.filename) if isinstance(exc.filename, str | Path) else ""
+    # Name the entry under `out` that failed, but not a temporary file's name.
+    shown = name and name != os.fspath(out) and not name.startswith(_TEMP_PREFIX)
+    where = f" ({name})" if shown else ""
+    if exc.errno in _MACHINE_ERRORS:
+        # The argument is fine; the machine is not. Nothing was left behind.
+        return IntakeError(f"--out {out}: could not write the files: {reason}; nothing was written")
+    return UsageError(f"--out {out}: cannot write there: {reason}{where}")
+
+
+def _it(rels: list[str]) -> str:
+    return "it" if len(rels) == 1 else "them"
+
+
+def _shown(rels: list[str]) -> str:
+    more = f" and {len(rels) - 3} more" if len(rels) > 3 else ""
+    return ", ".join(rels[:3]) + more

@@ -253,7 +253,8 @@ def down(
 @app.command("render")
 def render_command(
     target: str = typer.Option(..., "--target", help="What to render for: supabase."),
-    out_dir: Path = typer.Option(..., "--out", help="Directory for the db1/ and db2/ sets."),
+    # A str, not a Path: Path("") is ".", and an empty --out must be refused.
+    out_dir: str = typer.Option(..., "--out", help="Directory for the db1/ and db2/ sets."),
     force: bool = typer.Option(False, "--force", help="Replace intake migrations already there."),
     queue_name: str = typer.Option(
         "intents", "--queue-name", help="intake.yaml's queue_name (the functions name its table)."
@@ -275,11 +276,12 @@ def render_command(
     """
     if target not in render.TARGETS:
         raise UsageError(f"--target {target!r}: expected one of {', '.join(render.TARGETS)}")
+    directory = render.out_directory(out_dir)
     stamp = (
         render.parse_stamp(timestamp)
         if timestamp is not None
         else datetime.now(UTC).replace(microsecond=0)
     )
     files = render.supabase_migrations(stamp, queue_name, drain_tick=drain_tick)
-    for path in render.write(files, out_dir, force=force):
+    for path in render.write(files, directory, force=force):
         out.print(markup(path), highlight=False)

@@ -84,7 +84,7 @@
     const found = /(?:^#|&)token=([^&]+)/.exec(location.hash);
     if (!found) return;
     sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(found[1]));
-    history.replaceState(null, "", location.pathname + location.search);
+    window.history.replaceState(null, "", location.pathname + location.search);
   })();
 
   function authHeaders(extra) {
