@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import http.server
+import json
+import secrets
+import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from intake_cli.engine.claim_views import ClaimView
 from intake_cli.faces.gateway.app import STATUS
@@ -20,7 +27,7 @@ from intake_cli.faces.gateway.snapshot import (
     Snapshot,
 )
 from intake_cli.platform.config import GatewaySettings, loads
-from intake_cli.platform.errors import ConfigError
+from intake_cli.platform.errors import ConfigError, UsageError
 
 BASE = """
 pools:
@@ -70,7 +77,7 @@ def test_every_claim_outcome_has_a_status() -> None:
 
 
 def test_verifier_pins_hs256_and_normalises_the_buyer() -> None:
-    secret = "s" * 40
+    secret = secrets.token_urlsafe(32)
     verifier = Verifier("authenticated", secret, None)
     sub = str(uuid.uuid4()).upper()
     good = jwt.encode({"sub": sub, "aud": "authenticated", "exp": time.time() + 60}, secret)
@@ -78,14 +85,14 @@ def test_verifier_pins_hs256_and_normalises_the_buyer() -> None:
     with pytest.raises(TokenRefused, match="expected Authorization"):
         asyncio.run(verifier.buyer(f"Token {good}"))
     with pytest.raises(NoVerifier):
-        Verifier("authenticated", "", None)
+        Verifier("authenticated", None, None)
 
 
 def test_a_remembered_token_still_expires_and_is_never_lent_to_another() -> None:
     """Verified tokens are remembered so polling buyers skip the signature
     check; a remembered token is still refused once its `exp` has passed,
     and a token that only shares a prefix, or is forged, is checked in full."""
-    secret = "s" * 40
+    secret = secrets.token_urlsafe(32)
     verifier = Verifier("authenticated", secret, None)
     sub = str(uuid.uuid4())
     exp = int(time.time()) + 2
@@ -120,3 +127,191 @@ def test_positions_are_read_within_their_share_of_db1_time() -> None:
     snapshot._views[("p", "b")] = ClaimView("queued", 2, None, None, None)  # a newcomer
     assert not snapshot._positions_wanted("p", watched, now=101.3)
     assert snapshot._positions_wanted("p", watched, now=101.4)
+
+
+WEAK_SECRETS = {
+    "1 byte": "Z",
+    "31 bytes": secrets.token_hex(16)[:31],
+    "one character repeated": "s" * 64,
+    "a word repeated": "secret" * 8,
+    "random half repeated": secrets.token_hex(16) * 2,
+    "published Supabase example": "super-secret-jwt-token-with-at-least-32-characters-long",
+    "empty": "",
+    "blanks": " " * 40,
+    "two characters": "ab" * 20 + "a",
+    "zeros then a one": "0" * 40 + "1",
+}
+
+
+@pytest.mark.parametrize("secret", WEAK_SECRETS.values(), ids=WEAK_SECRETS.keys())
+def test_a_guessable_secret_is_refused_whichever_way_it_comes(
+    secret: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any HS256 key anyone can guess lets them sign as any buyer: refused
+    with exit 2 and how to make one, from the environment (as every
+    `--workers` process reads it) or handed to Verifier directly, with or
+    without a JWKS URL beside it; the value itself is never printed."""
+    monkeypatch.setenv("INTAKE_JWT_SECRET", secret)
+    for make in (
+        lambda: Verifier.from_environment("authenticated", None),
+        lambda: Verifier.from_environment("authenticated", "https://auth.example/jwks.json"),
+        lambda: Verifier("authenticated", secret, None),
+    ):
+        with pytest.raises(UsageError) as caught:
+            make()
+        message = str(caught.value)
+        assert caught.value.exit_code == 2
+        assert "INTAKE_JWT_SECRET" in message
+        assert "openssl rand -hex 32" in message
+        if secret.strip():  # (the message itself has blanks)
+            assert secret not in message
+
+
+def test_a_strong_secret_is_accepted() -> None:
+    from tests.acceptance.gateway_support import SECRET
+
+    for secret in (SECRET, secrets.token_urlsafe(32), secrets.token_hex(32)):
+        Verifier("authenticated", secret, None)
+
+
+PLAIN_HTTP_ELSEWHERE = [
+    "http://203.0.113.10/auth/v1/.well-known/jwks.json",
+    "HTTP://203.0.113.10/jwks.json",
+    "hTtP://auth.example/jwks.json",
+    "http://localhost.evil.example/jwks.json",
+    "http://127.0.0.1.nip.io/jwks.json",
+    "http://[::ffff:7f00:1]/jwks.json",
+    "http://[::ffff:127.0.0.1]/jwks.json",
+    "http://0.0.0.0/jwks.json",
+    "http://[::]/jwks.json",
+    "http://0x7f000001/jwks.json",
+    "http://localhost./jwks.json",
+    "http://evil.example#@127.0.0.1/jwks.json",
+    "http://evil.example?@127.0.0.1/jwks.json",
+]
+NOT_A_KEY_URL = {
+    "http://2130706433/jwks.json": "is not an IPv4 address",
+    "http://127.1/jwks.json": "is not an IPv4 address",
+    "http://0177.0.0.1/jwks.json": "is not an IPv4 address",
+    "http://127.0.0.1@evil.example/jwks.json": "may not carry credentials",
+    "https://user:pw@auth.example/jwks.json": "may not carry credentials",
+    "ftp://127.0.0.1/jwks.json": "expected an http:// or https:// URL",
+    "file:///etc/jwks.json": "expected an http:// or https:// URL",
+}
+KEY_URLS = [
+    "https://203.0.113.10/auth/v1/.well-known/jwks.json",
+    "HTTPS://auth.example/jwks.json",
+    "http://127.0.0.1:54321/auth/v1/.well-known/jwks.json",
+    "http://127.255.255.254/jwks.json",
+    "http://localhost:9999/jwks.json",
+    "http://[::1]:9999/jwks.json",
+]
+
+
+def _jwks_config(url: str) -> str:
+    return BASE + f"gateway:\n  jwks_url: '{url}'\n"
+
+
+@pytest.mark.parametrize("url", PLAIN_HTTP_ELSEWHERE)
+def test_keys_over_plain_http_from_another_host_are_refused(url: str) -> None:
+    """Whoever can alter that traffic can swap the keys and sign as any buyer."""
+    with pytest.raises(ConfigError) as caught:
+        loads(_jwks_config(url))
+    assert caught.value.exit_code == 2
+    assert "gateway.jwks_url: must be an https:// URL" in str(caught.value)
+    with pytest.raises(UsageError, match="must be an https:// URL"):
+        Verifier("authenticated", None, url)
+
+
+@pytest.mark.parametrize("url", NOT_A_KEY_URL)
+def test_urls_no_client_should_fetch_keys_from_are_refused(url: str) -> None:
+    with pytest.raises(ConfigError, match=NOT_A_KEY_URL[url]):
+        loads(_jwks_config(url))
+    with pytest.raises(UsageError):
+        Verifier("authenticated", None, url)
+
+
+@pytest.mark.parametrize("url", KEY_URLS)
+def test_keys_over_https_or_from_this_host_are_accepted(url: str) -> None:
+    assert loads(_jwks_config(url)).gateway.jwks_url == url
+    Verifier("authenticated", None, url)
+
+
+def test_an_interpolated_key_url_is_judged_once_filled_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = BASE + "gateway:\n  jwks_url: ${AUTH_URL}/auth/v1/.well-known/jwks.json\n"
+    monkeypatch.setenv("AUTH_URL", "http://203.0.113.10")
+    with pytest.raises(ConfigError, match="must be an https:// URL"):
+        loads(config)
+    monkeypatch.setenv("AUTH_URL", "https://203.0.113.10")
+    assert loads(config).gateway.jwks_url == "https://203.0.113.10/auth/v1/.well-known/jwks.json"
+    # A default in the file is judged the same way.
+    default = BASE + "gateway:\n  jwks_url: ${NOT_SET_ANYWHERE:-http://auth.example/k}\n"
+    with pytest.raises(ConfigError, match="must be an https:// URL"):
+        loads(default)
+
+
+@contextmanager
+def _http(answer: http.server.BaseHTTPRequestHandler | type) -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), answer)  # type: ignore[arg-type]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_key_fetch_follows_no_redirect() -> None:
+    """A JWKS URL that answers with a redirect (an https one bent to plain
+    http, or to another host) is not followed: the keys found there sign nothing."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    jwk = jwt.algorithms.ECAlgorithm.to_jwk(key.public_key(), as_dict=True)
+    jwk.update(kid="k1", alg="ES256", use="sig")
+    asked: list[str] = []
+
+    class Keys(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            body = json.dumps({"keys": [jwk]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    with _http(Keys) as elsewhere:
+
+        class Redirect(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(302)
+                self.send_header("Location", f"{elsewhere}/jwks.json")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        with _http(Redirect) as configured:
+            verifier = Verifier("authenticated", None, f"{configured}/jwks.json")
+            claims = {"sub": str(uuid.uuid4()), "aud": "authenticated", "exp": time.time() + 60}
+            forged = jwt.encode(claims, key, algorithm="ES256", headers={"kid": "k1"})
+            with pytest.raises(TokenRefused, match="unknown signing key"):
+                asyncio.run(verifier.buyer(f"Bearer {forged}"))
+    assert asked == []
+
+
+def test_the_snapshot_watches_configured_pools_only() -> None:
+    """A pool id is URL text a buyer chooses: a million made-up ones add no
+    pool to the refresh (no DB1 statement) and no memory."""
+    snapshot = Snapshot(None, "intents", ("drop",))  # type: ignore[arg-type]
+    buyer = str(uuid.uuid4())
+    for n in range(1_000_000):
+        assert not snapshot.watch(f"made-up-{n}", buyer)
+    assert list(snapshot._watched) == ["drop"] and snapshot.watched == 0
+    assert not snapshot.watch("drop", buyer)
+    assert snapshot.watch("drop", buyer)
+    assert snapshot.watched == 1

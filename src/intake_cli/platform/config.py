@@ -845,6 +845,51 @@ _GATEWAY_NUMBERS = {
 }
 
 
+def check_jwks_url(text: str) -> str | None:
+    """The reason `text` cannot be where the buyers' signing keys come from, or None.
+
+    Whoever can alter the traffic of a plain-HTTP fetch can put their own key
+    in the set and sign as any buyer, so keys come over https. Plain http is
+    left to a key server on the gateway's own host, named only in the forms
+    that cannot mean another one: `localhost`, an address in 127.0.0.0/8, or
+    [::1]. Names that merely start like one (localhost.evil.example,
+    127.0.0.1.nip.io) are resolved by DNS, and other spellings of loopback
+    (0.0.0.0, [::ffff:127.0.0.1]) are refused rather than reasoned about.
+    """
+    if (reason := check_url(text)) is not None:
+        return reason
+    parts = urlsplit(text)
+    if parts.scheme.lower() == "https" or _is_loopback_host(parts.hostname or ""):
+        return None
+    return (
+        "must be an https:// URL (over plain http whoever can alter the traffic can "
+        "replace the keys and sign as any buyer); http:// is accepted only for "
+        "localhost, 127.0.0.0/8 or [::1]"
+    )
+
+
+def _is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(unquote(host))
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv4Address):
+        return address.is_loopback
+    return address == ipaddress.IPv6Address("::1")
+
+
+def _jwks_url(problems: _Problems, path: str, value: Any) -> str | None:
+    text = _string(problems, path, value)
+    if text is None:
+        return None
+    if (reason := check_jwks_url(text)) is not None:
+        problems.add(path, f"{reason}, got {_show(text)}")
+        return None
+    return text
+
+
 def _gateway(problems: _Problems, raw: Any) -> GatewaySettings:
     allowed = {"jwt_audience", "jwks_url", *_GATEWAY_INTEGERS, *_GATEWAY_NUMBERS}
     data = _mapping(problems, "gateway", raw, allowed)
@@ -852,7 +897,8 @@ def _gateway(problems: _Problems, raw: Any) -> GatewaySettings:
     if "jwt_audience" in data:
         values["jwt_audience"] = _string(problems, "gateway.jwt_audience", data["jwt_audience"])
     if data.get("jwks_url") is not None:
-        values["jwks_url"] = _webhook_url(
+        # Checked after ${NAME} is filled in: the URL actually fetched is the one judged.
+        values["jwks_url"] = _jwks_url(
             problems,
             "gateway.jwks_url",
             _interpolate(problems, "gateway.jwks_url", data["jwks_url"]),

@@ -7,7 +7,9 @@ value, so it refuses what is certainly weak and says how to make one that
 is not:
 
 - fewer than MIN_SECRET_BYTES bytes (32: 256 bits if every byte were random);
-- a value made by repeating a shorter one (`abcabcabc…`, `aaaa…`);
+- a value made by repeating a shorter one (`abcabcabc…`, `aaaa…`), or half
+  of which is one short piece repeated (`passwordpasswordpassword12345678`)
+  or one run up or down the alphabet (`0123456789abcdef…`);
 - too few different characters to be random (under MIN_ESTIMATED_BITS by a
   per-character entropy estimate over its length: every one of 200,000
   random 32-character hex values scored over 90, `0000…1` scores 7);
@@ -16,6 +18,7 @@ is not:
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from collections import Counter
@@ -38,9 +41,12 @@ def weakness(value: str) -> str | None:
         return "it is a published example value"
     size = len(value.encode("utf-8"))
     if size < MIN_SECRET_BYTES:
-        return f"it is {size} bytes long; at least {MIN_SECRET_BYTES} are required"
+        unit = "byte" if size == 1 else "bytes"
+        return f"it is {size} {unit} long; at least {MIN_SECRET_BYTES} are required"
     if _repeats_a_shorter_value(value):
         return "it repeats a shorter value"
+    if _half_is_a_pattern(value):
+        return "half of it or more is one piece repeated or a run like abcd or 1234"
     if _estimated_bits(value) < MIN_ESTIMATED_BITS:
         return "it uses too few different characters to be random"
     return None
@@ -65,6 +71,29 @@ def _repeats_a_shorter_value(value: str) -> bool:
     # A string is a repetition of a shorter one exactly when it occurs in
     # itself doubled at an offset other than 0 and len.
     return (value + value).find(value, 1) < len(value)
+
+
+def _half_is_a_pattern(value: str) -> bool:
+    half = len(value) / 2
+    # A run of consecutive characters (abcd…, 9876…): steps of +1 or -1.
+    run, last_step = 1, 0
+    for left, right in itertools.pairwise(value):
+        step = ord(right) - ord(left)
+        run = run + 1 if step in (1, -1) and (run == 1 or step == last_step) else 1
+        last_step = step
+        if run >= half:
+            return True
+    # One piece repeated back to back over half the value.
+    size = len(value)
+    for width in range(1, int(half) + 1):
+        for start in range(size - 2 * width + 1):
+            piece = value[start : start + width]
+            copies = 1
+            while value.startswith(piece, start + copies * width):
+                copies += 1
+            if copies >= 2 and copies * width >= half:
+                return True
+    return False
 
 
 def _estimated_bits(value: str) -> float:

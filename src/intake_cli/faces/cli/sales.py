@@ -113,4 +113,7 @@ def gateway(
     from intake_cli.faces.gateway import server
 
     settings = load_settings()
+    # Before DB1 is looked up or a port is bound: a weak INTAKE_JWT_SECRET or
+    # a JWKS URL over plain http stops here with exit 2, whatever --workers says.
+    server.verifier(settings)
     server.run(settings, endpoints(settings).db1, host, port, workers)

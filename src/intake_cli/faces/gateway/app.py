@@ -11,8 +11,14 @@ Every answer is JSON. What each claim outcome becomes (docs/gateway.md):
 | recovering                   | 503    | Retry-After: DB1 rebuilds its inventory|
 | unknown_pool                 | 404    |                                        |
 
-and before DB1 is asked: 401 (no valid token), 404 (not a pool id), 413
-(body too large), 429 with Retry-After (rate), 503 (DB1 unreachable).
+and before DB1 is asked: 401 (no valid token), 404 (a pool not in this
+gateway's configuration), 413 (body too large), 429 with Retry-After (rate),
+503 (DB1 unreachable).
+
+Only the pools in intake.yaml are ever claimed from, watched or held in
+memory here: a pool id is text a buyer writes in the URL, and each one the
+gateway took up would cost DB1 a statement a second for as long as it is
+watched, and a little memory for ever. Any other id is answered from memory.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from intake_cli.faces.gateway.auth import TokenRefused, Verifier
 from intake_cli.faces.gateway.batcher import ClaimBatcher
 from intake_cli.faces.gateway.limits import TokenBuckets, retry_after
 from intake_cli.faces.gateway.snapshot import FIRST_READ_WAIT_S, REFRESH_S, Snapshot
-from intake_cli.platform.config import GatewaySettings, PoolSettings, check_pool_id
+from intake_cli.platform.config import GatewaySettings, PoolSettings
 from intake_cli.platform.pgconn import async_pool
 
 # Connections each gateway process keeps to DB1. Batching means few are
@@ -78,6 +84,8 @@ class Gateway:
     queue_name: str
     dsn: str
     verifier: Verifier
+    # The pools of intake.yaml: the only ids that reach DB1 or the snapshot.
+    pools: frozenset[str] = frozenset()
     batcher: ClaimBatcher | None = None
     db1: AsyncConnectionPool | None = None
     snapshot: Snapshot | None = None
@@ -132,8 +140,10 @@ async def _buyer_and_pool(request: web.Request, gateway: Gateway) -> tuple[str, 
     if isinstance(buyer, web.Response):
         return buyer
     pool_id = request.match_info["pool"]
-    if check_pool_id(pool_id):
-        return _error(404, "unknown_pool", "no such pool")
+    if pool_id not in gateway.pools:
+        # The answer DB1 gives for a pool it does not have, without asking it.
+        body = {"outcome": "unknown_pool", "error": "unknown_pool", "detail": "no such pool"}
+        return _json(body, 404)
     return buyer, pool_id
 
 
@@ -330,7 +340,7 @@ async def _open(app: web.Application) -> None:
     await pool.open()
     gateway.db1 = pool
     gateway.batcher = ClaimBatcher(pool, gateway.settings.max_batch, gateway.settings.max_wait_ms)
-    gateway.snapshot = Snapshot(pool, gateway.queue_name)
+    gateway.snapshot = Snapshot(pool, gateway.queue_name, gateway.pools)
     gateway.snapshot.start()
     for pool_id, found in (gateway.openings or {}).items():
         found.task = asyncio.get_running_loop().create_task(_run_opening(gateway, pool_id, found))
@@ -362,7 +372,14 @@ def build(
         for p in pools
         if p.opens_at is not None
     }
-    app[GATEWAY] = Gateway(settings, queue_name, dsn, verifier, openings=openings)
+    app[GATEWAY] = Gateway(
+        settings,
+        queue_name,
+        dsn,
+        verifier,
+        pools=frozenset(p.pool_id for p in pools),
+        openings=openings,
+    )
     app.router.add_post("/v1/pools/{pool}/claim", post_claim)
     app.router.add_get("/v1/pools/{pool}/claim", get_claim)
     app.router.add_get("/v1/pools/{pool}/claim/events", claim_events)

@@ -5,7 +5,17 @@ HS256 with the secret in INTAKE_JWT_SECRET (how Supabase signs its access
 tokens by default), or the public keys at a JWKS URL (asymmetric keys, RS256
 or ES256). The token's own `alg` header only has to agree with what is pinned
 here; `none` is never in the list. `exp` is required, `nbf` and `aud` are
-checked. The buyer id is the `sub`, which must be a UUID (Supabase's user
+checked.
+
+The secret and the JWKS URL are checked where they enter, in Verifier itself,
+so no way of starting a gateway skips them: a guessable HS256 secret lets anyone sign as any buyer,
+so the secret must pass the shared rule (platform/secrets.py: 32 bytes or
+more, not a repeated or published value); keys come over https (plain http
+only from loopback, config.check_jwks_url), and PyJWKClient fetches them
+without following redirects (PyJWT 2.14+), so an https URL cannot be bent
+back to plain http.
+
+The buyer id is the `sub`, which must be a UUID (Supabase's user
 ids): it is passed to DB1 in canonical lower-case form, the text
 `auth.uid()::text` gives, so a buyer is the same user through PostgREST and
 through the gateway.
@@ -22,6 +32,8 @@ from dataclasses import dataclass
 
 import jwt
 
+from intake_cli.platform import secrets
+from intake_cli.platform.config import check_jwks_url
 from intake_cli.platform.errors import UsageError
 
 SECRET_ENV = "INTAKE_JWT_SECRET"
@@ -60,6 +72,10 @@ class _CachedKey:
 
 class Verifier:
     def __init__(self, audience: str, secret: str | None, jwks_url: str | None) -> None:
+        if secret is not None:
+            secrets.check(SECRET_ENV, secret)
+        if jwks_url is not None and (reason := check_jwks_url(jwks_url)) is not None:
+            raise UsageError(f"gateway.jwks_url {reason}")
         if not secret and not jwks_url:
             raise NoVerifier()
         self._audience = audience

@@ -22,12 +22,20 @@ from intake_cli.platform.processes import run_processes
 KEEPALIVE_S = 15.0
 
 
+def verifier(settings: Settings) -> Verifier:
+    """The buyers' token check, or UsageError (exit 2): no secret nor JWKS URL,
+    a weak INTAKE_JWT_SECRET, or a JWKS URL over plain http."""
+    return Verifier.from_environment(settings.gateway.jwt_audience, settings.gateway.jwks_url)
+
+
 def serve(settings: Settings, dsn: str, host: str, port: int, reuse_port: bool) -> None:
     """One gateway process, until SIGINT/SIGTERM."""
     gateway = settings.gateway
-    verifier = Verifier.from_environment(gateway.jwt_audience, gateway.jwks_url)
+    # Each --workers process reads the secret itself (spawned, it inherits
+    # the environment), and is held to the same check.
+    checked = verifier(settings)
     web.run_app(
-        gateway_app.build(gateway, settings.queue_name, dsn, verifier, settings.pools),
+        gateway_app.build(gateway, settings.queue_name, dsn, checked, settings.pools),
         host=host,
         port=port,
         reuse_port=reuse_port,
@@ -41,7 +49,7 @@ def serve(settings: Settings, dsn: str, host: str, port: int, reuse_port: bool) 
 
 def run(settings: Settings, dsn: str, host: str, port: int, workers: int) -> None:
     # Refused here, before any worker starts, rather than N times over.
-    Verifier.from_environment(settings.gateway.jwt_audience, settings.gateway.jwks_url)
+    verifier(settings)
     print(f"gateway listening on http://{host}:{port} ({workers} worker(s))", flush=True)
     if workers == 1:
         serve(settings, dsn, host, port, reuse_port=False)

@@ -5,7 +5,10 @@ not cost DB1 a query each. A buyer who asks (GET …/claim, or an open event
 stream) is added to the process's watch list; once a second one statement
 per pool reads every watched buyer's claim, and every read and every event
 is served from that picture. A buyer not asked about for WATCH_S seconds is
-dropped from the list.
+dropped from the list. Only the pools the snapshot was made with (intake.yaml's)
+can be watched: the list has one entry per configured pool from the start and
+never gains another, so no pool id a buyer makes up costs DB1 a statement or
+this process memory.
 
 Positions in line cost the most: they number the pool's whole queue (a
 herd's queue of 100,000 intents took DB1 ~0.27 s of CPU per refresh, per
@@ -24,6 +27,7 @@ import contextlib
 import dataclasses
 import logging
 import time
+from collections.abc import Iterable
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
@@ -44,11 +48,14 @@ log = logging.getLogger(__name__)
 
 
 class Snapshot:
-    def __init__(self, pool: AsyncConnectionPool, queue_name: str) -> None:
+    def __init__(
+        self, pool: AsyncConnectionPool, queue_name: str, pools: Iterable[str] = ()
+    ) -> None:
         self._pool = pool
         self._queue_name = queue_name
         # pool id -> buyer -> when last asked about (monotonic); streams keep theirs fresh.
-        self._watched: dict[str, dict[str, float]] = {}
+        # Fixed keys: the configured pools, each read only while it has buyers.
+        self._watched: dict[str, dict[str, float]] = {pool_id: {} for pool_id in pools}
         self._views: dict[tuple[str, str], ClaimView] = {}
         self._velocity: dict[str, float | None] = {}
         # Positions last read, and when each pool's are due again (monotonic):
@@ -68,8 +75,13 @@ class Snapshot:
             await asyncio.gather(self._task, return_exceptions=True)
 
     def watch(self, pool_id: str, buyer: str) -> bool:
-        """Keep `buyer` in the picture; True when they were already in it."""
-        watched = self._watched.setdefault(pool_id, {})
+        """Keep `buyer` in the picture; True when they were already in it.
+
+        A pool the snapshot was not made with is never watched (False, always).
+        """
+        watched = self._watched.get(pool_id)
+        if watched is None:
+            return False
         known = buyer in watched
         watched[buyer] = time.monotonic()
         return known
@@ -110,7 +122,6 @@ class Snapshot:
                 self._views.pop((pool_id, buyer), None)
                 self._ahead.pop((pool_id, buyer), None)
             if not watched:
-                del self._watched[pool_id]
                 self._positions_due.pop(pool_id, None)
                 continue
             with_positions = self._positions_wanted(pool_id, watched, now)
