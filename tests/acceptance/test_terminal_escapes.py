@@ -104,8 +104,11 @@ def test_outside_text_is_shown_escaped_everywhere(workdir, db1_dsn, db2_dsn):
     _assert_shows(listed, *SHOWN, "\\x0dover", "pool\\x9b1m", "\\u202equeued")
     _assert_shows(listed, "buyer-[red]u[/]-\\u202e-2-0")
 
-    replayed = _intake("dlq", "replay", "--dry-run", str(forged), config=config)
+    # Not an intent intake wrote: never replayed, shown as it is, escaped.
+    replayed = _intake("dlq", "replay", "--dry-run", "--all", config=config)
     _assert_shows(replayed, "pool\\x9b1m key\\x1b[2J (\\u202equeued)")
+    refused = _intake("dlq", "replay", str(forged), config=config, expect=2)
+    _assert_shows(refused, f"dead letter {forged} cannot be read", '"\\u202equeued" is not one')
 
     status = _intake("status", config=config)
     _assert_shows(status, *SHOWN)

@@ -571,6 +571,23 @@ GATEWAY_CLI: list[Case] = [
          env={"INTAKE_JWT_SECRET": None}),
 ]
 DLQ_CLI: list[Case] = [
+    # A dead letter id is a pgmq message id (bigint, from 1): anything else is
+    # refused before DB1 is asked (faces/cli/dead_letters.py).
+    Case("dlq-show-id-zero", ["dlq", "show", "0"], USAGE,
+         "Input should be greater than or equal to 1"),
+    Case("dlq-show-id-past-bigint", ["dlq", "show", "9223372036854775808"], USAGE,
+         "less than or equal to 9223372036854775807", cli=True),
+    Case("dlq-show-id-23-digits", ["dlq", "show", "9" * 23], USAGE,
+         "less than or equal to 9223372036854775807"),
+    Case("dlq-show-id-word", ["dlq", "show", "many"], USAGE, "valid integer"),
+    Case("dlq-show-id-fraction", ["dlq", "show", "1.5"], USAGE, "valid integer"),
+    Case("dlq-show-id-arabic-digit", ["dlq", "show", "\u0663"], USAGE, "valid integer"),
+    Case("dlq-replay-id-zero", ["dlq", "replay", "0"], USAGE,
+         "Input should be greater than or equal to 1"),
+    Case("dlq-replay-one-id-past-bigint", ["dlq", "replay", "7", "9" * 20], USAGE,
+         "less than or equal to 9223372036854775807"),
+    Case("dlq-replay-ids-and-all", ["dlq", "replay", "7", "--all"], USAGE,
+         "name dead letter ids to replay, or pass --all (not both)"),
 ]
 SERVE_CLI: list[Case] = [
     Case("serve-admin-token-one-byte", ["serve"], USAGE,

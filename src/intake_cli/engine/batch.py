@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import math
 import re
 import time
 from collections import Counter
@@ -40,6 +42,8 @@ PAUSED_POOL_DELAY_S = 5
 # A pool whose inventory a DB1 crash emptied: its intents cannot be checked
 # against their units until the rebuild (the next batch's) has run.
 LOST_INVENTORY_DELAY_S = 2
+# The shortest interval between lease renewals (a third of the visibility timeout).
+LEASE_TICK_MIN_S = 0.2
 
 # How the claim path writes an idempotency key or resource id (uuid → jsonb).
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -148,19 +152,71 @@ def columns(batch: list[Intent], **extra: Any) -> dict[str, Any]:
     }
 
 
-def parse_message(row: dict[str, Any]) -> Intent | str:
-    """An Intent, or the reason the message cannot be one.
+@dataclass(frozen=True)
+class RawJson:
+    """A message kept as the JSON text DB1 holds, because intake cannot read it as a value."""
 
-    Every field the unit check and DB2 rely on, in the form the claim path
-    writes it: nothing that could make the batch's DB1 query fail reaches it.
+    text: str
+
+
+def as_jsonb(message: Any) -> Jsonb:
+    """A message to write back to DB1: a RawJson goes as its own text, unchanged."""
+    if isinstance(message, RawJson):
+        return Jsonb(message.text, dumps=str)
+    return Jsonb(message)
+
+
+# Far deeper than anything intake writes (an intent is one level, a dead
+# letter two), far shallower than where Python's JSON reader and writer run
+# out of stack (about 1,000 levels).
+MAX_JSON_DEPTH = 64
+_JSON_STRING = re.compile(r'"(?:[^"\\]++|\\.)*+"')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]++")
+
+
+def _too_deep(text: str) -> bool:
+    depth = 0
+    # Brackets inside strings do not nest: strings go first.
+    for char in _NOT_BRACKET.sub("", _JSON_STRING.sub("", text)):
+        depth += 1 if char in "[{" else -1
+        if depth > MAX_JSON_DEPTH:
+            return True
+    return False
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"a number too large for a double ({len(text)} characters)")
+    return value
+
+
+def read_json(text: str) -> tuple[Any, str | None]:
+    """The value of JSON text read from DB1, or (None, why it cannot be read).
+
+    jsonb holds what Python's json module cannot: nesting a thousand levels
+    deep, integers of more than 4,300 digits, decimals beyond a double. Such
+    a message must be refused or shown as unreadable, never raise where it
+    would stop a whole batch or a whole list.
     """
-    message = row["message"]
-    if not isinstance(message, dict):
-        return "malformed intent message: not a JSON object"
+    if _too_deep(text):
+        return None, f"nested deeper than {MAX_JSON_DEPTH} levels"
+    try:
+        return json.loads(text, parse_float=_finite), None
+    except ValueError as exc:
+        return None, f"not readable as JSON here: {str(exc)[:200]}"
+
+
+def is_uuid(value: Any) -> bool:
+    """Whether `value` is a UUID as the claim path writes one (text, lower case)."""
+    return isinstance(value, str) and _UUID.match(value) is not None
+
+
+def intent_problems(message: dict[str, Any]) -> list[str]:
+    """What keeps a JSON object from being an intent as the claim path writes it."""
     problems = []
     for name in ("idempotency_key", "resource_id"):
-        value = message.get(name)
-        if not (isinstance(value, str) and _UUID.match(value)):
+        if not is_uuid(message.get(name)):
             problems.append(f"{name} is not a UUID")
     for name in ("pool_id", "user_id", "claimed_at"):
         value = message.get(name)
@@ -169,14 +225,32 @@ def parse_message(row: dict[str, Any]) -> Intent | str:
     unit_no = message.get("unit_no")
     if isinstance(unit_no, bool) or not isinstance(unit_no, int) or not 0 < unit_no <= _BIGINT_MAX:
         problems.append("unit_no is not a unit number")
-    if problems:
+    return problems
+
+
+def parse_message(row: dict[str, Any]) -> Intent | str:
+    """An Intent, or the reason the message cannot be one.
+
+    Every field the unit check and DB2 rely on, in the form the claim path
+    writes it: nothing that could make the batch's DB1 query fail reaches it.
+    The message may come as DB1's JSON text (the worker reads it so, so that
+    one unreadable message cannot fail the read of its whole batch).
+    """
+    message = row["message"]
+    if isinstance(message, str):
+        message, unreadable = read_json(message)
+        if unreadable:
+            return f"malformed intent message: {unreadable}"
+    if not isinstance(message, dict):
+        return "malformed intent message: not a JSON object"
+    if problems := intent_problems(message):
         return f"malformed intent message: {'; '.join(problems)}"
     return Intent(
         msg_id=int(row["msg_id"]),
         message=message,
         key=message["idempotency_key"],
         pool_id=message["pool_id"],
-        unit_no=unit_no,
+        unit_no=message["unit_no"],
         user_id=message["user_id"],
         resource_id=message["resource_id"],
     )
@@ -347,13 +421,26 @@ class Batch:
             )
 
     async def _keep_leases(self) -> None:
-        """Long webhook calls or a slow commit must not let the lease run out."""
-        interval = max(1.0, self.vt / 3)
+        """Long webhook calls or a slow commit must not let the lease run out.
+
+        A lapsed lease lets another worker read the same intent and call the
+        commit RPC for it again while this one's call still runs: DB2 would
+        spend db2.commit_timeout_seconds on one payload twice. So the lease
+        is renewed three times per visibility timeout (a 1 s lease too, not
+        at the very moment it ends), and one failed renewal is retried at
+        the next tick instead of ending the renewals for the whole batch.
+        """
+        interval = max(LEASE_TICK_MIN_S, self.vt / 3)
         while True:
             await asyncio.sleep(interval)
-            if self.unfinished:
+            if not self.unfinished:
+                continue
+            try:
                 await self._set_visibility(sorted(self.unfinished), self.vt)
-                event(self.w.log, logging.DEBUG, "lease_extended", count=len(self.unfinished))
+            except (psycopg.Error, PoolTimeout) as exc:
+                event(self.w.log, logging.WARNING, "lease_not_extended", error=str(exc))
+                continue
+            event(self.w.log, logging.DEBUG, "lease_extended", count=len(self.unfinished))
 
     async def _hand_back(self) -> None:
         for delay, intents in self.handed_back.items():

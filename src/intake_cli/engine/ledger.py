@@ -15,12 +15,14 @@ only as an identifier quoted by psycopg.sql.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import psycopg
 from psycopg import sql
+from psycopg.pq import TransactionStatus
 from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
@@ -331,7 +333,11 @@ def _commit_sql(name: str, rpc: RpcName, timeout_ms: int | None) -> sql.Composab
     call = sql.SQL(_q(name)).format(rpc=rpc.identifier(), arg_type=sql.SQL(rpc.arg_type))
     if timeout_ms is None:
         return call
-    return sql.SQL("set local statement_timeout = {}; {}").format(sql.Literal(timeout_ms), call)
+    return sql.SQL("{}; {}").format(_timeout_sql(timeout_ms), call)
+
+
+def _timeout_sql(timeout_ms: int) -> sql.Composable:
+    return sql.SQL("set local statement_timeout = {}").format(sql.Literal(timeout_ms))
 
 
 async def _fetch(
@@ -394,46 +400,163 @@ async def commit_batch(
 
     All of them in one statement first. If DB2 refuses that statement, one
     payload may be to blame, so each is then retried in its own transaction
-    and the others still commit. Each statement is cancelled by DB2 after
-    `timeout_s` (None: DB2's own statement_timeout), so a slow call costs its
-    batch at most twice that. An outcome is ok only when the RPC's answer
+    and the others still commit. An outcome is ok only when the RPC's answer
     proves the commit (PROOF_SHAPE). Raises LedgerUnavailable when the
     connection to DB2 is lost: nothing is known to be committed then, and
     retrying is safe because the RPC is idempotent.
+
+    `timeout_s` (None: DB2's own statement_timeout) is what one payload may
+    cost its batch in all, never more (docs/commit-rpc.md, "The statement
+    timeout"). DB2 cancels the batch statement after `timeout_s`. The
+    payloads that answered before the statement failed were not at fault:
+    each is retried alone with a `timeout_s` of its own, first. The payload
+    DB2 was calling when it failed is charged the statement's time less what
+    those took again alone, and is retried alone only with what is left of
+    its `timeout_s` (after a call that never returns: nothing, so it fails
+    then and there). The payloads DB2 never reached get a `timeout_s` each.
     """
     if not payloads:
         return []
     if conn.closed:
         raise LedgerUnavailable("DB2: the connection is closed")
     timeout_ms = None if timeout_s is None else max(1, round(timeout_s * 1000))
+    answers: dict[int, Any] = {}
+    started = time.monotonic()
     try:
-        rows = await _fetch(
-            conn,
-            _commit_sql("commit_batch", rpc, timeout_ms),
-            # One JSON array: dumped in one call, where a jsonb[] literal
-            # quotes every element in Python (sql/queries/db2.sql).
-            {"payloads": Jsonb(payloads)},
-        )
+        await _stream_batch(conn, rpc, payloads, timeout_ms, answers)
     except psycopg.Error as exc:
         if _connection_lost(conn):
             raise LedgerUnavailable(f"DB2: {_describe(exc)}") from exc
+        failure: psycopg.Error | None = exc
     else:
-        results = dict(rows)
-        if len(results) == len(payloads):
-            return [_outcome(p, results[i]) for i, p in enumerate(payloads, start=1)]
+        if len(answers) == len(payloads):
+            return [_outcome(p, answers[i]) for i, p in enumerate(payloads, start=1)]
         # Unreachable for a function returning one value, which check_rpc
         # ensures; should DB2 change under us, the slow path still answers.
+        failure = None
+    spent_ms = (time.monotonic() - started) * 1000
+    culprit = _culprit(payloads, answers) if failure is not None else None
 
-    one = _commit_sql("commit_one", rpc, timeout_ms)
-    outcomes = []
-    for payload in payloads:
+    outcomes: dict[int, CommitOutcome] = {}
+
+    async def alone(ord_: int, budget_ms: int | None) -> float:
+        """Commit one payload in its own transaction; the milliseconds it took."""
+        payload = payloads[ord_ - 1]
+        began = time.monotonic()
         try:
-            rows = await _fetch(conn, one, {"payload": Jsonb(payload)})
+            rows = await _fetch(
+                conn, _commit_sql("commit_one", rpc, budget_ms), {"payload": Jsonb(payload)}
+            )
         except psycopg.Error as exc:
             if _connection_lost(conn):
                 # Items already committed here commit again as duplicates.
                 raise LedgerUnavailable(f"DB2: {_describe(exc)}") from exc
-            outcomes.append(CommitOutcome(False, _refusal(exc, timeout_ms), None))
+            outcomes[ord_] = CommitOutcome(False, _refusal(exc, timeout_ms), None)
         else:
-            outcomes.append(_outcome(payload, rows[0][0] if rows else None))
-    return outcomes
+            outcomes[ord_] = _outcome(payload, rows[0][0] if rows else None)
+        return (time.monotonic() - began) * 1000
+
+    # Those that answered in the statement first: the time they take again,
+    # alone, is about their share of it, and the rest was the culprit's.
+    answered_ms = 0.0
+    for ord_ in sorted(answers):
+        answered_ms += await alone(ord_, timeout_ms)
+    if culprit is not None and failure is not None:
+        budget_ms = timeout_ms
+        if timeout_ms is not None:
+            budget_ms = round(min(timeout_ms, timeout_ms - (spent_ms - answered_ms)))
+        if budget_ms is not None and budget_ms < MIN_RETRY_MS:
+            # Its share of the batch statement was its whole allowance.
+            outcomes[culprit] = CommitOutcome(False, _refusal(failure, timeout_ms), None)
+        else:
+            await alone(culprit, budget_ms)
+    for ord_ in range(1, len(payloads) + 1):
+        if ord_ not in outcomes:
+            await alone(ord_, timeout_ms)
+    return [outcomes[ord_] for ord_ in range(1, len(payloads) + 1)]
+
+
+# A payload left with less of its timeout than this is not called again.
+MIN_RETRY_MS = 10
+
+
+def _call_order(payloads: list[dict[str, Any]]) -> list[int]:
+    """The payloads' ordinals (from 1) in the order the commit_batch query calls the RPC.
+
+    The query orders by `payload ->> 'idempotency_key'` (NULLs last), then
+    by position. Python's order of the keys is DB2's for the keys intake
+    sends (UUIDs, lower case, in any collation); for others _culprit checks
+    it against the answers that came back.
+    """
+
+    def key(ord_: int) -> tuple[int, str, int]:
+        payload = payloads[ord_ - 1]
+        value = payload.get("idempotency_key") if isinstance(payload, dict) else None
+        if value is None:
+            return (1, "", ord_)
+        return (0, value if isinstance(value, str) else json.dumps(value), ord_)
+
+    return sorted(range(1, len(payloads) + 1), key=key)
+
+
+def _culprit(payloads: list[dict[str, Any]], answers: dict[int, Any]) -> int | None:
+    """The ordinal of the payload DB2 was calling when the batch statement failed.
+
+    The answers stream back in call order, each as soon as DB2 sends it, and
+    an error ends the stream only after the rows before it: the culprit is
+    the first payload in call order without an answer. None when the
+    answers are not a prefix of the order this side expects (keys DB2's
+    collation orders otherwise): every payload is then retried in full.
+    """
+    order = _call_order(payloads)
+    if set(order[: len(answers)]) != answers.keys():
+        return None
+    return order[len(answers)] if len(answers) < len(order) else None
+
+
+async def _stream_batch(
+    conn: psycopg.AsyncConnection,
+    rpc: RpcName,
+    payloads: list[dict[str, Any]],
+    timeout_ms: int | None,
+    answers: dict[int, Any],
+) -> None:
+    """The batch statement, its answers put in `answers` (by ordinal) as they arrive.
+
+    Streamed (libpq's single-row mode), so that when the statement fails the
+    answers before the failure are known, and with them the payload at
+    fault. A streamed statement is sent alone (extended protocol), so its
+    timeout is set by a `SET LOCAL` of its own in an explicit transaction:
+    two round trips more than one simple query, on a path that calls the
+    RPC for the whole batch.
+    """
+    query = sql.SQL(_q("commit_batch")).format(rpc=rpc.identifier(), arg_type=sql.SQL(rpc.arg_type))
+    # One JSON array: dumped in one call, where a jsonb[] literal quotes
+    # every element in Python (sql/queries/db2.sql).
+    params = {"payloads": Jsonb(payloads)}
+
+    async def stream() -> None:
+        async with conn.cursor(row_factory=tuple_row) as cur:
+            async for ord_, answer in cur.stream(query, params):
+                answers[int(ord_)] = answer
+
+    if not conn.autocommit:
+        async with conn.transaction():
+            if timeout_ms is not None:
+                await conn.execute(_timeout_sql(timeout_ms))
+            await stream()
+        return
+    if timeout_ms is None:
+        # Autocommit: the statement is its own transaction.
+        await stream()
+        return
+    # Bound on the client, one simple query: BEGIN and the SET in one round trip.
+    async with psycopg.AsyncClientCursor(conn) as cur:
+        await cur.execute(sql.SQL("begin; {}").format(_timeout_sql(timeout_ms)))
+    try:
+        await stream()
+        await conn.execute("commit")
+    except psycopg.Error:
+        if not _connection_lost(conn) and conn.info.transaction_status != TransactionStatus.IDLE:
+            await conn.execute("rollback")
+        raise

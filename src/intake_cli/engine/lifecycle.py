@@ -15,6 +15,7 @@ import psycopg
 from psycopg import sql
 
 from intake_cli.engine import ledger, pools, queue, recovery, schema, telemetry
+from intake_cli.engine.batch import read_json
 from intake_cli.platform import inventory
 from intake_cli.platform.config import PoolSettings, Settings
 from intake_cli.platform.db import Endpoints, connect, endpoints
@@ -292,17 +293,25 @@ def _export(conn: psycopg.Connection, queue_names: tuple[str, ...], target: Path
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             for name in queue_names:
+                # The message as DB1's JSON text: psycopg's own reader would
+                # raise on one too deep or with a number too long, and stop
+                # the export (and so the teardown) for one foreign message.
                 query = sql.SQL(
-                    "select msg_id, read_ct, enqueued_at, message from {} order by msg_id"
+                    "select msg_id, read_ct, enqueued_at, message::text from {} order by msg_id"
                 ).format(sql.Identifier("pgmq", f"q_{name}"))
-                for msg_id, read_ct, enqueued_at, message in conn.execute(query):
+                for msg_id, read_ct, enqueued_at, text in conn.execute(query):
                     record = {
                         "queue": name,
                         "msg_id": msg_id,
                         "read_ct": read_ct,
                         "enqueued_at": enqueued_at.isoformat(),
-                        "message": message,
                     }
+                    message, unreadable = read_json(text)
+                    if unreadable:
+                        # Kept whole, as a string of JSON text, so every line still reads back.
+                        record["message_text"] = text
+                    else:
+                        record["message"] = message
                     out.write(json.dumps(record, sort_keys=True) + "\n")
                     written.append((name, msg_id))
             out.flush()

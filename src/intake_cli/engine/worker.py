@@ -44,7 +44,7 @@ from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
+from psycopg.types.string import TextLoader
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from tenacity import (
     AsyncRetrying,
@@ -60,6 +60,8 @@ from intake_cli.engine.batch import (
     Batch,
     DrainStats,
     PoolRuntime,
+    RawJson,
+    as_jsonb,
     drain_query,
     parse_message,
     refusal_of,
@@ -466,6 +468,10 @@ class Worker:
             qty = max(p.batch_size for p in served)
             vt = max(p.visibility_timeout for p in served)
             cur = conn.cursor(row_factory=dict_row)
+            # Messages come as DB1's JSON text, read one by one by parse_message:
+            # a message Python's JSON reader cannot take (too deep, a number too
+            # long) is refused alone instead of failing the read of its batch.
+            cur.adapters.register_loader("jsonb", TextLoader)
             rows = await (await cur.execute(drain_query("read"), {"vt": vt, "qty": qty})).fetchall()
             if not rows:
                 return 0
@@ -475,7 +481,8 @@ class Worker:
             for row in rows:
                 parsed = parse_message(row)
                 if isinstance(parsed, str):
-                    broken.append((row["msg_id"], row["message"], parsed))
+                    # Kept as its text: the dead letter holds it exactly as it came.
+                    broken.append((row["msg_id"], RawJson(row["message"]), parsed))
                 else:
                     intents.append(parsed)
             states = await (
@@ -526,7 +533,7 @@ class Worker:
                     "queue": self.queue,
                     "dlq": self.dlq,
                     "msg_ids": [msg_id for msg_id, *_ in refused],
-                    "messages": [Jsonb(message) for _, message, *_ in refused],
+                    "messages": [as_jsonb(message) for _, message, *_ in refused],
                     "errors": [reason for _, _, reason, _ in refused],
                 },
             )

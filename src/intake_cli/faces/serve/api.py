@@ -197,6 +197,8 @@ def redacted(value: Any) -> Any:
 
 
 async def get_dlq(request: web.Request) -> web.Response:
+    # A letter intake cannot read is in the page, marked ("readable": false,
+    # "problems"), so the others are never hidden behind it.
     limit = int_param(request, "limit", DLQ_PAGE_DEFAULT, 1, DLQ_PAGE_MAX) or DLQ_PAGE_DEFAULT
     after = int_param(request, "after", None, 0, BIGINT_MAX)
     dlq = request.app[SETTINGS].dlq_name
@@ -249,22 +251,24 @@ async def post_replay(request: web.Request) -> web.Response:
     dry_run = body.get("dry_run", False)
     settings = request.app[SETTINGS]
     try:
-        replayed = await on_db1(
+        report = await on_db1(
             request,
             lambda conn: dead_letters.replay(
                 conn, settings.queue_name, settings.dlq_name, selected, dry_run=dry_run
             ),
         )
     except IntakeError as exc:
+        # Unknown ids, or only unreadable ones named: nothing was replayed.
         raise from_intake(exc, "msg_ids") from None
     if not dry_run:
         audit(
             request,
             "dlq_replay",
-            msg_ids=[item["msg_id"] for item in replayed],
-            pool_ids=sorted({str(item["pool_id"]) for item in replayed}),
+            msg_ids=[item["msg_id"] for item in report.replayed],
+            pool_ids=sorted({str(item["pool_id"]) for item in report.replayed}),
         )
-    return ok({"dry_run": dry_run, "replayed": replayed})
+    # Unreadable letters named with readable ones stay, listed in "refused".
+    return ok(report.as_json())
 
 
 PURGE_CONFIRM = "purge"

@@ -598,19 +598,43 @@
     ["state", ""], ["attempts", "num"], ["last_error", "text"], ["dead_at", ""],
   ];
 
+  // A dead letter's fields were written by whoever wrote the message: a cell
+  // shows at most this much of one (the API and `intake dlq show` have it whole).
+  const LETTER_CELL_CHARS = 200;
+
+  function letterText(value) {
+    if (value === null || value === undefined) return "—";
+    const shown = typeof value === "string" ? value : JSON.stringify(value);
+    return shown.length > LETTER_CELL_CHARS ? shown.slice(0, LETTER_CELL_CHARS) + "…" : shown;
+  }
+
+  function letterTime(value) {
+    const when = typeof value === "string" ? Date.parse(value) : NaN;
+    return Number.isNaN(when) ? "—" : new Date(when).toLocaleString();
+  }
+
   function renderLetters(body, letters) {
     const present = new Set();
     for (const letter of letters) {
+      // A row needs an id to be kept by; anything else in the answer is not a letter.
+      if (!letter || typeof letter !== "object" || !Number.isInteger(letter.msg_id)) continue;
       const key = String(letter.msg_id);
       present.add(key);
       let entry = letterRows.get(key);
       if (!entry) entry = addLetterRow(key, letter.msg_id);
       for (const [field] of LETTER_FIELDS) {
         const value = letter[field];
-        entry.cells[field].textContent = field === "dead_at"
-          ? (value ? new Date(value).toLocaleString() : "—")
-          : text(value);
+        entry.cells[field].textContent = field === "dead_at" ? letterTime(value) : letterText(value);
       }
+      // One the server could not read is shown as far as it could, marked,
+      // and cannot be replayed (the server would refuse it).
+      const readable = letter.readable !== false;
+      const problems = Array.isArray(letter.problems) ? letter.problems.map(letterText).join("; ") : "";
+      entry.row.dataset.readable = String(readable);
+      entry.row.title = readable ? "" : "unreadable: " + problems;
+      if (!readable) entry.cells.state.textContent = "unreadable: " + letterText(letter.state);
+      entry.button.disabled = !readable || entry.replaying;
+      entry.button.title = readable ? "" : "cannot be replayed: " + problems;
       body.appendChild(entry.row); // keeps the answer's order
     }
     for (const [key, entry] of letterRows) {
@@ -629,28 +653,30 @@
       row.appendChild(cells[field]);
     }
     const button = el("button", { type: "button", className: "replay", data: { msgId: key } }, ["Replay"]);
-    button.addEventListener("click", () => replay(msgId, button));
+    const entry = { row, cells, button, replaying: false };
+    button.addEventListener("click", () => replay(msgId, entry));
     row.appendChild(el("td", {}, [button]));
-    const entry = { row, cells };
     letterRows.set(key, entry);
     return entry;
   }
 
-  async function replay(msgId, button) {
-    button.disabled = true;
+  async function replay(msgId, entry) {
+    entry.replaying = true;
+    entry.button.disabled = true;
     const result = await api("POST", "api/dlq/replay", { msg_ids: [msgId] });
-    if (result.ok) {
+    entry.replaying = false;
+    const refused = result.ok && result.data && Array.isArray(result.data.refused) ? result.data.refused : [];
+    if (result.ok && refused.length === 0) {
       say("dead letter " + msgId + " replayed: back on the queue", "ok");
-      const entry = letterRows.get(String(msgId));
-      if (entry) {
-        entry.row.remove();
-        letterRows.delete(String(msgId));
-      }
+      entry.row.remove();
+      letterRows.delete(String(msgId));
       loadDlq(); // after any load that started before the replay
 
     } else {
-      button.disabled = false;
-      say("replay of " + msgId + ": " + result.error, "error");
+      entry.button.disabled = false;
+      const reason = result.ok ? letterText(refused[0].reason) : result.error;
+      say("replay of " + msgId + ": " + reason, "error");
+      loadDlq();
     }
   }
 
