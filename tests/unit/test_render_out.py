@@ -244,8 +244,9 @@ def _group_is_a_file(group: str) -> Callable[[Path], str]:
 
 def _target_is_a_directory(base: Path) -> str:
     _first_render(base / "out")
-    # The one file in db2/, ten seconds after the first in db1/.
-    (base / "out" / "db2" / "20250701120010_intake_example_ledger.sql").mkdir()
+    # The one file in db2/, a second after each of db1/'s (as many as there are migrations).
+    after = len(list((base / "out" / "db1").glob("*.sql")))
+    (base / "out" / "db2" / f"{20250701120000 + after}_intake_example_ledger.sql").mkdir()
     return "out"
 
 
@@ -273,7 +274,7 @@ def _under_a_file(base: Path) -> str:
         (_out_is_a_file, "--out out: exists and is not a directory"),
         (_group_is_a_file("db1"), "--out out: db1 exists and is not a directory"),
         (_group_is_a_file("db2"), "--out out: db2 exists and is not a directory"),
-        (_target_is_a_directory, "intake did not write db2/20250701120010_intake_example_"),
+        (_target_is_a_directory, "_intake_example_ledger.sql"),
         (_target_is_a_fifo, f"intake did not write db1/{LATER}_intake_pgmq.sql"),
         (_out_is_a_link, "--out out: is a symbolic link"),
         (_under_a_file, "--out file/out: cannot write there: Not a directory"),

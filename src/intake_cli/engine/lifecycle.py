@@ -18,7 +18,7 @@ from intake_cli.engine import ledger, pools, queue, recovery, schema, telemetry
 from intake_cli.engine.batch import read_json
 from intake_cli.platform import inventory
 from intake_cli.platform.config import PoolSettings, Settings
-from intake_cli.platform.db import Endpoints, connect, endpoints
+from intake_cli.platform.db import Endpoints, connect, endpoints, first_line
 from intake_cli.platform.embedded import EmbeddedClusters
 from intake_cli.platform.errors import (
     ExportFailed,
@@ -187,6 +187,8 @@ class RecoverReport:
     lost: bool
     plan: recovery.Plan | None = None
     rebuilt: recovery.Rebuild | None = None
+    # Why the rebuild failed (DB1's first line); the other pools go on.
+    error: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -194,6 +196,7 @@ class RecoverReport:
             "lost": self.lost,
             "plan": self.plan.as_json() if self.plan else None,
             "rebuilt": self.rebuilt.as_json() if self.rebuilt else None,
+            "error": self.error,
         }
 
 
@@ -215,10 +218,15 @@ def recover(
         for pid in [pool_id] if pool_id else known:
             lost = recovery.is_lost(conn, pid)
             report = RecoverReport(pid, lost)
-            if dry_run:
-                report.plan = recovery.plan(conn, pid)
-            elif lost:
-                report.rebuilt = recovery.rebuild(conn, pid, "recover")
+            try:
+                if dry_run:
+                    report.plan = recovery.plan(conn, pid)
+                elif lost:
+                    report.rebuilt = recovery.rebuild(conn, pid, "recover")
+            except psycopg.Error as exc:
+                if conn.closed or conn.broken:
+                    raise
+                report.error = first_line(exc)
             reports.append(report)
     return reports
 

@@ -107,7 +107,7 @@ def reconcile(conn: psycopg.Connection, pools: tuple[PoolSettings, ...]) -> list
         have = current.get(pool.pool_id)
         if have is None:
             seq = sql.Identifier("intake", sequence_name(pool.pool_id))
-            conn.execute(sql.SQL("create unlogged sequence if not exists {}").format(seq))
+            conn.execute(sql.SQL("create sequence if not exists {}").format(seq))
             conn.execute(_q("insert_pool"), {**wanted, "unit_seq": seq.as_string(conn)})
             changes.append(PoolChange(pool.pool_id, "created"))
             continue

@@ -1,7 +1,7 @@
 """A DB1 crash empties the inventory; this module tells and rebuilds it.
 
-The inventory (allocations, released_units, the unit sequences) is UNLOGGED:
-fast for the herd, gone after a crash. Everything needed to rebuild it
+The inventory (allocations, released_units) is UNLOGGED: fast for the
+herd, gone after a crash or on a promoted standby. Everything needed to rebuild it
 exactly is logged: the queue, its archive, the DLQ, intent_state and the
 pools' configuration. `intake.rebuild_inventory` (sql/templates/db1/
 recovery.sql.j2) does the work in one transaction; this module is how the

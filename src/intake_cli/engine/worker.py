@@ -87,6 +87,9 @@ from intake_cli.platform.sqlfiles import queries
 # fleet restarted together does not knock in step), at most this long.
 DB_WAIT_FIRST_S = 0.5
 DB_WAIT_MAX_S = 10
+# A failed inventory rebuild is tried again after this, doubling up to the max.
+REBUILD_RETRY_FIRST_S = 1.0
+REBUILD_RETRY_MAX_S = 30.0
 
 
 @contextlib.asynccontextmanager
@@ -145,6 +148,8 @@ class Worker:
         self._stopping = asyncio.Event()
         self._resolved_rpcs: dict[ledger.RpcName, ledger.RpcName] = {}
         self._secrets = {p.pool_id: p.webhook_secret for p in settings.pools}
+        # pool id -> (monotonic time of the next try, the pause after that one)
+        self._rebuild_retry: dict[str, tuple[float, float]] = {}
 
     def share(
         self,
@@ -443,20 +448,44 @@ class Worker:
                 ),
                 secret=self._secrets.get(row["pool_id"]),
             )
-            if row["inventory_lost"]:
-                await self._rebuild(conn, row["pool_id"])
+            if row["inventory_lost"] and not await self._rebuild(conn, row["pool_id"]):
+                # Not drained until rebuilt: its intents wait in the queue.
+                del pools[row["pool_id"]]
         return pools
 
-    async def _rebuild(self, conn: psycopg.AsyncConnection, pool_id: str) -> None:
-        """A DB1 crash emptied this pool's inventory: rebuild it before draining on.
+    async def _rebuild(self, conn: psycopg.AsyncConnection, pool_id: str) -> bool:
+        """A DB1 crash (or a promotion) emptied this pool's inventory: rebuild it
+        before draining on; whether it is whole now.
 
         Every worker that sees the loss tries; rebuilds of one pool are
-        serialized in DB1 and the later ones find it whole and do nothing.
+        serialized in DB1 and the later ones find it whole and do nothing. A
+        rebuild that fails is logged and tried again, after a growing pause,
+        while the worker drains the other pools: it never stops the worker.
         """
+        now = time.monotonic()
+        retry_at, pause = self._rebuild_retry.get(pool_id, (now, REBUILD_RETRY_FIRST_S))
+        if now < retry_at:
+            return False
         event(self.log, logging.WARNING, "inventory_lost", pool_id=pool_id)
-        rebuilt = await recovery.rebuild_async(conn, pool_id, "drain")
+        try:
+            rebuilt = await recovery.rebuild_async(conn, pool_id, "drain")
+        except psycopg.Error as exc:
+            if conn.closed or conn.broken:
+                raise  # DB1 itself went away: the worker's reconnect path
+            event(
+                self.log,
+                logging.ERROR,
+                "inventory_rebuild_failed",
+                pool_id=pool_id,
+                error=first_line(exc),
+                retry_in_s=pause,
+            )
+            self._rebuild_retry[pool_id] = (now + pause, min(pause * 2, REBUILD_RETRY_MAX_S))
+            return False
+        self._rebuild_retry.pop(pool_id, None)
         if rebuilt is not None:
             event(self.log, logging.WARNING, "inventory_rebuilt", **rebuilt.as_json())
+        return True
 
     async def _one_batch(self) -> int:
         read_started = time.perf_counter()

@@ -191,13 +191,18 @@ def recover(
     if pool_id is not None and (reason := config.check_pool_id(pool_id)):
         raise UsageError(f"pool id: {reason}")
     reports = lifecycle.recover(settings, pool_id, dry_run=dry_run)
+    failed = [r for r in reports if r.error is not None]
     if as_json:
         print_json({"dry_run": dry_run, "pools": [r.as_json() for r in reports]})
+        if failed:
+            raise typer.Exit(1)
         return
     for report in reports:
         pid = markup(report.pool_id)
         state = "inventory LOST (crash)" if report.lost else "inventory whole"
-        if report.plan is not None:
+        if report.error is not None:
+            err.print(f"pool {pid}: {state}; the rebuild failed: {markup(report.error)}")
+        elif report.plan is not None:
             p = report.plan
             out.print(
                 f"pool {pid}: {state}; a rebuild would build {p.units:,} units from "
@@ -209,6 +214,8 @@ def recover(
             out.print(f"pool {pid}: " + markup(report.rebuilt.summary()))
         else:
             out.print(f"pool {pid}: {state}; nothing to do")
+    if failed:
+        raise typer.Exit(1)
 
 
 @app.command()
