@@ -382,3 +382,26 @@ def test_write_example_writes_and_refuses_to_overwrite(tmp_path):
     assert target.read_text() == "mine"
     config.write_example(target, force=True)
     assert "pools:" in target.read_text()
+
+
+def test_embedded_standby_is_off_unless_asked_for():
+    assert parse({"pools": [BASE_POOL]}).embedded.standby is False
+    settings = parse({"pools": [BASE_POOL], "embedded": {"standby": True}})
+    assert settings.embedded.standby is True and settings.embedded.synchronous_commit
+
+
+@pytest.mark.parametrize(("value", "shown"), [("yes", '"yes"'), (1, "1"), (None, "nothing")])
+def test_embedded_standby_must_be_a_boolean(value, shown):
+    assert problems_of({"pools": [BASE_POOL], "embedded": {"standby": value}}) == [
+        f"embedded.standby: expected true or false, got {shown}"
+    ]
+
+
+def test_embedded_standby_refuses_commits_that_do_not_wait():
+    found = problems_of(
+        {"pools": [BASE_POOL], "embedded": {"standby": True, "synchronous_commit": False}}
+    )
+    assert found == [
+        "embedded.standby: a synchronous standby needs synchronous_commit: remove "
+        "embedded.synchronous_commit: false or the standby"
+    ]

@@ -81,6 +81,9 @@ class EmbeddedSettings:
     # max_locks_per_transaction x max_connections: a benchmark with many
     # clients claiming in batches needs more than the default.
     max_locks_per_transaction: int = 64
+    # A synchronous streaming standby of DB1 on this machine, to try failover
+    # before trusting it: a commit returns once the standby has flushed it.
+    standby: bool = False
 
 
 @dataclass(frozen=True)
@@ -963,7 +966,7 @@ def parse(data: Any, path: Path) -> Settings:
         problems,
         "embedded",
         data.get("embedded"),
-        {"max_connections", "shared_buffers", "synchronous_commit"},
+        {"max_connections", "shared_buffers", "synchronous_commit", "standby"},
     )
     embedded_values: dict[str, Any] = {}
     if "max_connections" in emb:
@@ -980,6 +983,19 @@ def parse(data: Any, path: Path) -> Settings:
         if not isinstance(sc, bool):
             problems.add("embedded.synchronous_commit", f"expected true or false, got {_show(sc)}")
         embedded_values["synchronous_commit"] = sc
+    if "standby" in emb:
+        standby = emb["standby"]
+        if not isinstance(standby, bool):
+            problems.add("embedded.standby", f"expected true or false, got {_show(standby)}")
+        elif standby and emb.get("synchronous_commit") is False:
+            # The standby is there so that nothing acknowledged is lost with
+            # DB1's host: commits must wait for it.
+            problems.add(
+                "embedded.standby",
+                "a synchronous standby needs synchronous_commit: remove "
+                "embedded.synchronous_commit: false or the standby",
+            )
+        embedded_values["standby"] = standby
 
     pools_raw = data.get("pools")
     pools: list[PoolSettings] = []

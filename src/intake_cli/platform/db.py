@@ -9,9 +9,10 @@ from dataclasses import dataclass
 import psycopg
 
 from intake_cli.platform.config import DatabaseSettings, Settings
-from intake_cli.platform.embedded import EmbeddedClusters
+from intake_cli.platform.embedded import EmbeddedClusters, db1_dsn
 from intake_cli.platform.errors import ConnectionFailed, NotProvisioned
 from intake_cli.platform.pgconn import open_sync
+from intake_cli.platform.standby import ensure_standby
 
 CONNECT_TIMEOUT_S = 5
 
@@ -35,7 +36,9 @@ def endpoints(settings: Settings, *, start: bool = False) -> Endpoints:
     )
     clusters = EmbeddedClusters(settings.state_dir, settings.embedded)
     if wanted and start:
-        running = clusters.ensure(wanted)
+        clusters.ensure(wanted)
+        # DB1's standby when embedded.standby asks for one (none otherwise).
+        running = ensure_standby(clusters) if settings.db1.embedded else clusters.load()
     else:
         running = clusters.load()
         missing = [name for name in wanted if name not in running]
@@ -44,7 +47,8 @@ def endpoints(settings: Settings, *, start: bool = False) -> Endpoints:
                 f"no embedded {' and '.join(missing)} under {settings.state_dir}: "
                 "run `intake up` first"
             )
-    db1 = running["db1"].dsn if settings.db1.embedded else _configured(settings.db1)
+    # With a standby, both nodes: libpq settles on whichever accepts writes.
+    db1 = db1_dsn(running) if settings.db1.embedded else _configured(settings.db1)
     db2 = running["db2"].dsn if settings.db2.embedded else _configured(settings.db2)
     return Endpoints(db1=db1, db2=db2, embedded=bool(wanted))
 

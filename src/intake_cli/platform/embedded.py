@@ -16,6 +16,12 @@ The state directory is intake's alone: a marker file claims it (and is the
 lock that serialises `intake up` and `intake down`), a directory holding
 other files and no marker is refused, and teardown removes only what intake
 made there.
+
+With `embedded.standby`, DB1 has a streaming standby here too (a third
+cluster of the state directory, recorded in clusters.json as `db1-standby`;
+platform/standby.py makes, watches and promotes it). DB1 and its standby take
+turns in two directories, `db1` and `db1-standby`: after a promotion the
+next standby is made in the directory the lost primary left.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import secrets
 import shutil
 import socket
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -53,11 +59,25 @@ MARKER = ".intake-state"
 # libpq passfile with the clusters' password: 0600, owned by intake's user.
 PASSFILE = "pgpass"
 CLUSTER_NAMES = ("db1", "db2")
+# DB1's standby: its name in clusters.json, and the application_name that
+# DB1's synchronous_standby_names waits for.
+STANDBY = "db1-standby"
+STANDBY_APPLICATION = "db1_standby"
+# The directories DB1 and its standby take turns in.
+DB1_DIRECTORIES = ("db1", STANDBY)
+# The role the standby streams as: replication, and nothing else.
+REPLICATOR = "intake_replicator"
+# The replicator's passfile, owned by the server's account: the standby's
+# walreceiver (and pg_basebackup) run as that account and must read it.
+REPLICATION_PASSFILE = "replication.pgpass"
 # Client connections: loopback TCP, password proven by SCRAM, nothing else.
-_HBA = """\
+_HBA = f"""\
 # written by intake: loopback only, and every connection proves the password
 # kept in the state directory's pgpass (readable by intake's user alone).
-host    all    all    127.0.0.1/32    scram-sha-256
+# DB1's standby streams as {REPLICATOR}, which may do nothing else.
+host    replication    {REPLICATOR}    127.0.0.1/32    scram-sha-256
+host    all            {REPLICATOR}    127.0.0.1/32    reject
+host    all            all                  127.0.0.1/32    scram-sha-256
 """
 
 
@@ -81,15 +101,42 @@ class Cluster:
 
     @property
     def logfile(self) -> str:
-        return str(Path(self.datadir).parent / f"{self.name}.log")
+        # Named for the directory, not the role: a promoted standby keeps
+        # writing the log it started with.
+        datadir = Path(self.datadir)
+        return str(datadir.parent / f"{datadir.name}.log")
 
 
-def local_dsn(port: int, dbname: str, passfile: str) -> str:
+def local_dsn(port: int | Sequence[int], dbname: str, passfile: str) -> str:
     """intake's superuser on a loopback port (a cluster's, or a pooler's in front
-    of it), its password read from `passfile`, never written in the DSN."""
+    of it), its password read from `passfile`, never written in the DSN.
+
+    Several ports make a multi-host DSN that libpq tries in order, settling on
+    the one that accepts writes: DB1 and its standby, whichever is primary.
+    """
+    if isinstance(port, int):
+        return make_conninfo(
+            "", host="127.0.0.1", port=port, user=SUPERUSER, dbname=dbname, passfile=passfile
+        )
     return make_conninfo(
-        "", host="127.0.0.1", port=port, user=SUPERUSER, dbname=dbname, passfile=passfile
+        "",
+        host=",".join("127.0.0.1" for _ in port),
+        port=",".join(str(p) for p in port),
+        user=SUPERUSER,
+        dbname=dbname,
+        passfile=passfile,
+        target_session_attrs="read-write",
     )
+
+
+def db1_dsn(clusters: Mapping[str, Cluster], dbname: str = DATABASE) -> str:
+    """DB1's DSN; with a standby, both nodes, so that a command (or a worker
+    reconnecting) reaches whichever is primary, before a promotion or after."""
+    db1 = clusters["db1"]
+    standby = clusters.get(STANDBY)
+    if standby is None:
+        return db1.dsn_for(dbname)
+    return local_dsn((db1.port, standby.port), dbname, db1.passfile)
 
 
 def _major_of(bindir: Path) -> float:
@@ -206,7 +253,29 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _settings_for(name: str, port: int, options: EmbeddedSettings, with_cron: bool) -> str:
+def _conf_string(value: str) -> str:
+    """A postgresql.conf string literal."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def _settings_for(
+    name: str,
+    port: int,
+    options: EmbeddedSettings,
+    with_cron: bool,
+    *,
+    replicated: bool = False,
+    sync_standby: bool = False,
+    primary_conninfo: str | None = None,
+) -> str:
+    """postgresql.auto.conf for a cluster.
+
+    replicated: DB1 or its standby, streaming (replica WAL, WAL senders, and
+    commits that wait). sync_standby: commits wait for DB1's standby by name;
+    a standby carries it too, as the copy of DB1 it is (a promotion clears it).
+    primary_conninfo: this cluster is DB1's standby, streaming from there.
+    """
+    durable = options.synchronous_commit or replicated
     lines = [
         "listen_addresses = '127.0.0.1'",
         f"port = {port}",
@@ -214,17 +283,36 @@ def _settings_for(name: str, port: int, options: EmbeddedSettings, with_cron: bo
         f"max_connections = {options.max_connections}",
         f"shared_buffers = '{options.shared_buffers}'",
         f"max_locks_per_transaction = {options.max_locks_per_transaction}",
-        f"synchronous_commit = {'on' if options.synchronous_commit else 'off'}",
-        # Nothing replicates from an event cluster: minimal WAL makes seeding
-        # and queue churn cheaper without weakening crash safety.
-        "wal_level = minimal",
-        "max_wal_senders = 0",
+        # With a standby, `on` waits for the standby's flush as well as ours.
+        f"synchronous_commit = {'on' if durable else 'off'}",
+    ]
+    if replicated:
+        lines += [
+            "wal_level = replica",
+            "max_wal_senders = 4",
+            # Room for a standby that fell behind to catch up without a new
+            # base backup (no slot: a lost standby must not fill the disk).
+            "wal_keep_size = '512MB'",
+            "hot_standby = on",
+        ]
+    else:
+        lines += [
+            # Nothing replicates from an event cluster: minimal WAL makes seeding
+            # and queue churn cheaper without weakening crash safety.
+            "wal_level = minimal",
+            "max_wal_senders = 0",
+        ]
+    if sync_standby:
+        lines.append(f"synchronous_standby_names = 'FIRST 1 ({STANDBY_APPLICATION})'")
+    if primary_conninfo is not None:
+        lines.append(f"primary_conninfo = {_conf_string(primary_conninfo)}")
+    lines += [
         "max_wal_size = '2GB'",
         "checkpoint_timeout = '15min'",
         "log_min_messages = warning",
         "log_line_prefix = '%m [%p] '",
     ]
-    if name == "db1":
+    if name in DB1_DIRECTORIES:
         # A claim holds a unit lock for microseconds: fail a stuck claim
         # quickly rather than let the herd pile up behind it.
         lines.append("lock_timeout = '5s'")
@@ -292,7 +380,8 @@ class EmbeddedClusters:
     def _own_names(self) -> set[str]:
         """Every name intake may create in the state directory."""
         names = {MARKER, PASSFILE, f"{PASSFILE}.tmp", STATE_FILE}
-        for name in CLUSTER_NAMES:
+        names |= {REPLICATION_PASSFILE, f"{REPLICATION_PASSFILE}.tmp"}
+        for name in (*CLUSTER_NAMES, STANDBY):
             names |= {name, f"{name}.log", f"{name}.pwfile", f"{name}.pwfile.tmp"}
         return names
 
@@ -410,6 +499,15 @@ class EmbeddedClusters:
         if forget is not None:
             passwords.pop(forget, None)
         passwords[port] = password
+        self._write_passwords(passwords)
+
+    def _forget(self, port: int) -> None:
+        """Drop a port's password: a removed standby's, a lost primary's."""
+        passwords = self._passwords()
+        if passwords.pop(port, None) is not None:
+            self._write_passwords(passwords)
+
+    def _write_passwords(self, passwords: dict[int, str]) -> None:
         lines = [f"127.0.0.1:{p}:*:{SUPERUSER}:{pw}" for p, pw in sorted(passwords.items())]
         # Owned by the user running intake (not the server's): libpq reads it
         # for intake, and nobody else on the machine can.
@@ -432,6 +530,13 @@ class EmbeddedClusters:
             for name in names:
                 cluster = clusters.get(name)
                 if cluster is None or not (Path(cluster.datadir) / "PG_VERSION").exists():
+                    if name == "db1" and cluster is not None and STANDBY in clusters:
+                        raise EmbeddedClusterError(
+                            f"DB1's data directory {clusters['db1'].datadir} is gone and its "
+                            f"standby ({clusters[STANDBY].datadir}) has everything DB1 "
+                            "committed: promote the standby rather than start an empty DB1, "
+                            "or run `intake down` to start over"
+                        )
                     old_port = cluster.port if cluster is not None else None
                     cluster = self._init(name, bindir, account, with_cron, old_port)
                     clusters[name] = cluster
@@ -451,15 +556,9 @@ class EmbeddedClusters:
         old_port: int | None = None,
     ) -> Cluster:
         datadir = self.state_dir / name
-        if datadir.is_dir() and not datadir.is_symlink():
-            # Under intake's marker, a cluster directory without PG_VERSION is
-            # what an interrupted initdb left.
-            shutil.rmtree(datadir)
-        elif datadir.exists() or datadir.is_symlink():
-            datadir.unlink()
-        datadir.mkdir(mode=0o700)
-        if account is not None:
-            os.chown(datadir, account.pw_uid, account.pw_gid)
+        # Under intake's marker, a cluster directory without PG_VERSION is
+        # what an interrupted initdb left.
+        self._fresh_datadir(datadir, account)
         password = secrets.token_hex(24)
         # initdb runs as the server's user and must read the password; the
         # file lives only as long as initdb does.
@@ -487,19 +586,46 @@ class EmbeddedClusters:
             pwfile.unlink(missing_ok=True)
         port = free_port()
         self._remember(port, password, forget=old_port)
-        self._configure(name, datadir, port, account, with_cron)
-        return Cluster(name=name, datadir=str(datadir), port=port)
+        cluster = Cluster(name=name, datadir=str(datadir), port=port)
+        # DB1 streams from its first start when a standby is wanted: adding
+        # the standby then needs no restart.
+        replicated = name == "db1" and self.options.standby
+        self._configure(cluster, account, with_cron, replicated=replicated)
+        return cluster
+
+    def _fresh_datadir(self, datadir: Path, account: pwd.struct_passwd | None) -> None:
+        """An empty data directory (0700, the server's) where one of ours was."""
+        if datadir.is_dir() and not datadir.is_symlink():
+            shutil.rmtree(datadir)
+        elif datadir.exists() or datadir.is_symlink():
+            datadir.unlink()
+        datadir.mkdir(mode=0o700)
+        if account is not None:
+            os.chown(datadir, account.pw_uid, account.pw_gid)
 
     def _configure(
         self,
-        name: str,
-        datadir: Path,
-        port: int,
+        cluster: Cluster,
         account: pwd.struct_passwd | None,
         with_cron: bool,
+        *,
+        replicated: bool = False,
+        sync_standby: bool = False,
+        primary_conninfo: str | None = None,
     ) -> None:
+        """Write a cluster's settings and pg_hba.conf (applied at its next start or reload)."""
+        datadir = Path(cluster.datadir)
+        settings = _settings_for(
+            cluster.name,
+            cluster.port,
+            self.options,
+            with_cron,
+            replicated=replicated,
+            sync_standby=sync_standby,
+            primary_conninfo=primary_conninfo,
+        )
         for path, text in (
-            (datadir / "postgresql.auto.conf", _settings_for(name, port, self.options, with_cron)),
+            (datadir / "postgresql.auto.conf", settings),
             (datadir / "pg_hba.conf", _HBA),
         ):
             path.write_text(text)
@@ -539,7 +665,14 @@ class EmbeddedClusters:
                 "or replaced, and intake cannot connect without it: restore it"
             ) from None
         self._remember(cluster.port, password)
-        self._configure(cluster.name, Path(cluster.datadir), cluster.port, account, with_cron)
+        has_standby = cluster.name == "db1" and STANDBY in self.load()
+        self._configure(
+            cluster,
+            account,
+            with_cron,
+            replicated=has_standby or (cluster.name == "db1" and self.options.standby),
+            sync_standby=has_standby,
+        )
         restart = ["restart", "-w", "-t", "60", "-m", "fast", "-D", cluster.datadir]
         _run(
             [str(bindir / "pg_ctl"), *restart, "-l", cluster.logfile],
