@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ import yaml
 
 from intake_cli.engine import claims
 from intake_cli.platform.embedded import Cluster, EmbeddedClusters, _as, _server_account, pg_bindir
+from tests.acceptance.drain_support import wait_for
 from tests.conftest import pool_spec, run_intake
 
 
@@ -175,12 +177,19 @@ def _alive(pid: int) -> bool:
 
 
 def make_crash_event(
-    workdir: Path, name: str, webhook_url: str, inventory: int, listed: bool = False, **pool: object
+    workdir: Path,
+    name: str,
+    webhook_url: str,
+    inventory: int,
+    listed: bool = False,
+    embedded: dict[str, object] | None = None,
+    **pool: object,
 ) -> CrashEvent:
     """An embedded event (its own DB1 and DB2, durable commits) made by `intake up`.
 
     `listed`: the pool's units come from an inventory file of random UUIDs
-    (units.txt beside intake.yaml) instead of a count.
+    (units.txt beside intake.yaml) instead of a count. `embedded`: the
+    `embedded:` section (e.g. {"standby": True}).
     """
     directory = workdir / name
     directory.mkdir(mode=0o755)
@@ -201,17 +210,26 @@ def make_crash_event(
     if listed:
         del spec["inventory"]
     config = directory / "intake.yaml"
-    config.write_text(yaml.safe_dump({"pools": [spec]}, sort_keys=False))
+    document: dict[str, object] = {"pools": [spec]}
+    if embedded:
+        document["embedded"] = embedded
+    config.write_text(yaml.safe_dump(document, sort_keys=False))
     run_intake("up", config=config, check=True)
     return CrashEvent(config, directory / ".intake", "drop")
 
 
 @contextmanager
 def crash_event(
-    workdir: Path, name: str, webhook_url: str, inventory: int, listed: bool = False, **pool: object
+    workdir: Path,
+    name: str,
+    webhook_url: str,
+    inventory: int,
+    listed: bool = False,
+    embedded: dict[str, object] | None = None,
+    **pool: object,
 ) -> Iterator[CrashEvent]:
     """make_crash_event, and its clusters stopped afterwards, whatever happened."""
-    event = make_crash_event(workdir, name, webhook_url, inventory, listed, **pool)
+    event = make_crash_event(workdir, name, webhook_url, inventory, listed, embedded, **pool)
     try:
         yield event
     finally:
@@ -233,6 +251,8 @@ class Herd:
     resume: threading.Event = field(default_factory=threading.Event)
     # Buyers per claim call: 1 is claim_resource, more is claim_resources.
     batch: int = 1
+    # time.monotonic() of every answer that gave a buyer a unit.
+    held_at: list[float] = field(default_factory=list)
 
     @property
     def claimed(self) -> int:
@@ -284,6 +304,8 @@ class Herd:
                     again = []
                     for user, result in zip(todo, results, strict=True):
                         self.answers.append((user, result.outcome))
+                        if result.holds_unit:
+                            self.held_at.append(time.monotonic())
                         if result.outcome == "recovering":
                             again.append(user)
                         else:
@@ -296,3 +318,57 @@ class Herd:
                 await conn.close()
 
         await asyncio.gather(*(buyer() for _ in range(concurrency)))
+
+
+def assert_exact_sale(
+    event: CrashEvent,
+    herd: Herd,
+    before: dict[int, tuple],
+    units: int,
+    *,
+    saw_recovering: bool = True,
+) -> None:
+    """Each of `units` buyers holds the one unit the ledger sold them, each unit
+    sold once with the identity it had before the fault, DB1 converged.
+
+    saw_recovering: the fault must have been seen by a buyer as `recovering`.
+    """
+    # Every one of the N buyers got a unit: no `sold_out` while units remained.
+    assert "sold_out" not in herd.outcomes(), Counter(o for _, o in herd.answers)
+    if saw_recovering:
+        assert "recovering" in herd.outcomes(), "the crash was never seen as `recovering`"
+    assert herd.claimed == units
+    # Late buyers find the pool sold out.
+    late = Herd(event.db1, event.pool_id)
+    asyncio.run(late.run([f"late-{n}" for n in range(10)], concurrency=2, pace_s=0))
+    assert {c.outcome for c in late.final.values()} == {"sold_out"}
+
+    wait_for(lambda: len(event.tickets()) >= units, 120, "every claim committed", interval=0.5)
+    # A worker whose DB1 connection broke between its DB2 commit and the
+    # consume keeps the message; the redelivery (after the lease) finds the
+    # commit a duplicate and consumes the unit then. DB1 converges; it need
+    # not have converged the moment the ledger is full.
+    wait_for(
+        lambda: Counter(v[1] for v in event.units().values()) == {"consumed": units},
+        120,
+        "every unit consumed in DB1",
+        interval=0.5,
+    )
+    time.sleep(1)  # anything extra would show up now
+    tickets = event.tickets()
+    assert len(tickets) == units
+    keys, users, unit_nos, resources = zip(*tickets, strict=True)
+    assert len(set(keys)) == len(set(users)) == len(set(unit_nos)) == len(set(resources)) == units
+    # Each buyer's acknowledged claim is the one committed: same unit, same key.
+    by_user = {user: (key, unit_no, res) for key, user, unit_no, res in tickets}
+    for user, claim in herd.final.items():
+        assert by_user[user] == (str(claim.idempotency_key), claim.unit_no, str(claim.resource_id))
+    # Units kept their identity across the crash: the operator's own ids for
+    # a listed pool.
+    after = event.units()
+    assert {n: v[0] for n, v in after.items()} == {n: v[0] for n, v in before.items()}
+    listed = event.listed_ids()
+    if listed is not None:
+        assert {n: v[0] for n, v in after.items()} == listed
+        assert {(n, r) for _, _, n, r in tickets} <= set(listed.items())
+    assert Counter(v[1] for v in after.values()) == {"consumed": units}

@@ -12,13 +12,11 @@ import json
 import signal
 import subprocess
 import threading
-import time
-from collections import Counter
 
 import pytest
 
 from intake_cli.tools.webhook_process import WebhookServer
-from tests.acceptance.crash_support import CrashEvent, Herd, crash_event
+from tests.acceptance.crash_support import CrashEvent, Herd, assert_exact_sale, crash_event
 from tests.acceptance.drain_support import Event, draining, wait_for
 from tests.conftest import run_intake
 
@@ -63,47 +61,6 @@ def _herd_with_crash(
     return herd
 
 
-def _assert_exact_sale(event: CrashEvent, herd: Herd, before: dict[int, tuple]) -> None:
-    # Every one of the N buyers got a unit: no `sold_out` while units remained.
-    assert "sold_out" not in herd.outcomes(), Counter(o for _, o in herd.answers)
-    assert "recovering" in herd.outcomes(), "the crash was never seen as `recovering`"
-    assert herd.claimed == UNITS
-    # Late buyers find the pool sold out.
-    late = Herd(event.db1, event.pool_id)
-    asyncio.run(late.run([f"late-{n}" for n in range(10)], concurrency=2, pace_s=0))
-    assert {c.outcome for c in late.final.values()} == {"sold_out"}
-
-    wait_for(lambda: len(event.tickets()) >= UNITS, 120, "every claim committed", interval=0.5)
-    # A worker whose DB1 connection broke between its DB2 commit and the
-    # consume keeps the message; the redelivery (after the lease) finds the
-    # commit a duplicate and consumes the unit then. DB1 converges; it need
-    # not have converged the moment the ledger is full.
-    wait_for(
-        lambda: Counter(v[1] for v in event.units().values()) == {"consumed": UNITS},
-        120,
-        "every unit consumed in DB1",
-        interval=0.5,
-    )
-    time.sleep(1)  # anything extra would show up now
-    tickets = event.tickets()
-    assert len(tickets) == UNITS
-    keys, users, unit_nos, resources = zip(*tickets, strict=True)
-    assert len(set(keys)) == len(set(users)) == len(set(unit_nos)) == len(set(resources)) == UNITS
-    # Each buyer's acknowledged claim is the one committed: same unit, same key.
-    by_user = {user: (key, unit_no, res) for key, user, unit_no, res in tickets}
-    for user, claim in herd.final.items():
-        assert by_user[user] == (str(claim.idempotency_key), claim.unit_no, str(claim.resource_id))
-    # Units kept their identity across the crash: the operator's own ids for
-    # a listed pool.
-    after = event.units()
-    assert {n: v[0] for n, v in after.items()} == {n: v[0] for n, v in before.items()}
-    listed = event.listed_ids()
-    if listed is not None:
-        assert {n: v[0] for n, v in after.items()} == listed
-        assert {(n, r) for _, _, n, r in tickets} <= set(listed.items())
-    assert Counter(v[1] for v in after.values()) == {"consumed": UNITS}
-
-
 @pytest.mark.parametrize(
     ("how", "listed", "batch"),
     [("immediate", False, 1), ("sigkill", False, 1), ("immediate", True, 1), ("sigkill", False, 5)],
@@ -119,7 +76,7 @@ def test_crash_mid_herd_sells_each_unit_once(workdir, how, listed, batch):
         before = event.units()
         with draining(_as_drain_event(event), workers=2) as workers:
             herd = _herd_with_crash(event, how, workers, batch)
-            _assert_exact_sale(event, herd, before)
+            assert_exact_sale(event, herd, before, UNITS)
         status = json.loads(run_intake("status", "--json", config=event.config, check=True).stdout)
         pool = status["pools"][0]
         assert pool["recovering"] is False

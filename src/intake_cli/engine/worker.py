@@ -69,7 +69,14 @@ from intake_cli.engine.batch import (
 from intake_cli.engine.retry import RetryPolicy
 from intake_cli.engine.webhook import WebhookClient
 from intake_cli.platform.config import Settings
-from intake_cli.platform.db import CONNECT_TIMEOUT_S, describe_dsn, first_line
+from intake_cli.platform.db import (
+    CONNECT_TIMEOUT_S,
+    DB1,
+    IN_RECOVERY,
+    describe_dsn,
+    first_line,
+    standby_refusal,
+)
 from intake_cli.platform.errors import (
     ConnectionFailed,
     DatabaseUnreachable,
@@ -87,6 +94,10 @@ from intake_cli.platform.sqlfiles import queries
 # fleet restarted together does not knock in step), at most this long.
 DB_WAIT_FIRST_S = 0.5
 DB_WAIT_MAX_S = 10
+# While DB1 is away, how often a worker asks whether its primary is back, and
+# how long one such connection attempt may take.
+DB1_PROBE_S = 0.25
+DB1_PROBE_CONNECT_S = 2
 # A failed inventory rebuild is tried again after this, doubling up to the max.
 REBUILD_RETRY_FIRST_S = 1.0
 REBUILD_RETRY_MAX_S = 30.0
@@ -105,6 +116,11 @@ async def _connect(dsn: str, label: str) -> AsyncIterator[psycopg.AsyncConnectio
         # A malformed DSN will not get better by waiting.
         raise ConnectionFailed(f"{label}: invalid connection string: {exc}") from None
     async with conn:
+        if label == DB1:
+            row = await (await conn.execute(IN_RECOVERY)).fetchone()
+            if row and row[0]:
+                # It may be promoted, or the multi-host DSN's primary return: wait.
+                raise DatabaseUnreachable(label, standby_refusal(dsn))
         try:
             yield conn
         except (psycopg.OperationalError, psycopg.InterfaceError, LedgerUnavailable) as exc:
@@ -150,6 +166,7 @@ class Worker:
         self._secrets = {p.pool_id: p.webhook_secret for p in settings.pools}
         # pool id -> (monotonic time of the next try, the pause after that one)
         self._rebuild_retry: dict[str, tuple[float, float]] = {}
+        self._db1_probe: asyncio.Task[None] | None = None
 
     def share(
         self,
@@ -217,6 +234,10 @@ class Worker:
             # No check on checkout: it would cost a round trip per DB1 call in
             # the batch loop, and a broken connection surfaces as an
             # OperationalError that the slot's retry already handles.
+            # Connections that cannot be made are given up at once instead of
+            # retried with the pool's doubling backoff: a slot then probes DB1
+            # itself (_db1_back) and asks for a connection when it answers.
+            reconnect_timeout=0,
         )
         self.db2 = ledger.db2_pool(self.db2_dsn, pool_size)
         # Not waiting for the first connection: DB1 answered a moment ago, and
@@ -404,27 +425,62 @@ class Worker:
             stop_wait.cancel()
 
     async def _slot(self, number: int) -> None:
-        retrying = AsyncRetrying(
-            retry=retry_if_exception_type((psycopg.OperationalError, PoolTimeout)),
-            wait=wait_exponential_jitter(initial=0.5, max=15),
-            before_sleep=lambda state: event(
-                self.log,
-                logging.WARNING,
-                "db1_unavailable",
-                slot=number,
-                error=str(state.outcome.exception()) if state.outcome else None,
-            ),
-            reraise=True,
-        )
         while not self._stopping.is_set():
-            async for attempt in retrying:
-                with attempt:
-                    handled = await self._one_batch()
+            try:
+                handled = await self._one_batch()
+            except (psycopg.OperationalError, PoolTimeout) as exc:
+                event(self.log, logging.WARNING, "db1_unavailable", slot=number, error=str(exc))
+                await self._db1_back()
+                continue
             if self.once:
                 return
             if not handled:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), self.idle_sleep_s)
+
+    async def _db1_back(self) -> None:
+        """Return once DB1's primary answers again (or the worker stops).
+
+        DB1 is probed with a fresh connection every DB1_PROBE_S, never waited
+        for through the pool, whose reconnect backoff doubles without a cap:
+        after a failover (a promoted standby, found through a multi-host DSN)
+        the batch loop, and with it the rebuild that puts the pool back on
+        sale, resumes within a probe of the new primary answering. Every
+        slot shares one prober.
+        """
+        if self._db1_probe is None or self._db1_probe.done():
+            self._db1_probe = asyncio.create_task(self._probe_db1())
+        stop_wait = asyncio.create_task(self._stopping.wait())
+        try:
+            await asyncio.wait([self._db1_probe, stop_wait], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop_wait.cancel()
+
+    async def _probe_db1(self) -> None:
+        said_standby = False
+        while not self._stopping.is_set():
+            try:
+                async with await open_async(
+                    self.db1_dsn, connect_timeout=DB1_PROBE_CONNECT_S
+                ) as conn:
+                    row = await (await conn.execute(IN_RECOVERY)).fetchone()
+                if row and not row[0]:
+                    # Idle connections to the lost server go now, not one batch at a time.
+                    await self.db1.check()
+                    event(self.log, logging.INFO, "db1_back")
+                    return
+                if not said_standby:
+                    event(
+                        self.log,
+                        logging.WARNING,
+                        "db1_is_standby",
+                        error=standby_refusal(self.db1_dsn),
+                    )
+                    said_standby = True
+            except psycopg.Error:
+                pass
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), DB1_PROBE_S)
 
     # -- one batch -------------------------------------------------------------
 

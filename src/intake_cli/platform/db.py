@@ -72,6 +72,7 @@ def describe_dsn(dsn: str) -> str:
 
 @contextmanager
 def connect(dsn: str, label: str, *, autocommit: bool = True) -> Iterator[psycopg.Connection]:
+    """A connection to DB1 or DB2 (`label`); DB1 must be a primary (see standby_refusal)."""
     try:
         conn = open_sync(dsn, autocommit=autocommit, connect_timeout=CONNECT_TIMEOUT_S)
     except psycopg.OperationalError as exc:
@@ -80,4 +81,27 @@ def connect(dsn: str, label: str, *, autocommit: bool = True) -> Iterator[psycop
     except psycopg.ProgrammingError as exc:
         raise ConnectionFailed(f"{label}: invalid connection string: {exc}") from None
     with conn:
+        if label == DB1:
+            in_recovery = conn.execute(IN_RECOVERY).fetchone()
+            if autocommit is False:
+                conn.rollback()
+            if in_recovery and in_recovery[0]:
+                raise ConnectionFailed(standby_refusal(dsn))
         yield conn
+
+
+DB1 = "DB1"
+IN_RECOVERY = "select pg_catalog.pg_is_in_recovery()"
+
+
+def standby_refusal(dsn: str) -> str:
+    """What to say when DB1's DSN reaches a standby: intake writes, so it needs the primary.
+
+    Without this the first write fails with "cannot access temporary or
+    unlogged relations during recovery", which says nothing of the cause.
+    """
+    return (
+        f"DB1 ({describe_dsn(dsn)}) is a standby in recovery: intake writes to DB1 and needs "
+        "its primary. Name every node and let libpq find the primary: "
+        "host=a,b port=5432,5432 ... target_session_attrs=read-write (docs/failover.md)"
+    )
