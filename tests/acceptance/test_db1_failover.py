@@ -14,6 +14,7 @@ the standby promoted; nobody tells the workers or the buyers anything.
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 
@@ -89,3 +90,38 @@ def test_a_dsn_that_reaches_only_the_standby_is_refused_saying_so(workdir):
             assert "target_session_attrs=read-write" in proc.stderr
             assert "Traceback" not in proc.stderr
         assert event.units() == before
+
+
+def test_intake_failover_and_status_show_the_standby_before_and_after(workdir):
+    with (
+        WebhookServer() as webhook,
+        crash_event(workdir, "failover-cli", webhook.url, 20, embedded={"standby": True}) as event,
+    ):
+
+        def status() -> dict:
+            proc = run_intake("status", "--json", config=event.config, check=True)
+            return json.loads(proc.stdout)
+
+        replication = status()["replication"]
+        assert replication["verdict"] == "synchronous"
+        assert [s["sync_state"] for s in replication["standbys"]] == ["sync"]
+        assert run_intake("claim", "drop", "buyer-1", config=event.config).returncode == 0
+
+        proc = run_intake("failover", "--json", config=event.config, check=True)
+        promotion = json.loads(proc.stdout)
+        assert (promotion["how"], promotion["lost_host"]) == ("kill", True)
+        after = status()
+        assert after["replication"]["verdict"] == "none"
+        assert after["pools"][0]["recovering"] is True
+        # Nothing was lost: the rebuilt pool still holds buyer-1's unit.
+        recovered = run_intake("recover", "--json", config=event.config, check=True)
+        assert json.loads(recovered.stdout)["pools"][0]["rebuilt"]["locked"] == 1
+        again = run_intake("claim", "drop", "buyer-1", "--json", config=event.config)
+        assert json.loads(again.stdout)["outcome"] == "already_claimed"
+        assert run_intake("claim", "drop", "buyer-2", config=event.config).returncode == 0
+
+        # The standby is used up until the next `intake up` makes a new one.
+        refused = run_intake("failover", config=event.config)
+        assert refused.returncode == 2 and "no standby of DB1" in refused.stderr
+        run_intake("up", config=event.config, check=True)
+        assert status()["replication"]["verdict"] == "synchronous"

@@ -658,8 +658,18 @@ SERVE_CLI: list[Case] = [
     Case("serve-tick-stale-after-a-year", ["serve", "--tick-stale-after", "31536000"], USAGE,
          "--tick-stale-after"),
 ]
+# DB1's failover (issue 22): {dir}'s config is embedded, without a standby.
+FAILOVER_CLI: list[Case] = [
+    Case("failover-how-unknown", ["failover", "--how", "gently"], USAGE,
+         "--how: expected kill or immediate", cli=True),
+    Case("failover-how-empty", ["failover", "--how", ""], USAGE, "--how: expected"),
+    Case("failover-without-standby", ["failover"], USAGE,
+         "intake failover needs a standby: set embedded.standby: true"),
+    Case("failover-keep-data-without-standby", ["failover", "--keep-data", "--json"], USAGE,
+         "needs a standby"),
+]
 # fmt: on
 CONFIG += GATEWAY_CONFIG
-CLI += [*RENDER_CLI, *GATEWAY_CLI, *DLQ_CLI, *SERVE_CLI]
+CLI += [*RENDER_CLI, *GATEWAY_CLI, *DLQ_CLI, *SERVE_CLI, *FAILOVER_CLI]
 
 ALL = [*CONFIG, *CLI, *WEBHOOK_STATUSES, *WEBHOOK_BODIES, *RPC]

@@ -405,3 +405,17 @@ def test_embedded_standby_refuses_commits_that_do_not_wait():
         "embedded.standby: a synchronous standby needs synchronous_commit: remove "
         "embedded.synchronous_commit: false or the standby"
     ]
+
+
+def test_intake_failover_refuses_a_configured_db1_before_touching_anything(tmp_path):
+    from intake_cli.engine import lifecycle
+    from intake_cli.platform.errors import UsageError
+
+    path = tmp_path / "intake.yaml"
+    path.write_text(
+        "db1:\n  dsn: host=127.0.0.1 port=1 dbname=x\n"
+        "pools:\n  - pool_id: drop\n    inventory: 1\n"
+        "    validation_webhook_url: https://pay.example/validate\n"
+    )
+    with pytest.raises(UsageError, match="a configured DB1 is promoted by its own HA tool"):
+        lifecycle.failover(config.load(str(path)), how="kill", lose_host=True)

@@ -16,7 +16,7 @@ from psycopg import sql
 
 from intake_cli.engine import ledger, pools, queue, recovery, schema, telemetry
 from intake_cli.engine.batch import read_json
-from intake_cli.platform import inventory
+from intake_cli.platform import inventory, standby
 from intake_cli.platform.config import PoolSettings, Settings
 from intake_cli.platform.db import Endpoints, connect, endpoints, first_line
 from intake_cli.platform.embedded import EmbeddedClusters
@@ -131,6 +131,7 @@ def status(settings: Settings) -> dict[str, Any]:
         version = conn.execute(queries("db1")["schema_version"]).fetchone()[0]  # type: ignore[index]
         install = schema.pgmq_in_use(conn)
         rebuilds = recovery.last_rebuilds(conn)
+        replication = standby.replication_state(conn)
         queues = {
             name: queue.metrics(conn, name) for name in (settings.queue_name, settings.dlq_name)
         }
@@ -158,6 +159,7 @@ def status(settings: Settings) -> dict[str, Any]:
             "total_enqueued": intents.total_messages,
         },
         "dlq": {"name": settings.dlq_name, "depth": dead.queue_length},
+        "replication": replication_report(replication),
         "pools": [
             {
                 "pool_id": row["pool_id"],
@@ -177,6 +179,36 @@ def status(settings: Settings) -> dict[str, Any]:
                 ),
             }
             for row in pool_rows
+        ],
+    }
+
+
+# What each verdict on DB1's standbys means for the promise (docs/failover.md).
+REPLICATION_MEANING = {
+    "none": "no standby streams from DB1: losing its host loses the event",
+    "synchronous": "every standby confirms each commit: a promotion loses nothing",
+    "asynchronous": (
+        "a standby is not waited for: promoting it may lose acknowledged claims (up to its "
+        "lag); set synchronous_standby_names (Patroni: synchronous_mode) to lose none"
+    ),
+    "unknown": "this role may not read pg_stat_replication (grant pg_monitor to see it)",
+}
+
+
+def replication_report(state: standby.ReplicationState) -> dict[str, Any]:
+    return {
+        "verdict": state.verdict,
+        "meaning": REPLICATION_MEANING[state.verdict],
+        "synchronous_standby_names": state.synchronous_standby_names,
+        "standbys": [
+            {
+                "name": s.application_name,
+                "state": s.state,
+                "sync_state": s.sync_state,
+                "flush_lag_bytes": s.flush_lag_bytes,
+                "replay_lag_bytes": s.replay_lag_bytes,
+            }
+            for s in state.standbys
         ],
     }
 
@@ -416,3 +448,28 @@ def down(settings: Settings, *, force: bool = False, export: Path | None = None)
             report.left_in_state_dir = clusters.stop()
             report.stopped_embedded = True
     return report
+
+
+def failover(settings: Settings, *, how: standby.StopHow, lose_host: bool) -> standby.Promotion:
+    """Lose the embedded DB1 and promote its standby, to see failover before trusting it.
+
+    Only the embedded DB1 with `embedded.standby: true`: a configured DB1 is
+    promoted by its own HA (Patroni, the managed service), docs/failover.md.
+    """
+    if not settings.db1.embedded:
+        raise UsageError(
+            "intake failover tries failover on the embedded DB1 only; a configured DB1 is "
+            "promoted by its own HA tool (Patroni, the managed service): see docs/failover.md"
+        )
+    if not settings.embedded.standby:
+        raise UsageError(
+            "intake failover needs a standby: set embedded.standby: true in intake.yaml "
+            "and run `intake up`"
+        )
+    clusters = EmbeddedClusters(settings.state_dir)
+    if standby.STANDBY not in clusters.load():
+        raise UsageError(
+            f"no standby of DB1 under {settings.state_dir}: run `intake up` (a promotion "
+            "uses it up; the next `intake up` makes a new one)"
+        )
+    return standby.promote(clusters, how=how, lose_host=lose_host)

@@ -51,27 +51,18 @@ from intake_cli.platform.embedded import (
 )
 from intake_cli.platform.errors import EmbeddedClusterError
 from intake_cli.platform.pgconn import open_sync
+from intake_cli.platform.sqlfiles import queries
+
+
+def _q(name: str) -> str:
+    return queries("replication")[name]
+
 
 Verdict = Literal["none", "synchronous", "asynchronous", "unknown"]
 StopHow = Literal["immediate", "kill"]
 SYNC_NAMES = f"FIRST 1 ({STANDBY_APPLICATION})"
 # What pg_stat_replication calls a standby whose flush a commit waits for.
 _WAITED_FOR = {"sync", "quorum"}
-
-_STANDBYS = """
-select application_name, state, sync_state,
-       pg_wal_lsn_diff(here.lsn, flush_lsn)::bigint as flush_lag_bytes,
-       pg_wal_lsn_diff(here.lsn, replay_lsn)::bigint as replay_lag_bytes
-  from pg_stat_replication,
-       lateral (select case when pg_is_in_recovery() then pg_last_wal_receive_lsn()
-                            else pg_current_wal_lsn() end as lsn) here
- order by application_name, pid
-"""
-_NODE = """
-select pg_is_in_recovery() as in_recovery,
-       current_setting('synchronous_standby_names') as sync_names
-"""
-
 
 # -- what a DB1 says about its standbys (any DB1) ------------------------------
 
@@ -122,8 +113,8 @@ def replication_state(conn: psycopg.Connection) -> ReplicationState:
     """
     try:
         with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-            node = cur.execute(_NODE).fetchone()
-            rows = cur.execute(_STANDBYS).fetchall()
+            node = cur.execute(_q("node")).fetchone()
+            rows = cur.execute(_q("standbys")).fetchall()
     except psycopg.errors.InsufficientPrivilege:
         return ReplicationState(None, None, (), "unknown")
     assert node is not None

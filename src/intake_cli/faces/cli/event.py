@@ -168,6 +168,16 @@ def status(as_json: bool = JsonOption) -> None:
         f"metrics: {markup(metrics['description'])}; "
         + (f"last collected {age:.0f} s ago" if age is not None else "none collected yet")
     )
+    replication = data["replication"]
+    names = ", ".join(
+        f"{s['name']} ({s['sync_state']})" for s in replication["standbys"] if s["name"]
+    )
+    line = f"replication: {replication['verdict']}" + (f" [{markup(names)}]" if names else "")
+    line += f": {replication['meaning']}"
+    if replication["verdict"] == "asynchronous":
+        err.print(f"[bold red]{line}[/]")
+    else:
+        out.print(line)
 
 
 @app.command()
@@ -216,6 +226,47 @@ def recover(
             out.print(f"pool {pid}: {state}; nothing to do")
     if failed:
         raise typer.Exit(1)
+
+
+@app.command()
+def failover(
+    how: str = typer.Option(
+        "kill", "--how", help="kill: SIGKILL DB1's postmaster; immediate: pg_ctl stop -m immediate."
+    ),
+    keep_data: bool = typer.Option(
+        False,
+        "--keep-data",
+        help="Keep the old primary's data directory (default: removed, as a lost host).",
+    ),
+    as_json: bool = JsonOption,
+) -> None:
+    """Lose the embedded DB1 and promote its synchronous standby, mid-sale if you like.
+
+    For trying failover before trusting it (embedded.standby: true): DB1's
+    postmaster is killed, its data directory removed (the host is gone), the
+    standby promoted. Workers and buyers on the DSN intake gives them (both
+    nodes, target_session_attrs=read-write) find the new primary by
+    themselves, and a worker rebuilds the inventory there. The next
+    `intake up` makes a new standby. A configured DB1 is promoted by its own
+    HA: docs/failover.md.
+    """
+    if how not in ("kill", "immediate"):
+        raise UsageError(f"--how: expected kill or immediate, got {how!r}")
+    settings = load_settings()
+    promotion = lifecycle.failover(settings, how=how, lose_host=not keep_data)  # type: ignore[arg-type]
+    if as_json:
+        print_json(promotion.as_json())
+        return
+    lost = "its data directory removed" if promotion.lost_host else "its data directory kept"
+    out.print(
+        f"DB1 on port {promotion.old_port} stopped ({how}), {lost}; the standby on port "
+        f"{promotion.new_port} is DB1 now (promoted in {promotion.promote_s:.2f} s, "
+        f"{promotion.total_s:.2f} s in all)."
+    )
+    out.print(
+        "Workers and buyers on both nodes' DSN reach it by themselves; `intake status` shows "
+        "the rebuild. Run `intake up` to make a new standby."
+    )
 
 
 @app.command()
