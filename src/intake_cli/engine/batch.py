@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import math
 import re
 import time
 from collections import Counter
@@ -29,6 +27,7 @@ from intake_cli.platform.errors import (
     LedgerContractError,
     LedgerUnavailable,
 )
+from intake_cli.platform.jsontext import read_json
 from intake_cli.platform.logs import event
 from intake_cli.platform.sqlfiles import queries
 
@@ -164,47 +163,6 @@ def as_jsonb(message: Any) -> Jsonb:
     if isinstance(message, RawJson):
         return Jsonb(message.text, dumps=str)
     return Jsonb(message)
-
-
-# Far deeper than anything intake writes (an intent is one level, a dead
-# letter two), far shallower than where Python's JSON reader and writer run
-# out of stack (about 1,000 levels).
-MAX_JSON_DEPTH = 64
-_JSON_STRING = re.compile(r'"(?:[^"\\]++|\\.)*+"')
-_NOT_BRACKET = re.compile(r"[^\[\]{}]++")
-
-
-def _too_deep(text: str) -> bool:
-    depth = 0
-    # Brackets inside strings do not nest: strings go first.
-    for char in _NOT_BRACKET.sub("", _JSON_STRING.sub("", text)):
-        depth += 1 if char in "[{" else -1
-        if depth > MAX_JSON_DEPTH:
-            return True
-    return False
-
-
-def _finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"a number too large for a double ({len(text)} characters)")
-    return value
-
-
-def read_json(text: str) -> tuple[Any, str | None]:
-    """The value of JSON text read from DB1, or (None, why it cannot be read).
-
-    jsonb holds what Python's json module cannot: nesting a thousand levels
-    deep, integers of more than 4,300 digits, decimals beyond a double. Such
-    a message must be refused or shown as unreadable, never raise where it
-    would stop a whole batch or a whole list.
-    """
-    if _too_deep(text):
-        return None, f"nested deeper than {MAX_JSON_DEPTH} levels"
-    try:
-        return json.loads(text, parse_float=_finite), None
-    except ValueError as exc:
-        return None, f"not readable as JSON here: {str(exc)[:200]}"
 
 
 def is_uuid(value: Any) -> bool:

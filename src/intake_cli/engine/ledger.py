@@ -14,14 +14,19 @@ only as an identifier quoted by psycopg.sql.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import socket
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import psycopg
 from psycopg import sql
+from psycopg.abc import Buffer
+from psycopg.adapt import Loader
 from psycopg.pq import TransactionStatus
 from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
@@ -29,8 +34,22 @@ from psycopg_pool import AsyncConnectionPool
 
 from intake_cli.platform.config import check_rpc_name
 from intake_cli.platform.errors import ConnectionFailed, LedgerContractError, LedgerUnavailable
+from intake_cli.platform.jsontext import read_json
 from intake_cli.platform.pgconn import async_pool
 from intake_cli.platform.sqlfiles import queries, render
+
+# Every statement intake runs on DB2 is bounded (docs/commit-rpc.md, "Every
+# wait on DB2 is bounded"). Connecting, and the check on checkout (an empty
+# query: no slower than connecting), may take this long.
+CONNECT_TIMEOUT_S = 3
+# The catalog lookups (the commit RPC's overloads, the example's presence):
+# DB2's statement timeout for each.
+LOOKUP_TIMEOUT_S = 3
+# Each statement that installs or upgrades the example ledger (`intake up`).
+INSTALL_TIMEOUT_S = 30
+# How long past a statement's own timeout intake still waits for DB2's
+# answer before it takes DB2 for hung and closes the connection.
+ANSWER_GRACE_S = 3
 
 
 def db2_pool(dsn: str, max_size: int) -> AsyncConnectionPool:
@@ -38,7 +57,8 @@ def db2_pool(dsn: str, max_size: int) -> AsyncConnectionPool:
 
     DB2 may be down for a while: a connection is checked before use and a
     missing server fails fast, so that the commit is retried later instead
-    of a batch waiting on it.
+    of a batch waiting on it. A DB2 that accepts connections and never
+    answers fails as fast: the check is bounded too (_check).
     """
     return async_pool(
         dsn,
@@ -46,10 +66,62 @@ def db2_pool(dsn: str, max_size: int) -> AsyncConnectionPool:
         max_size=max_size,
         open=False,
         timeout=5,
-        kwargs={"autocommit": True, "connect_timeout": 3},
-        check=AsyncConnectionPool.check_connection,
+        kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
+        check=_check,
         reconnect_timeout=0,
     )
+
+
+async def _check(conn: psycopg.AsyncConnection) -> None:
+    """The pool's check on checkout, which fails unless DB2 answers within CONNECT_TIMEOUT_S."""
+    async with _answered_within(conn, CONNECT_TIMEOUT_S):
+        await AsyncConnectionPool.check_connection(conn)
+
+
+@contextlib.asynccontextmanager
+async def _answered_within(
+    conn: psycopg.AsyncConnection, seconds: float | None
+) -> AsyncIterator[None]:
+    """Close the connection if DB2 has not answered within `seconds`: DB2 is hung.
+
+    Nothing else ends a wait on a server that accepts and never answers (a
+    stopped process, a dead peer behind a live proxy): it runs no statement
+    timeout, its kernel still acknowledges TCP keepalives, and cancelling
+    the wait makes psycopg send a cancel request and wait for the query to
+    end, up to 10 s more. Shutting the socket down wakes psycopg at once to
+    a lost connection, which the pool discards. LedgerUnavailable then.
+    """
+    if seconds is None:
+        yield
+        return
+    severed = False
+
+    def sever() -> None:
+        nonlocal severed
+        severed = True
+        _shut_down(conn)
+
+    timer = asyncio.get_running_loop().call_later(seconds, sever)
+    try:
+        yield
+    except psycopg.Error as exc:
+        if severed:
+            raise LedgerUnavailable(
+                f"DB2: no answer within {seconds:g} s (the connection was closed)"
+            ) from exc
+        raise
+    finally:
+        timer.cancel()
+
+
+def _shut_down(conn: psycopg.AsyncConnection) -> None:
+    # fromfd works on a duplicate of the descriptor, which psycopg keeps;
+    # shutdown acts on the socket itself, whichever descriptor names it.
+    with (
+        contextlib.suppress(OSError, psycopg.Error),
+        socket.fromfd(conn.pgconn.socket, socket.AF_INET, socket.SOCK_STREAM) as sock,
+    ):
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 EXAMPLE_RPC = "public.finalize_transaction"
@@ -120,9 +192,7 @@ def example_installed(conn: psycopg.Connection) -> bool:
     """Whether DB2 has a public.finalize_transaction that needs nothing from intake."""
     if _example_outdated(conn) or _example_superseded(conn):
         return False
-    with conn.cursor(row_factory=tuple_row) as cur:
-        row = cur.execute(_q("example_installed")).fetchone()
-    return bool(row and row[0])
+    return _found(conn, "example_installed")
 
 
 def install_example(conn: psycopg.Connection) -> bool:
@@ -136,17 +206,27 @@ def install_example(conn: psycopg.Connection) -> bool:
     replaced in place, the legacy orders get Row Level Security, and True is
     returned.
     """
+    # After the lookups, which set their own (shorter) timeout for the rest
+    # of this transaction.
+    install_timeout = _timeout_sql(INSTALL_TIMEOUT_S * 1000)
     try:
         with conn.transaction():
             if _example_outdated(conn) or _example_superseded(conn):
+                conn.execute(install_timeout)
                 conn.execute(render("db2/example_upgrade.sql"))
                 return True
             if example_installed(conn):
                 return False
+            conn.execute(install_timeout)
             # The ledger's grants and policy name Supabase's roles and
             # auth.uid(); on plain PostgreSQL they are created first.
             conn.execute(render("common/supabase_compat.sql"))
             conn.execute(render("db2/example_ledger.sql"))
+    except psycopg.errors.QueryCanceled as exc:
+        raise ConnectionFailed(
+            "DB2: the example ledger was not installed within its statement timeout "
+            f"({INSTALL_TIMEOUT_S} s a statement) and nothing was changed: {_describe(exc)}"
+        ) from None
     except psycopg.OperationalError as exc:
         raise ConnectionFailed(
             f"DB2: the connection failed while installing the example ledger: {_describe(exc)}"
@@ -160,15 +240,41 @@ def install_example(conn: psycopg.Connection) -> bool:
 
 
 def _example_superseded(conn: psycopg.Connection) -> bool:
-    with conn.cursor(row_factory=tuple_row) as cur:
-        row = cur.execute(_q("example_superseded")).fetchone()
-    return bool(row and row[0])
+    return _found(conn, "example_superseded")
 
 
 def _example_outdated(conn: psycopg.Connection) -> bool:
-    with conn.cursor(row_factory=tuple_row) as cur:
-        row = cur.execute(_q("example_outdated")).fetchone()
-    return bool(row and row[0])
+    return _found(conn, "example_outdated")
+
+
+def _found(conn: psycopg.Connection, name: str) -> bool:
+    rows = _lookup(conn, name)
+    return bool(rows and rows[0][0])
+
+
+def _lookup_sql(name: str) -> sql.Composable:
+    """A catalog lookup, led by its statement timeout (see _commit_sql for the form)."""
+    return sql.SQL("{}; {}").format(_timeout_sql(round(LOOKUP_TIMEOUT_S * 1000)), sql.SQL(_q(name)))
+
+
+def _lookup(
+    conn: psycopg.Connection, name: str, params: dict[str, Any] | None = None
+) -> list[tuple[Any, ...]]:
+    """The rows of a catalog lookup on a synchronous connection (`up`, `config set`).
+
+    Bounded by DB2 (LOOKUP_TIMEOUT_S), not by a client-side deadline: these
+    commands run in the foreground, where an operator sees a DB2 that does
+    not answer at all.
+    """
+    with psycopg.ClientCursor(conn, row_factory=tuple_row) as cur:
+        if conn.autocommit:
+            cur.execute(_lookup_sql(name), params)
+        else:
+            with conn.transaction():
+                cur.execute(_lookup_sql(name), params)
+        while cur.nextset():
+            pass
+        return cur.fetchall()
 
 
 # ---------------------------------------------------------------------------
@@ -273,22 +379,25 @@ def check_rpc(conn: psycopg.Connection, rpc: RpcName) -> RpcName:
     """
     _refuse_system(rpc)
     try:
-        with conn.cursor(row_factory=tuple_row) as cur:
-            rows = cur.execute(
-                _q("rpc_overloads"), {"schema": rpc.schema, "name": rpc.name}
-            ).fetchall()
+        rows = _lookup(conn, "rpc_overloads", {"schema": rpc.schema, "name": rpc.name})
     except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
         raise LedgerUnavailable(f"DB2: {_describe(exc)}") from None
     return _judge(rpc, rows)
 
 
 async def check_rpc_async(conn: psycopg.AsyncConnection, rpc: RpcName) -> RpcName:
-    """check_rpc for the drain worker's asynchronous connections."""
+    """check_rpc for the drain worker's asynchronous connections.
+
+    Bounded like every statement of the drain: DB2 cancels the lookup after
+    LOOKUP_TIMEOUT_S, and a DB2 that has not answered ANSWER_GRACE_S later
+    is taken for hung (LedgerUnavailable either way).
+    """
     _refuse_system(rpc)
     try:
-        async with conn.cursor(row_factory=tuple_row) as cur:
-            await cur.execute(_q("rpc_overloads"), {"schema": rpc.schema, "name": rpc.name})
-            rows = await cur.fetchall()
+        async with _answered_within(conn, LOOKUP_TIMEOUT_S + ANSWER_GRACE_S):
+            rows = await _fetch(
+                conn, _lookup_sql("rpc_overloads"), {"schema": rpc.schema, "name": rpc.name}
+            )
     except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
         raise LedgerUnavailable(f"DB2: {_describe(exc)}") from None
     return _judge(rpc, rows)
@@ -349,6 +458,7 @@ async def _fetch(
     # An autocommit string is its own transaction, without the two extra
     # round trips of BEGIN and COMMIT; otherwise the transaction is explicit.
     async with psycopg.AsyncClientCursor(conn, row_factory=tuple_row) as cur:
+        _answers_as_bytes(cur)
         if conn.autocommit:
             await cur.execute(query, params)
         else:
@@ -358,6 +468,45 @@ async def _fetch(
         while cur.nextset():
             pass
         return await cur.fetchall()
+
+
+class _JsonBytes(Loader):
+    """json and jsonb as the bytes DB2 sent, for _read_answer to read."""
+
+    def load(self, data: Buffer) -> bytes:
+        return bytes(data)
+
+
+def _answers_as_bytes(cur: psycopg.AsyncCursor[Any]) -> None:
+    """Leave the RPC's answers unread by psycopg, whose JSON loader raises.
+
+    An answer nested a thousand levels deep, an integer of 5,000 digits,
+    bytes that are not UTF-8 (a SQL_ASCII database passes them) would make
+    psycopg raise while the rows are read: the whole batch, and the drain,
+    would fail on one payload's answer.
+    """
+    for name in _ARG_TYPES:
+        cur.adapters.register_loader(name, _JsonBytes)
+
+
+def _read_answer(raw: bytes | None, encoding: str) -> tuple[Any, str | None]:
+    """The RPC's answer as a value, or (None, why it cannot be read)."""
+    if raw is None:
+        return None, None
+    try:
+        # psycopg's "ascii" is SQL_ASCII, which checks nothing: JSON is UTF-8.
+        text = raw.decode("utf-8" if encoding == "ascii" else encoding)
+    except UnicodeDecodeError as exc:
+        return None, f"not {exc.encoding} text ({exc.reason} at byte {exc.start})"
+    answer, unreadable = read_json(text)
+    if unreadable is None and "\\u" in text:
+        # json (not jsonb) keeps "\ud800" as written, and Python reads it as
+        # a string that nothing can write as UTF-8: a log, DB1, a terminal.
+        try:
+            json.dumps(answer, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            return None, "an unpaired surrogate escape (\\ud800 to \\udfff alone)"
+    return answer, unreadable
 
 
 def _proof(payload: dict[str, Any], answer: Any) -> str | None:
@@ -377,7 +526,13 @@ def _proof(payload: dict[str, Any], answer: Any) -> str | None:
     return f"the answer does not prove the commit: expected {PROOF_SHAPE}, got {shown}"
 
 
-def _outcome(payload: dict[str, Any], answer: Any) -> CommitOutcome:
+def _outcome(payload: dict[str, Any], raw: bytes | None, encoding: str) -> CommitOutcome:
+    answer, unreadable = _read_answer(raw, encoding)
+    if unreadable:
+        # Proves nothing: the intent is retried, then dead-lettered, as for
+        # any answer without the proof; the other payloads are not touched.
+        problem = f"the answer does not prove the commit: it cannot be read ({unreadable})"
+        return CommitOutcome(False, problem, None)
     problem = _proof(payload, answer)
     return CommitOutcome(problem is None, problem, answer)
 
@@ -414,23 +569,30 @@ async def commit_batch(
     those took again alone, and is retried alone only with what is left of
     its `timeout_s` (after a call that never returns: nothing, so it fails
     then and there). The payloads DB2 never reached get a `timeout_s` each.
+
+    DB2 that has not answered a statement ANSWER_GRACE_S after its timeout
+    is taken for hung: the connection is closed, LedgerUnavailable. An
+    answer that cannot be read (_read_answer) proves nothing, like any
+    answer without the proof.
     """
     if not payloads:
         return []
     if conn.closed:
         raise LedgerUnavailable("DB2: the connection is closed")
     timeout_ms = None if timeout_s is None else max(1, round(timeout_s * 1000))
-    answers: dict[int, Any] = {}
+    encoding = conn.info.encoding
+    answers: dict[int, bytes | None] = {}
     started = time.monotonic()
     try:
-        await _stream_batch(conn, rpc, payloads, timeout_ms, answers)
+        async with _answered_within(conn, _deadline_s(timeout_ms)):
+            await _stream_batch(conn, rpc, payloads, timeout_ms, answers)
     except psycopg.Error as exc:
         if _connection_lost(conn):
             raise LedgerUnavailable(f"DB2: {_describe(exc)}") from exc
         failure: psycopg.Error | None = exc
     else:
         if len(answers) == len(payloads):
-            return [_outcome(p, answers[i]) for i, p in enumerate(payloads, start=1)]
+            return [_outcome(p, answers[i], encoding) for i, p in enumerate(payloads, start=1)]
         # Unreachable for a function returning one value, which check_rpc
         # ensures; should DB2 change under us, the slow path still answers.
         failure = None
@@ -444,16 +606,17 @@ async def commit_batch(
         payload = payloads[ord_ - 1]
         began = time.monotonic()
         try:
-            rows = await _fetch(
-                conn, _commit_sql("commit_one", rpc, budget_ms), {"payload": Jsonb(payload)}
-            )
+            async with _answered_within(conn, _deadline_s(budget_ms)):
+                rows = await _fetch(
+                    conn, _commit_sql("commit_one", rpc, budget_ms), {"payload": Jsonb(payload)}
+                )
         except psycopg.Error as exc:
             if _connection_lost(conn):
                 # Items already committed here commit again as duplicates.
                 raise LedgerUnavailable(f"DB2: {_describe(exc)}") from exc
             outcomes[ord_] = CommitOutcome(False, _refusal(exc, timeout_ms), None)
         else:
-            outcomes[ord_] = _outcome(payload, rows[0][0] if rows else None)
+            outcomes[ord_] = _outcome(payload, rows[0][0] if rows else None, encoding)
         return (time.monotonic() - began) * 1000
 
     # Those that answered in the statement first: the time they take again,
@@ -478,6 +641,11 @@ async def commit_batch(
 
 # A payload left with less of its timeout than this is not called again.
 MIN_RETRY_MS = 10
+
+
+def _deadline_s(timeout_ms: int | None) -> float | None:
+    """How long intake waits for a commit statement's answer: its timeout, then the grace."""
+    return None if timeout_ms is None else timeout_ms / 1000 + ANSWER_GRACE_S
 
 
 def _call_order(payloads: list[dict[str, Any]]) -> list[int]:
@@ -519,7 +687,7 @@ async def _stream_batch(
     rpc: RpcName,
     payloads: list[dict[str, Any]],
     timeout_ms: int | None,
-    answers: dict[int, Any],
+    answers: dict[int, bytes | None],
 ) -> None:
     """The batch statement, its answers put in `answers` (by ordinal) as they arrive.
 
@@ -537,6 +705,7 @@ async def _stream_batch(
 
     async def stream() -> None:
         async with conn.cursor(row_factory=tuple_row) as cur:
+            _answers_as_bytes(cur)
             async for ord_, answer in cur.stream(query, params):
                 answers[int(ord_)] = answer
 
