@@ -60,6 +60,14 @@ class DatabaseSettings:
     # DB2 only: DB2 cancels a commit statement that runs longer (a slow RPC
     # must not hold its batch, or the worker, indefinitely).
     commit_timeout_seconds: float = 10.0
+    # DB2 only: the ledger's view (or function) of what it sold,
+    # rows (idempotency_key, resource_id, pool_id), that `intake audit` reads.
+    # intake never reads DB2's tables on its own: the operator names this.
+    # Unset: the example ledger's public.tickets, where that ledger is in use.
+    sold_query: str | None = None
+    # DB1 only: which of DB1's standbys the drain waits for before a commit
+    # goes to DB2 (engine/fence.py): all | synchronous | off.
+    replication_fence: str = "all"
 
     @property
     def embedded(self) -> bool:
@@ -559,11 +567,18 @@ def _database(
     problems: _Problems, path: str, raw: Any, *, ledger: bool = False
 ) -> DatabaseSettings:
     keys = (
-        {"dsn", "pgenv", "install_example_ledger", "commit_timeout_seconds"}
+        {"dsn", "pgenv", "install_example_ledger", "commit_timeout_seconds", "sold_query"}
         if ledger
-        else {"dsn", "pgenv"}
+        else {"dsn", "pgenv", "replication_fence"}
     )
     spec = _mapping(problems, path, raw, keys)
+    fence = spec.get("replication_fence", DatabaseSettings.replication_fence)
+    if fence not in REPLICATION_FENCES:
+        problems.add(
+            f"{path}.replication_fence",
+            f"expected one of {', '.join(REPLICATION_FENCES)}, got {_show(fence)}",
+        )
+        fence = DatabaseSettings.replication_fence
     timeout = DatabaseSettings.commit_timeout_seconds
     if spec.get("commit_timeout_seconds") is not None:
         timeout = (
@@ -583,9 +598,20 @@ def _database(
             f"{path}.install_example_ledger", f"expected true or false, got {_show(install)}"
         )
         install = None
+    sold_query = None
+    if spec.get("sold_query") is not None:
+        # Checked like a commit RPC name: it reaches SQL only quoted by psycopg.sql.
+        sold_query = _string(problems, f"{path}.sold_query", spec["sold_query"])
+        if sold_query is not None and (reason := check_rpc_name(sold_query)):
+            problems.add(f"{path}.sold_query", reason)
+            sold_query = None
     if dsn_raw is None:
         return DatabaseSettings(
-            pgenv=pgenv, install_example_ledger=install, commit_timeout_seconds=timeout
+            pgenv=pgenv,
+            install_example_ledger=install,
+            commit_timeout_seconds=timeout,
+            sold_query=sold_query,
+            replication_fence=fence,
         )
     if not isinstance(dsn_raw, str):
         problems.add(f"{path}.dsn", f"expected a connection string, got {_show(dsn_raw)}")
@@ -599,8 +625,13 @@ def _database(
         pgenv=pgenv,
         install_example_ledger=install,
         commit_timeout_seconds=timeout,
+        sold_query=sold_query,
+        replication_fence=fence,
     )
 
+
+# What the drain's replication fence waits for (engine/fence.py, docs/failover.md).
+REPLICATION_FENCES = ("all", "synchronous", "off")
 
 INTEGER_BOUNDS = {
     "per_user_limit": (1, 1000),

@@ -11,6 +11,7 @@ from intake_cli.faces.cli import sales  # noqa: F401
 from intake_cli.faces.cli import drain  # noqa: F401
 from intake_cli.faces.cli import dead_letters  # noqa: F401
 from intake_cli.faces.cli import operate  # noqa: F401
+from intake_cli.faces.cli import audit  # noqa: F401
 from intake_cli.faces.cli import tools  # noqa: F401
 from intake_cli.faces.cli.root import app, main
 
