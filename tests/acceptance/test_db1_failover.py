@@ -15,9 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import threading
 import time
+from collections import Counter
 
+import psycopg
+import pytest
 import yaml
 
 from intake_cli.platform import standby
@@ -28,6 +33,7 @@ from tests.acceptance.drain_support import Event, draining, wait_for
 from tests.conftest import run_intake
 
 UNITS = 300
+STANDBY = {"standby": True}
 # From the promotion to the first claim that gets a unit: the workers find
 # the new primary (a probe every 0.25 s) and rebuild the pool there.
 SELLING_AGAIN_WITHIN_S = 5.0
@@ -125,3 +131,76 @@ def test_intake_failover_and_status_show_the_standby_before_and_after(workdir):
         assert refused.returncode == 2 and "no standby of DB1" in refused.stderr
         run_intake("up", config=event.config, check=True)
         assert status()["replication"]["verdict"] == "synchronous"
+
+
+def _walsender_pid(primary_dsn: str) -> int:
+    with psycopg.connect(primary_dsn, autocommit=True) as conn:
+        row = conn.execute("select pid from pg_stat_replication").fetchone()
+    assert row is not None, "no standby streams from DB1"
+    return int(row[0])
+
+
+@pytest.mark.parametrize("fence", ["all", "off"])
+def test_an_asynchronous_standby_that_lags_and_is_promoted(workdir, fence):
+    """The documented behaviour with asynchronous replication.
+
+    The standby stops receiving (DB1's WAL sender frozen), ten buyers claim,
+    a drain runs, then DB1's host is lost and the lagging standby promoted.
+    The ten acknowledged claims are lost either way: only synchronous
+    replication keeps them. With the drain's replication fence (the default),
+    DB2 got none of them, so when the ten buyers claim again on the new
+    primary nothing is sold twice. Without it (`replication_fence: off`), the
+    drain had committed them and their units are sold a second time: what
+    the fence is for.
+    """
+    with (
+        WebhookServer() as webhook,
+        crash_event(workdir, f"async-{fence}", webhook.url, 50, embedded=STANDBY) as event,
+    ):
+        document = yaml.safe_load(event.config.read_text())
+        document["db1"] = {"replication_fence": fence}
+        event.config.write_text(yaml.safe_dump(document))
+        nodes = EmbeddedClusters(event.state_dir).load()
+        with psycopg.connect(nodes["db1"].dsn, autocommit=True) as conn:
+            conn.execute("alter system set synchronous_standby_names = ''")
+            conn.execute("select pg_reload_conf()")
+        wait_for(
+            lambda: (
+                json.loads(run_intake("status", "--json", config=event.config).stdout)[
+                    "replication"
+                ]["verdict"]
+                == "asynchronous"
+            ),
+            30,
+            "the standby to stream asynchronously",
+        )
+        sender = _walsender_pid(nodes["db1"].dsn)
+        os.kill(sender, signal.SIGSTOP)
+        try:
+            users = [f"buyer-{n}" for n in range(10)]
+            for user in users:
+                assert run_intake("claim", "drop", user, config=event.config).returncode == 0
+            drained = run_intake("drain", "--once", "--json", config=event.config, check=True)
+            counts = json.loads(drained.stdout)
+            if fence == "all":
+                assert (counts["committed"], counts["fenced"]) == (0, 10), counts
+                assert event.tickets() == []
+            else:
+                assert counts["committed"] == 10, counts
+                assert len(event.tickets()) == 10
+            standby.promote(EmbeddedClusters(event.state_dir), how="kill", lose_host=True)
+        finally:
+            # Killed, never continued: what it holds must not reach the standby.
+            os.kill(sender, signal.SIGKILL)
+        run_intake("recover", config=event.config, check=True)
+        # The same ten buyers, on the promoted node: their first claims were lost with
+        # the primary, so each claims again and gets a unit.
+        for user in users:
+            again = run_intake("claim", "drop", user, "--json", config=event.config)
+            assert json.loads(again.stdout)["outcome"] == "claimed", again.stdout
+        run_intake("drain", "--once", config=event.config, check=True)
+        tickets = event.tickets()
+        by_unit = Counter(resource for _, _, _, resource in tickets)
+        sold_twice = sum(1 for n in by_unit.values() if n > 1)
+        assert sold_twice == (0 if fence == "all" else 10), by_unit
+        assert len(tickets) == (10 if fence == "all" else 20)

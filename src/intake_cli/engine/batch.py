@@ -20,7 +20,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import PoolTimeout
 
-from intake_cli.engine import ledger, phases
+from intake_cli.engine import fence, ledger, phases
 from intake_cli.engine.retry import RetryPolicy
 from intake_cli.engine.webhook import Verdict
 from intake_cli.platform.errors import (
@@ -41,6 +41,10 @@ PAUSED_POOL_DELAY_S = 5
 # A pool whose inventory a DB1 crash emptied: its intents cannot be checked
 # against their units until the rebuild (the next batch's) has run.
 LOST_INVENTORY_DELAY_S = 2
+# Intents whose commit the replication fence held back (DB1's standbys lag)
+# are handed back for this long, not charged an attempt: "not yet" is not a
+# failure of their payment.
+FENCED_DELAY_S = 1
 # The shortest interval between lease renewals (a third of the visibility timeout).
 LEASE_TICK_MIN_S = 0.2
 
@@ -112,6 +116,7 @@ class DrainStats:
                     "dead",
                     "refused",
                     "handed_back",
+                    "fenced",
                     "batches",
                 )
             },
@@ -495,6 +500,8 @@ class Batch:
         self.w.stats.counts["rejected"] += len(rejected)
 
     async def _commit(self, intents: list[Intent]) -> None:
+        if not await self._cross_fence(intents):
+            return
         by_pool: dict[str, list[Intent]] = {}
         for intent in intents:
             by_pool.setdefault(intent.pool_id, []).append(intent)
@@ -515,6 +522,38 @@ class Batch:
                 granted = await self._take_tokens(pool, len(pending))
                 chunk, pending = pending[:granted], pending[granted:]
                 await self._commit_chunk(rpc, chunk)
+
+    async def _cross_fence(self, intents: list[Intent]) -> bool:
+        """Whether DB1's standbys have every intent of this batch (engine/fence.py);
+        if they lag past a third of the lease, the intents are handed back."""
+        with phases.clock("fence"):
+            async with self.w.db1.connection() as conn:
+                crossing = await fence.cross(
+                    conn, self.w.fence_mode, timeout_s=max(1.0, self.vt / 3)
+                )
+        if crossing.hidden and not self.w.fence_blind_said:
+            self.w.fence_blind_said = True
+            event(
+                self.w.log,
+                logging.WARNING,
+                "replication_fence_blind",
+                standbys=crossing.hidden,
+                hint="grant pg_monitor to intake's DB1 role so the drain can see its standbys",
+            )
+        if crossing.passed:
+            return True
+        event(
+            self.w.log,
+            logging.WARNING,
+            "replication_fence_held",
+            intents=len(intents),
+            waited_s=round(crossing.waited_s, 3),
+            retry_in_s=FENCED_DELAY_S,
+        )
+        await self._set_visibility([i.msg_id for i in intents], FENCED_DELAY_S)
+        self.unfinished.difference_update(i.msg_id for i in intents)
+        self.w.stats.counts["fenced"] += len(intents)
+        return False
 
     async def _take_tokens(self, pool: PoolRuntime, wanted: int) -> int:
         if pool.commit_rate_per_sec <= 0:

@@ -55,7 +55,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from intake_cli.engine import ledger, phases, recovery, telemetry
+from intake_cli.engine import fence, ledger, phases, recovery, telemetry
 from intake_cli.engine.batch import (
     Batch,
     DrainStats,
@@ -167,6 +167,10 @@ class Worker:
         # pool id -> (monotonic time of the next try, the pause after that one)
         self._rebuild_retry: dict[str, tuple[float, float]] = {}
         self._db1_probe: asyncio.Task[None] | None = None
+        # The replication fence (engine/fence.py): what to wait for, and
+        # whether the worker said once that it cannot see DB1's standbys.
+        self.fence_mode: fence.FenceMode = settings.db1.replication_fence  # type: ignore[assignment]
+        self.fence_blind_said = False
 
     def share(
         self,
