@@ -204,3 +204,6 @@ def test_an_asynchronous_standby_that_lags_and_is_promoted(workdir, fence):
         sold_twice = sum(1 for n in by_unit.values() if n > 1)
         assert sold_twice == (0 if fence == "all" else 10), by_unit
         assert len(tickets) == (10 if fence == "all" else 20)
+        # DB1 sees it too, by comparing with DB2's ledger.
+        audit = run_intake("audit", "--json", config=event.config)
+        assert audit.returncode == (0 if fence == "all" else 1), audit.stdout + audit.stderr
