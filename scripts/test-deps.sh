@@ -2,7 +2,8 @@
 # What the test suite needs beyond scripts/bootstrap.sh (the quick start does
 # not): Debian's pgbouncer (the transaction-mode pooler the pooled-life test
 # and `bench claims --pooler` put in front of DB1), chromium with its driver
-# (the dashboard's browser test) and wrk (the gateway benchmark's smoke test).
+# (the dashboard's browser test), wrk (the gateway benchmark's smoke test),
+# and Patroni with etcd (the test that loses DB1's host under Patroni).
 # As root it installs what is missing with apt; otherwise it says what the
 # missing package skips. Safe to run again: it only does what is missing.
 set -euo pipefail
@@ -28,8 +29,9 @@ need() {
   if can_install; then
     echo "test-deps: installing $* with apt" >&2
     apt_update_once
-    # Only the binaries are wanted: a package's own service (pgbouncer's)
-    # stays off; the tests start their own as the unprivileged server user.
+    # Only the binaries are wanted: the tests start their own servers
+    # (pgbouncer, etcd, Patroni) on free loopback ports as the unprivileged
+    # server user; a package's own service is never used.
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
   else
     echo "test-deps: $* not installed; $what will be skipped." >&2
@@ -41,3 +43,7 @@ need "the pooled-life test" /usr/sbin/pgbouncer pgbouncer
 need "the dashboard browser test" /usr/bin/chromium chromium
 need "the dashboard browser test" /usr/bin/chromedriver chromium-driver
 need "the gateway benchmark's smoke test" /usr/bin/wrk wrk
+# Debian's patroni pulls python3-etcd, which both its etcd (v2) and etcd3
+# clients need; etcd-server is etcd 3.4 (the v3 API the test uses).
+need "the DB1-under-Patroni failover test" /usr/bin/patroni patroni
+need "the DB1-under-Patroni failover test" /usr/bin/etcd etcd-server
