@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import yaml
@@ -220,16 +221,10 @@ def make_crash_event(
 
 @contextmanager
 def crash_event(
-    workdir: Path,
-    name: str,
-    webhook_url: str,
-    inventory: int,
-    listed: bool = False,
-    embedded: dict[str, object] | None = None,
-    **pool: object,
+    workdir: Path, name: str, webhook_url: str, inventory: int, **options: Any
 ) -> Iterator[CrashEvent]:
     """make_crash_event, and its clusters stopped afterwards, whatever happened."""
-    event = make_crash_event(workdir, name, webhook_url, inventory, listed, embedded, **pool)
+    event = make_crash_event(workdir, name, webhook_url, inventory, **options)
     try:
         yield event
     finally:

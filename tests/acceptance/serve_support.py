@@ -11,6 +11,7 @@ must exit 0.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 
 from tests.conftest import INTAKE, ROOT
 
@@ -164,3 +166,12 @@ def serving(config: Path, **options: Any) -> Iterator[Server]:
         yield server
     finally:
         stop_serve(server)
+
+
+def dead_letter(dsn: str, intent: dict, state: str = "validated") -> int:
+    """Put a message in the DLQ the way the drain would."""
+    body = {"intent": intent, "state": state, "attempts": 3, "last_error": "DB2 unavailable"}
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return conn.execute(
+            "select pgmq.send('intents_dlq', %s::jsonb)", (json.dumps(body),)
+        ).fetchone()[0]

@@ -21,6 +21,7 @@ def test_up_twice_changes_nothing(workdir, empty_db_dsn, db2_dsn):
         "0004_crash_safety",
         "0005_row_security",
         "0006_fair_opening",
+        "0007_logged_unit_sequences",
     ]
     assert [s["added"] for s in report["seeded"]] == [500, 20]
     before = snapshot(empty_db_dsn)
@@ -53,8 +54,9 @@ def test_up_upgrades_a_db1_left_at_an_older_schema_version(workdir, empty_db_dsn
         "0004_crash_safety",
         "0005_row_security",
         "0006_fair_opening",
+        "0007_logged_unit_sequences",
     ]
-    assert report["schema_version"] == schema.latest_version() == 6
+    assert report["schema_version"] == schema.latest_version() == 7
 
 
 def test_up_applies_an_edited_config_and_grows_inventory(workdir, empty_db_dsn, db2_dsn):

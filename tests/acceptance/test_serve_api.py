@@ -9,7 +9,7 @@ import pytest
 
 from intake_cli.tools.webhook_process import WebhookServer
 from tests.acceptance.drain_support import make_event
-from tests.acceptance.serve_support import TOKEN, serving
+from tests.acceptance.serve_support import TOKEN, dead_letter, serving
 from tests.conftest import pool_spec, run_intake, snapshot, write_config
 
 # Every route, with a body that would be accepted.
@@ -43,15 +43,6 @@ def engine_config(dsn: str) -> dict[str, dict]:
     with psycopg.connect(dsn) as conn:
         rows = conn.execute("select pool_id, to_jsonb(c) from intake.engine_config c").fetchall()
     return dict(rows)
-
-
-def dead_letter(dsn: str, intent: dict, state: str = "validated") -> int:
-    """Put a message in the DLQ the way the drain would."""
-    body = {"intent": intent, "state": state, "attempts": 3, "last_error": "DB2 unavailable"}
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        return conn.execute(
-            "select pgmq.send('intents_dlq', %s::jsonb)", (json.dumps(body),)
-        ).fetchone()[0]
 
 
 def test_every_route_refuses_a_missing_or_wrong_token_and_changes_nothing(event):

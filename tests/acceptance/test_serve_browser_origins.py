@@ -12,17 +12,14 @@ exactly as before, and no answer may carry data.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import psycopg
-
 from tests.acceptance.browser_support import chromium
-from tests.acceptance.serve_support import serving
+from tests.acceptance.serve_support import dead_letter, serving
 from tests.conftest import pool_spec, run_intake, snapshot, write_config
 
 BUYER = "buyer-5d2e"
@@ -130,21 +127,12 @@ def attacker_site(serve_url: str) -> Iterator[str]:
         server.server_close()
 
 
-def _dead_letter(db1: str) -> None:
-    body = {
-        "intent": {"idempotency_key": "00000000-0000-0000-0000-00000000000b", "user_id": BUYER},
-        "state": "validated",
-        "attempts": 3,
-        "last_error": "DB2 unavailable",
-    }
-    with psycopg.connect(db1, autocommit=True) as conn:
-        conn.execute("select pgmq.send('intents_dlq', %s::jsonb)", (json.dumps(body),))
-
-
 def test_a_page_on_another_origin_cannot_drive_or_read_serve(workdir, db1_dsn, db2_dsn):
     cfg = write_config(workdir, db1_dsn, db2_dsn, [pool_spec("live", 10)])
     run_intake("up", config=cfg, check=True)
-    _dead_letter(db1_dsn)
+    dead_letter(
+        db1_dsn, {"idempotency_key": "00000000-0000-0000-0000-00000000000b", "user_id": BUYER}
+    )
     before = snapshot(db1_dsn)
     port_rule = f"--host-resolver-rules=MAP {REBIND_NAME} 127.0.0.1"
     with serving(cfg, token=None) as server, chromium(port_rule) as browser:

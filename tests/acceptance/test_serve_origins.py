@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from intake_cli.faces.serve.auth import TICK_TOKEN_ENV
-from tests.acceptance.serve_support import TOKEN, serving
+from tests.acceptance.serve_support import TOKEN, dead_letter, serving
 from tests.conftest import pool_spec, run_intake, snapshot, write_config
 
 TICK_TOKEN = "serve-test-tick-token-9d2b7e4c1a6f3e8b0d5a"
@@ -49,14 +49,9 @@ READS = [
 def event(workdir, db1_dsn, db2_dsn):
     cfg = write_config(workdir, db1_dsn, db2_dsn, [pool_spec("live", 10)])
     run_intake("up", config=cfg, check=True)
-    body = {
-        "intent": {"idempotency_key": "00000000-0000-0000-0000-00000000000a", "user_id": BUYER},
-        "state": "validated",
-        "attempts": 3,
-        "last_error": "DB2 unavailable",
-    }
-    with psycopg.connect(db1_dsn, autocommit=True) as conn:
-        conn.execute("select pgmq.send('intents_dlq', %s::jsonb)", (json.dumps(body),))
+    dead_letter(
+        db1_dsn, {"idempotency_key": "00000000-0000-0000-0000-00000000000a", "user_id": BUYER}
+    )
     return cfg, db1_dsn
 
 
