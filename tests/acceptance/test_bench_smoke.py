@@ -1,5 +1,6 @@
-"""`intake bench claims --quick --pooler` and `intake bench seeding --quick`:
-the benchmarks run end to end on their own clusters (and a real PgBouncer).
+"""`intake bench claims --quick --pooler` (and `--standby`) and `intake bench
+seeding --quick`: the benchmarks run end to end on their own clusters (and a
+real PgBouncer, and a synchronous standby).
 
 Smoke tests, not measurements: two-second runs on a loaded test machine say
 nothing about the bar, only that every workload ran and was counted.
@@ -115,6 +116,28 @@ def test_results_saved_with_a_chart_beside_them(quick_run, results_dir):
     assert json.loads(saved.read_text())["runs"] == quick_run["runs"]
     chart = saved.with_suffix(".png")
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_claims_quick_with_a_synchronous_standby():
+    """--standby: the claims again with DB1's synchronous standby, judged against
+    the same run's claims without it, replication synchronous after each run."""
+    result = CliRunner().invoke(bench_app, ["claims", "--quick", "--standby", "--json"])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    rate = {run["workload"]: run["claims_per_s"] for run in document["runs"]}
+    rows = document["standby"]
+    assert {(row["workload"], row["clients"]) for row in rows} == {
+        ("claim", 16),
+        ("claim_batch_10", 16),
+    }
+    for row in rows:
+        assert row["verdict"] == "synchronous", row
+        assert row["without_per_s"] == rate[row["workload"]]
+        assert row["with_per_s"] > 0
+        assert row["ratio"] == pytest.approx(row["with_per_s"] / row["without_per_s"], abs=1e-4)
+    target = document["targets"][-1]
+    assert target["target"].startswith("claim_batch_10 with a synchronous standby")
+    assert document["settings"]["standby"] is True
 
 
 def test_seeding_quick():

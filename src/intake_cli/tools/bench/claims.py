@@ -46,6 +46,7 @@ from intake_cli.platform.pgconn import open_sync
 from intake_cli.platform.sqlfiles import sql_root
 from intake_cli.tools import pooler as pgbouncer_pooler
 from intake_cli.tools.bench import chart as bench_chart
+from intake_cli.tools.bench import standby as bench_standby
 
 bench_app = typer.Typer(
     help="Measure intake against baselines on a throwaway local cluster.",
@@ -156,6 +157,8 @@ class Plan:
     # Client counts for the single claim through PgBouncer; () for none.
     pooler_clients: tuple[int, ...] = ()
     pooler_pool_size: int = DEFAULT_POOLER_POOL_SIZE
+    # The claims again with a synchronous standby, last (tools/bench/standby.py).
+    standby: bool = False
 
     @property
     def top_clients(self) -> int:
@@ -241,6 +244,7 @@ class Report:
     settings: dict[str, Any]
     runs: list[Run] = field(default_factory=list)
     sellout: Sellout | None = None
+    standby: list[bench_standby.StandbyRun] | None = None
 
     def claims_per_s(self, workload: str, clients: int) -> float | None:
         return next(
@@ -338,6 +342,19 @@ class Report:
                     "{:.1%}",
                 )
             )
+        judged = bench_standby.judged(self.standby or [], clients)
+        if judged is not None:
+            target = _target(
+                f"{judged.workload} with a synchronous standby >= "
+                f"{bench_standby.TARGET_WITH_VS_WITHOUT:.0%} of without",
+                clients,
+                judged.ratio,
+                bench_standby.TARGET_WITH_VS_WITHOUT,
+                "{:.1%}",
+            )
+            if judged.verdict != "synchronous":
+                target.update(met=False, shown=f"{target['shown']} (replication: {judged.verdict})")
+            found.append(target)
         return found
 
     def as_json(self) -> dict[str, Any]:
@@ -347,6 +364,7 @@ class Report:
             "runs": [asdict(r) for r in self.runs],
             "ratios": self.ratios(),
             "sellout": self.sellout.as_json() if self.sellout else None,
+            "standby": None if self.standby is None else [asdict(r) for r in self.standby],
             "targets": self.targets(),
         }
 
@@ -455,10 +473,18 @@ class Pending:
 class Bench:
     """One throwaway DB1 cluster, our connection to it, and the runs made on it."""
 
-    def __init__(self, workdir: Path, cluster: Cluster, conn: psycopg.Connection) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        cluster: Cluster,
+        conn: psycopg.Connection,
+        clusters: EmbeddedClusters | None = None,
+    ) -> None:
         self.workdir = workdir
         self.cluster = cluster
         self.conn = conn
+        # Where the cluster's state lives: --standby gives it a standby there.
+        self.clusters = clusters
         self.pgbench_bin = pgbench_path()
         # Set while the pooled runs go: their pgbench connects here instead.
         self.pooler: pgbouncer_pooler.Pooler | None = None
@@ -672,6 +698,7 @@ def measure(plan: Plan, workdir: Path) -> Report:
                 "pgbench_threads": PGBENCH_THREADS,
                 "pooler_clients": list(plan.pooler_clients),
                 "pooler_pool_size": plan.pooler_pool_size if plan.pooler_clients else None,
+                "standby": plan.standby,
                 "protocol": "simple",
                 "synchronous_commit": settings.synchronous_commit,
                 "max_connections": settings.max_connections,
@@ -704,6 +731,9 @@ def measure(plan: Plan, workdir: Path) -> Report:
         )
         if plan.pooler_clients:
             _measure_pooled(bench, plan, report)
+        if plan.standby:
+            claims = (CLAIM, *(batched(size) for size in plan.batch_sizes))
+            report.standby = bench_standby.measure(bench, plan, report, claims)
         return report
 
 
@@ -715,7 +745,7 @@ def bench_db1(workdir: Path, settings: EmbeddedSettings) -> Iterator[Bench]:
     try:
         cluster = clusters.ensure(("db1",))["db1"]
         with open_sync(cluster.dsn) as conn:
-            bench = Bench(workdir, cluster, conn)
+            bench = Bench(workdir, cluster, conn, clusters)
             bench.provision()
             yield bench
     finally:
@@ -817,6 +847,8 @@ def markdown(report: Report) -> str:
             + ", ".join(f"{rate:,.0f}" for rate in so.tenths_per_s)
             + ".",
         ]
+    if report.standby:
+        lines += bench_standby.markdown(report.standby, titles)
     lines += ["", "| target | clients | measured | met |", "|---|---:|---:|---|"]
     for target in report.targets():
         lines.append(
@@ -916,6 +948,12 @@ def claims(
         max=MAX_CLIENTS,
         help="Server connections the pooler keeps for those clients.",
     ),
+    standby: bool = typer.Option(
+        False,
+        "--standby",
+        help="Last, give DB1 a synchronous streaming standby on this machine and run the "
+        "single and batched claims again: claims/s with it over without.",
+    ),
 ) -> None:
     """Claim throughput against SELECT 1, a hot row and literal SKIP LOCKED, with pgbench.
 
@@ -924,7 +962,8 @@ def claims(
     baselines measured in the same run; batched claims are reported as
     claims/s (transactions/s x batch size) beside the single claim. With
     --pooler, thousands of clients claim through PgBouncer on a few server
-    connections, as buyers reach a hosted DB1 (Supavisor's port 6543).
+    connections, as buyers reach a hosted DB1 (Supavisor's port 6543). With
+    --standby, the claims run again with DB1's synchronous standby.
     """
     if chart is not None:
         # Before minutes of measuring, not after.
@@ -951,6 +990,7 @@ def claims(
             QUICK_BATCH_SIZES,
             pooled,
             min(pooler_pool_size, QUICK_CLIENTS),
+            standby,
         )
         if quick
         else Plan(
@@ -962,6 +1002,7 @@ def claims(
             _parse_batch_sizes(batch_sizes),
             pooled,
             pooler_pool_size,
+            standby,
         )
     )
     workdir = _workdir()
