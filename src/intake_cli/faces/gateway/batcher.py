@@ -10,16 +10,30 @@ batches grow by themselves and the round trip is paid once for many.
 the users one after another in array order, so each buyer gets exactly the
 single claim's answer, a buyer twice in one batch included (the second
 position is `already_claimed` with the first one's unit).
+
+A pool whose claims answer `recovering` (its inventory lost in a DB1 crash
+or on a promoted standby) is rebuilt from here too, at most once a second
+per pool and process: the buyers' door finds the new primary first, and
+need not wait for a drain worker's next batch or the minute's maintenance.
+Rebuilds of a pool are serialized in DB1; a whole one is left alone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from dataclasses import dataclass, field
 
-from psycopg_pool import AsyncConnectionPool
+import psycopg
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from intake_cli.engine import claims
+from intake_cli.engine import claims, recovery
+from intake_cli.platform.logs import LOGGER_NAME, event
+
+log = logging.getLogger(f"{LOGGER_NAME}.gateway")
+# The least time between two rebuild attempts of one pool from one process.
+REBUILD_EVERY_S = 1.0
 
 
 @dataclass
@@ -36,6 +50,7 @@ class ClaimBatcher:
         self._max_wait_s = max_wait_ms / 1000
         self._waiting: dict[str, _Waiting] = {}
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._rebuilt_at: dict[str, float] = {}
         self.batches = 0
         self.claims = 0
 
@@ -76,6 +91,23 @@ class ClaimBatcher:
         for future, answer in zip(waiting.answers, answers, strict=True):
             if not future.done():
                 future.set_result(answer)
+        if any(answer.outcome == "recovering" for answer in answers):
+            await self._rebuild(pool_id)
+
+    async def _rebuild(self, pool_id: str) -> None:
+        now = time.monotonic()
+        if now - self._rebuilt_at.get(pool_id, -REBUILD_EVERY_S) < REBUILD_EVERY_S:
+            return
+        self._rebuilt_at[pool_id] = now
+        try:
+            async with self._pool.connection() as conn:
+                rebuilt = await recovery.rebuild_async(conn, pool_id, "gateway")
+        except (psycopg.Error, PoolTimeout) as exc:
+            # A drain worker or the next buyer's batch tries again.
+            event(log, logging.WARNING, "inventory_rebuild_failed", pool_id=pool_id, error=str(exc))
+            return
+        if rebuilt is not None:
+            event(log, logging.WARNING, "inventory_rebuilt", **rebuilt.as_json())
 
     async def close(self) -> None:
         for pool_id in list(self._waiting):
