@@ -304,7 +304,7 @@ class Worker:
         RPC that DB2 lacks) is raised at once: waiting would not fix it.
         """
         limit = self.connect_timeout_s
-        backoff = wait_exponential_jitter(initial=DB_WAIT_FIRST_S, max=DB_WAIT_MAX_S)
+        backoff = wait_exponential_jitter(multiplier=DB_WAIT_FIRST_S, max=DB_WAIT_MAX_S)
 
         def wait(state: RetryCallState) -> float:
             delay = backoff(state)
