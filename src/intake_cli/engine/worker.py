@@ -508,9 +508,11 @@ class Worker:
                 ),
                 secret=self._secrets.get(row["pool_id"]),
             )
-            if row["inventory_lost"] and not await self._rebuild(conn, row["pool_id"]):
-                # Not drained until rebuilt: its intents wait in the queue.
-                del pools[row["pool_id"]]
+            if row["inventory_lost"]:
+                # Rebuilt or not, the pool stays served: until its inventory
+                # is whole, each of its intents is handed back (LOST), never
+                # refused as unknown.
+                await self._rebuild(conn, row["pool_id"])
         return pools
 
     async def _rebuild(self, conn: psycopg.AsyncConnection, pool_id: str) -> bool:
