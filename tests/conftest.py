@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -29,6 +30,20 @@ _counter = itertools.count()
 
 def _dsn(cluster: Cluster, dbname: str) -> str:
     return cluster.dsn_for(dbname)
+
+
+@pytest.fixture(autouse=True)
+def _stop_signals_restored() -> Iterator[None]:
+    """A drain worker or serve run in-process ignores SIGINT and SIGTERM once it
+    stops (a repeated signal must not kill its shutdown). Put back after each
+    test: every later test's subprocesses would inherit the ignored signals and
+    miss a stop sent while they start (seen: a fleet stopped as it started
+    never stopped, after test_commit_timeout's in-process worker)."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for sig, handler in saved.items():
+        if handler is not None:
+            signal.signal(sig, handler)
 
 
 @pytest.fixture(scope="session")
