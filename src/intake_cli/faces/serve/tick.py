@@ -77,11 +77,16 @@ class TickWatch:
     def finished(self, outcome: str) -> None:
         self.last_outcome = outcome
 
+    def job_due(self) -> bool:
+        """Whether DB1's schedule is to be read again (read at most every JOB_REREAD_S)."""
+        read_at = self._job_read_at
+        return read_at is None or time.monotonic() - read_at >= JOB_REREAD_S
+
     def read_job(self, conn: psycopg.Connection) -> None:
-        """Refresh what DB1 schedules, at most every JOB_REREAD_S (a thread's call)."""
-        now = time.monotonic()
-        if self._job_read_at is not None and now - self._job_read_at < JOB_REREAD_S:
+        """Refresh what DB1 schedules when due (a thread's call)."""
+        if not self.job_due():
             return
+        now = time.monotonic()
         jobs = telemetry.cron_jobs(conn) if telemetry.pg_cron_version(conn) else []
         self.job = next((job for job in jobs if job["jobname"] == TICK_JOB), None)
         self._job_read_at = now
@@ -138,8 +143,10 @@ async def current_state(app: web.Application) -> dict[str, Any]:
         with connect(app[ENDPOINTS].db1, "DB1") as conn:
             watch.read_job(conn)
 
-    with contextlib.suppress(psycopg.Error, IntakeError):
-        await asyncio.to_thread(refresh)
+    # No connection (and no thread) while the schedule read last is fresh.
+    if watch.job_due():
+        with contextlib.suppress(psycopg.Error, IntakeError):
+            await asyncio.to_thread(refresh)
     return watch.state()
 
 
