@@ -8,7 +8,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from intake_cli.platform import config
+from intake_cli.platform import config, inventory
 from intake_cli.platform.errors import ConfigError, UsageError
 
 BASE_POOL = {
@@ -247,7 +247,7 @@ def test_unreadable_inventory_file(tmp_path, monkeypatch):
         raise PermissionError(13, "Permission denied", str(path))
 
     # As root, chmod 000 still reads: stand in for the operating system.
-    monkeypatch.setattr(config.inventory, "count_ids", denied)
+    monkeypatch.setattr(inventory, "count_ids", denied)
     assert problems_of({"pools": [file_pool(str(units))]}) == [
         f"pools[0].inventory_file: cannot read {units}: Permission denied"
     ]
