@@ -43,3 +43,6 @@ select v.user_id, v.unit_no, v.resource_id, v.idempotency_key,
   left join intake.intent_state s on s.idempotency_key = v.idempotency_key
   left join queued qd on qd.idempotency_key = v.idempotency_key
  where v.unit_status is not null or s.state = 'rejected';
+
+-- opens_at: each served pool's fair opening as DB1 enforces it
+select pool_id, opens_at from intake.engine_config where pool_id = any(%(pool_ids)s::text[]);

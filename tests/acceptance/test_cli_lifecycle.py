@@ -22,6 +22,7 @@ def test_up_twice_changes_nothing(workdir, empty_db_dsn, db2_dsn):
         "0005_row_security",
         "0006_fair_opening",
         "0007_logged_unit_sequences",
+        "0008_opening_in_db1",
     ]
     assert [s["added"] for s in report["seeded"]] == [500, 20]
     before = snapshot(empty_db_dsn)
@@ -55,8 +56,9 @@ def test_up_upgrades_a_db1_left_at_an_older_schema_version(workdir, empty_db_dsn
         "0005_row_security",
         "0006_fair_opening",
         "0007_logged_unit_sequences",
+        "0008_opening_in_db1",
     ]
-    assert report["schema_version"] == schema.latest_version() == 7
+    assert report["schema_version"] == schema.latest_version() == 8
 
 
 def test_up_applies_an_edited_config_and_grows_inventory(workdir, empty_db_dsn, db2_dsn):

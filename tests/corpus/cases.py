@@ -668,8 +668,17 @@ FAILOVER_CLI: list[Case] = [
     Case("failover-keep-data-without-standby", ["failover", "--keep-data", "--json"], USAGE,
          "needs a standby"),
 ]
+# A pool's fair opening (issue 25).
+OPENING_CLI: list[Case] = [
+    Case("opening-verify-bad-pool-id", ["opening", "verify", "Drop Pool"], USAGE, "pool id",
+         cli=True),
+    Case("opening-verify-empty-pool-id", ["opening", "verify", ""], USAGE, "pool id"),
+    Case("opening-open-control-characters", ["opening", "open", "drop\x1b[2J"], USAGE,
+         "pool id", absent=("\x1b[2J",)),
+    Case("opening-verify-no-pool", ["opening", "verify"], USAGE, "Missing argument"),
+]
 # fmt: on
 CONFIG += GATEWAY_CONFIG
-CLI += [*RENDER_CLI, *GATEWAY_CLI, *DLQ_CLI, *SERVE_CLI, *FAILOVER_CLI]
+CLI += [*RENDER_CLI, *GATEWAY_CLI, *DLQ_CLI, *SERVE_CLI, *FAILOVER_CLI, *OPENING_CLI]
 
 ALL = [*CONFIG, *CLI, *WEBHOOK_STATUSES, *WEBHOOK_BODIES, *RPC]

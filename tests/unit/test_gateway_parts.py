@@ -72,6 +72,8 @@ def test_every_claim_outcome_has_a_status() -> None:
         "recovering",
         "unknown_pool",
         "invalid_user",
+        "not_open",
+        "opening",
     }
     assert set(STATUS) == outcomes
 

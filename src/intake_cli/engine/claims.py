@@ -19,6 +19,8 @@ from intake_cli.platform.sqlfiles import queries
 # `intake claim` exits with this (EX_TEMPFAIL) when the pool answers
 # `recovering`: the inventory is being rebuilt after a DB1 crash; try again.
 RECOVERING_EXIT = 75
+# The answers that exit with it: nothing is wrong with the claim, only its moment.
+TRY_LATER = frozenset({"recovering", "not_open", "opening"})
 
 
 @dataclass(frozen=True)

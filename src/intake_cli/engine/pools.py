@@ -36,6 +36,8 @@ CONFIG_FIELDS = (
     "commit_rate_per_sec",
     "retry_base_seconds",
     "retry_max_seconds",
+    # Claims are refused before the pool's fair opening is complete, in DB1.
+    "opens_at",
 )
 
 

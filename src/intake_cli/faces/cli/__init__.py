@@ -8,6 +8,7 @@ these imports: setting the event up, selling, draining, then the rest.
 # isort would list the commands alphabetically by module.
 from intake_cli.faces.cli import event  # noqa: I001, F401  (each registers its commands)
 from intake_cli.faces.cli import sales  # noqa: F401
+from intake_cli.faces.cli import opening  # noqa: F401
 from intake_cli.faces.cli import drain  # noqa: F401
 from intake_cli.faces.cli import dead_letters  # noqa: F401
 from intake_cli.faces.cli import operate  # noqa: F401

@@ -24,8 +24,10 @@ def claim(
     """Claim one unit for USER_ID, as a trusted backend would.
 
     Exit 0 when the user holds a unit (claimed, already_claimed, limit_reached);
-    75 (try again later) when the answer is `recovering`: DB1 lost its inventory
-    in a crash and is rebuilding it; 1 for any other answer (sold_out, paused…).
+    75 (try again later) when the answer is `recovering` (DB1 lost its inventory
+    in a crash and is rebuilding it), `not_open` (the pool's fair opening has
+    not come) or `opening` (its waiting room is being admitted); 1 for any
+    other answer (sold_out, paused…).
     """
     settings = load_settings()
     if reason := config.check_pool_id(pool_id):
@@ -43,7 +45,7 @@ def claim(
             f"{k}={v}" for k, v in result.as_json().items() if v is not None and k != "outcome"
         )
         out.print(markup(f"{result.outcome}: {shown}"))
-    if result.outcome == "recovering":
+    if result.outcome in claims.TRY_LATER:
         raise typer.Exit(code=claims.RECOVERING_EXIT)
     if not result.holds_unit:
         raise typer.Exit(code=1)

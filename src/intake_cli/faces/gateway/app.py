@@ -10,6 +10,7 @@ Every answer is JSON. What each claim outcome becomes (docs/gateway.md):
 | paused                       | 503    | Retry-After: the operator paused sales |
 | recovering                   | 503    | Retry-After: DB1 rebuilds its inventory|
 | unknown_pool                 | 404    |                                        |
+| not_open, opening            | 503    | Retry-After: the fair opening's gate   |
 
 and before DB1 is asked: 401 (no valid token), 404 (a pool not in this
 gateway's configuration), 413 (body too large), 429 with Retry-After (rate),
@@ -29,6 +30,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -43,6 +45,7 @@ from intake_cli.faces.gateway.limits import TokenBuckets, retry_after
 from intake_cli.faces.gateway.snapshot import FIRST_READ_WAIT_S, REFRESH_S, Snapshot
 from intake_cli.platform.config import GatewaySettings, PoolSettings
 from intake_cli.platform.pgconn import async_pool
+from intake_cli.platform.sqlfiles import queries
 
 # Connections each gateway process keeps to DB1. Batching means few are
 # needed: one carries a whole batch.
@@ -57,9 +60,12 @@ STATUS = {
     "recovering": 503,
     "unknown_pool": 404,
     "invalid_user": 400,
+    # DB1 refuses claims in a pool whose fair opening is not complete.
+    "not_open": 503,
+    "opening": 503,
 }
 # Seconds a buyer is told to wait before asking again.
-RETRY_AFTER = {"paused": "5", "recovering": "2"}
+RETRY_AFTER = {"paused": "5", "recovering": "2", "not_open": "1", "opening": "1"}
 
 GATEWAY = web.AppKey("gateway", "Gateway")
 # Late arrivals wait this long for an opening under way, then are told to retry.
@@ -72,7 +78,7 @@ log = logging.getLogger(__name__)
 class Opening:
     """One pool's fair opening, as this process sees it."""
 
-    opens_at: float  # epoch seconds
+    opens_at: datetime
     admit_per_second: int
     done: asyncio.Event
     task: asyncio.Task[None] | None = None
@@ -175,26 +181,32 @@ async def post_claim(request: web.Request) -> web.Response:
 
 
 async def _opening(gateway: Gateway, pool_id: str, buyer: str) -> web.Response | None:
-    """Before the opening: a receipt (202). During it: wait. After it (or none): None."""
+    """Before the opening: a receipt (202). During it: wait. After it (or none): None.
+
+    DB1 decides whether the room is still open (its clock, and the lock the
+    room's closing takes), not this process's clock: a receipt given here is
+    always one the opening admits.
+    """
     found = (gateway.openings or {}).get(pool_id)
     if found is None or found.done.is_set():
         return None
     assert gateway.db1 is not None
     try:
-        if time.time() < found.opens_at:
-            async with gateway.db1.connection() as conn:
-                receipt = await opening.wait(conn, pool_id, buyer)
-            body = {
-                "outcome": "waiting",
-                "pool_id": pool_id,
-                "receipt": str(receipt.receipt),
-                "opens_at": found.opens_at,
-            }
-            return _json(body, 202, **{"Retry-After": retry_after(found.opens_at - time.time())})
+        async with gateway.db1.connection() as conn:
+            joined = await opening.join(conn, pool_id, buyer)
     except psycopg.Error:
         return _error(503, "unavailable", "claims are unavailable", **{"Retry-After": "2"})
-    # Opened, and the waiting room is still being admitted: later arrivals
-    # come after every one of them.
+    if joined.outcome == "waiting":
+        body = {
+            "outcome": "waiting",
+            "pool_id": pool_id,
+            "receipt": str(joined.receipt),
+            "opens_at": found.opens_at.isoformat(),
+        }
+        wait = found.opens_at.timestamp() - time.time()
+        return _json(body, 202, **{"Retry-After": retry_after(max(1.0, wait))})
+    # The room is closed and still being admitted: later arrivals come after
+    # every one of them.
     try:
         await asyncio.wait_for(found.done.wait(), OPENING_WAIT_S)
     except TimeoutError:
@@ -203,7 +215,8 @@ async def _opening(gateway: Gateway, pool_id: str, buyer: str) -> web.Response |
 
 
 async def _run_opening(gateway: Gateway, pool_id: str, found: Opening) -> None:
-    await asyncio.sleep(max(0.0, found.opens_at - time.time()))
+    # This host's clock only says when to start asking; DB1's says when the room closes.
+    await asyncio.sleep(max(0.0, found.opens_at.timestamp() - time.time()))
     assert gateway.db1 is not None
     while True:
         try:
@@ -265,9 +278,43 @@ async def get_claim(request: web.Request) -> web.Response:
     gateway.reads += 1
     headers = {"Cache-Control": "no-store"}
     if view is None:
+        in_room = await _in_waiting_room(gateway, pool_id, buyer)
+        if in_room is not None:
+            return _json(in_room, 200, **headers)
         return _json({"state": "none", "refresh_after_seconds": None}, 404, **headers)
     assert gateway.snapshot is not None
     return _json(_view_body(view, gateway.snapshot.velocity(pool_id)), 200, **headers)
+
+
+async def _in_waiting_room(gateway: Gateway, pool_id: str, buyer: str) -> dict[str, Any] | None:
+    """A buyer with a receipt and no claim yet: where they stand in the room."""
+    found = (gateway.openings or {}).get(pool_id)
+    if found is None:
+        return None
+    assert gateway.db1 is not None
+    try:
+        async with gateway.db1.connection() as conn:
+            stands = await opening.place(conn, pool_id, buyer)
+    except psycopg.Error:
+        return None
+    if stands is None:
+        return None
+    body: dict[str, Any] = {
+        "receipt": str(stands.receipt),
+        "opens_at": found.opens_at.isoformat(),
+        "admitted_no": stands.admitted_no,
+    }
+    if stands.admitted_no is None:
+        wait = max(MIN_REFRESH_S, found.opens_at.timestamp() - time.time())
+        return {"state": "waiting", **body, "refresh_after_seconds": int(min(MAX_REFRESH_S, wait))}
+    if stands.outcome in FINAL_ROOM_OUTCOMES:
+        return {"state": stands.outcome, **body, "refresh_after_seconds": None}
+    # Admitted with a unit: the claim shows here after the snapshot's next refresh.
+    return {"state": "admitted", **body, "refresh_after_seconds": MIN_REFRESH_S}
+
+
+# An admission that ended without a unit: the buyer's answer is final.
+FINAL_ROOM_OUTCOMES = frozenset({"sold_out", "invalid_user", "unknown_pool"})
 
 
 async def claim_events(request: web.Request) -> web.StreamResponse:
@@ -342,8 +389,37 @@ async def _open(app: web.Application) -> None:
     gateway.batcher = ClaimBatcher(pool, gateway.settings.max_batch, gateway.settings.max_wait_ms)
     gateway.snapshot = Snapshot(pool, gateway.queue_name, gateway.pools)
     gateway.snapshot.start()
+    await _follow_db1_openings(gateway, pool)
     for pool_id, found in (gateway.openings or {}).items():
         found.task = asyncio.get_running_loop().create_task(_run_opening(gateway, pool_id, found))
+
+
+async def _follow_db1_openings(gateway: Gateway, pool: AsyncConnectionPool) -> None:
+    """DB1 enforces each pool's opening (what `intake up` wrote there): follow it
+    where intake.yaml was changed and `intake up` not run since, and say so."""
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            queries("gateway")["opens_at"], {"pool_ids": sorted(gateway.pools)}
+        )
+        in_db1 = dict(await cur.fetchall())
+    openings = gateway.openings if gateway.openings is not None else {}
+    for pool_id, opens_at in in_db1.items():
+        found = openings.get(pool_id)
+        configured = found.opens_at if found else None
+        if configured == opens_at:
+            continue
+        log.warning(
+            "pool %s: DB1 opens it at %s, intake.yaml at %s; following DB1 (run `intake up`)",
+            pool_id,
+            opens_at.isoformat() if opens_at else "no opening",
+            configured.isoformat() if configured else "no opening",
+        )
+        if opens_at is None:
+            openings.pop(pool_id, None)
+        else:
+            admit = found.admit_per_second if found else 0
+            openings[pool_id] = Opening(opens_at, admit, asyncio.Event())
+    gateway.openings = openings
 
 
 async def _close(app: web.Application) -> None:
@@ -368,7 +444,7 @@ def build(
 ) -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes)
     openings = {
-        p.pool_id: Opening(p.opens_at.timestamp(), p.admit_per_second, asyncio.Event())
+        p.pool_id: Opening(p.opens_at, p.admit_per_second, asyncio.Event())
         for p in pools
         if p.opens_at is not None
     }
