@@ -7,9 +7,10 @@ import asyncio
 import typer
 
 from intake_cli.engine import controls
-from intake_cli.faces import serve, watch
+from intake_cli.faces import watch
 from intake_cli.faces.cli.root import JsonOption, app, err, finite, load_settings, out, print_json
 from intake_cli.faces.serve import auth as serve_auth
+from intake_cli.faces.serve import server as serve_server
 from intake_cli.faces.serve.tick import TickExpectation
 from intake_cli.platform import config, logs
 from intake_cli.platform.db import connect, endpoints
@@ -95,7 +96,7 @@ def serve_command(
         err.print(start.notice, markup=False, highlight=False, soft_wrap=True)
     logger = logs.configure("info", log_format)
     asyncio.run(
-        serve.serve(
+        serve_server.serve(
             settings,
             host=host,
             port=port,
