@@ -1,9 +1,51 @@
 #!/usr/bin/env bash
-# The whole test suite, on a fresh machine: bootstrap, the tests' own
-# prerequisites (pgbouncer), lint, then pytest.
+# The test suite, on a fresh machine: bootstrap, the tests' own prerequisites
+# (pgbouncer, chromium, ...), lint, then pytest.
+#
+#   scripts/test.sh           everything, as CI runs it (.ci/run)
+#   scripts/test.sh --fast    the ring to run on every change: all but the
+#                             tests marked `slow`
+#
+# Other arguments go to pytest (a path, -k, -x). Tests run on several workers
+# (INTAKE_TEST_WORKERS, default 3: most of a test's time is spent waiting on
+# PostgreSQL, a webhook or a subprocess, so more workers than cores pays). The
+# tests marked `serial` assert on wall-clock time; they run after the others,
+# alone, so that no other test's load decides them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+fast=0
+if [ "${1:-}" = "--fast" ]; then
+  fast=1
+  shift
+fi
+
 bash scripts/bootstrap.sh
 bash scripts/test-deps.sh
 .venv/bin/ruff check src tests
-.venv/bin/python -m pytest "$@"
+
+if [ "$fast" = 1 ]; then
+  marks="not slow and "
+  durations=()
+else
+  marks=""
+  # CI's log says where the time goes.
+  durations=(--durations=25)
+fi
+workers=${INTAKE_TEST_WORKERS:-3}
+
+status=0
+# loadscope: a module's tests run on one worker, so that what a module shares
+# (a webhook server, an event: fixtures of scope "module") is built once.
+.venv/bin/python -m pytest -n "$workers" --dist loadscope "${durations[@]}" \
+  -m "${marks}not serial" "$@" || status=$?
+serial=0
+.venv/bin/python -m pytest "${durations[@]}" -m "${marks}serial" "$@" || serial=$?
+# 5: no test collected, as when the arguments name only tests of the other pass.
+if [ "$status" = 5 ] && [ "$serial" != 5 ]; then
+  status=0
+fi
+if [ "$serial" != 0 ] && [ "$serial" != 5 ]; then
+  status=$serial
+fi
+exit "$status"

@@ -4,13 +4,17 @@ copy of it per test (CREATE DATABASE … TEMPLATE, as procrastinate does)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import itertools
+import logging
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -64,6 +68,12 @@ def cluster(workdir: Path) -> Iterator[Cluster]:
         EmbeddedSettings(max_connections=400, synchronous_commit=False),
     )
     started = clusters.ensure(("db1", "db2"))
+    for server in started.values():
+        # Throwaway clusters: without fsync, each test's CREATE DATABASE and
+        # the shutdown checkpoint over hundreds of databases write, not wait.
+        with psycopg.connect(_dsn(server, "postgres"), autocommit=True) as conn:
+            conn.execute("alter system set fsync = off")
+            conn.execute("select pg_reload_conf()")
     yield started["db1"]
     clusters.stop()
 
@@ -140,6 +150,77 @@ def run_intake(
         cwd=ROOT,
         timeout=300,
         env={**os.environ, **(env or {})},
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{argv} exited {proc.returncode}: {proc.stderr}{proc.stdout}")
+    return proc
+
+
+@contextlib.contextmanager
+def _environment(env: dict[str, str]) -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def intake(
+    *args: str, config: Path | None = None, check: bool = False, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The CLI's own entry point, in this process: what `run_intake` shows of a
+    command (exit code, stdout, stderr) without a Python start-up per call.
+
+    For commands whose output is the point. A test about what only a process
+    shows (a signal, a lock held by another process, a fleet of workers, the
+    environment read at import) keeps `run_intake`.
+    """
+    # Imported here: a unit test run alone should not pay for the whole CLI.
+    from intake_cli.faces.cli import app
+    from intake_cli.faces.cli.root import reporting_errors
+
+    argv = [*(["-c", str(config)] if config else []), *args]
+    out, err = io.StringIO(), io.StringIO()
+    # The command configures intake's logger for its own stderr; the next
+    # test must find the logger as it was, not writing into this call's buffer.
+    logger = logging.getLogger("intake")
+    handlers, level, propagate = logger.handlers[:], logger.level, logger.propagate
+    code: int = 0
+    try:
+        with (
+            _environment(env or {}),
+            contextlib.chdir(ROOT),
+            contextlib.redirect_stdout(out),
+            contextlib.redirect_stderr(err),
+        ):
+            stdin, sys.stdin = sys.stdin, io.StringIO()  # as a subprocess with nothing to read
+            try:
+                # The prog name a subprocess's usage lines carry.
+                reporting_errors(lambda: app(args=argv, prog_name="python -m intake_cli"))
+            except SystemExit as exc:
+                if exc.code is None or isinstance(exc.code, int):
+                    code = exc.code or 0
+                else:
+                    print(exc.code, file=sys.stderr)
+                    code = 1
+            except Exception:
+                # What the interpreter prints for an uncaught exception, so a
+                # test that looks for "Traceback" sees one.
+                traceback.print_exc()
+                code = 1
+            finally:
+                sys.stdin = stdin
+    finally:
+        logger.handlers[:] = handlers
+        logger.setLevel(level)
+        logger.propagate = propagate
+    proc = subprocess.CompletedProcess(
+        ["intake", *argv], code, stdout=out.getvalue(), stderr=err.getvalue()
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"{argv} exited {proc.returncode}: {proc.stderr}{proc.stdout}")

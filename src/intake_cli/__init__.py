@@ -1,3 +1,3 @@
 """intake: a Burst-to-Queue intake engine in front of a core database."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -25,6 +25,7 @@ import yaml
 
 from intake_cli.engine import claims
 from intake_cli.platform.embedded import Cluster, EmbeddedClusters, _as, _server_account, pg_bindir
+from intake_cli.tools.bench.common.cpu import stat_fields
 from tests.acceptance.drain_support import wait_for
 from tests.conftest import pool_spec, run_intake
 
@@ -127,12 +128,9 @@ class CrashEvent:
 
 
 def _stat(pid: int) -> list[str]:
-    """/proc/<pid>/stat after the process name (which may hold spaces): state,
-    parent pid, …; [] once the process is gone."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return []
+    """/proc/<pid>/stat after the process name: state, parent pid, …; [] once the
+    process is gone. The bench's reader, so /proc is parsed in one place."""
+    return stat_fields(pid) or []
 
 
 def _children(pid: int) -> list[int]:

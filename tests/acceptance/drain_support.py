@@ -18,7 +18,7 @@ import psycopg
 import yaml
 
 from intake_cli.engine import claims
-from tests.conftest import INTAKE, ROOT, pool_spec, run_intake, write_config
+from tests.conftest import INTAKE, ROOT, intake, pool_spec, write_config
 
 
 def _rows(dsn: str, query: str, params: tuple = ()) -> list[tuple]:
@@ -95,7 +95,7 @@ def make_event(
         **pool,
     )
     config = write_config(workdir, db1, db2, [spec])
-    run_intake("up", config=config, check=True)
+    intake("up", config=config, check=True)
     return Event(config, db1, db2, "drop")
 
 

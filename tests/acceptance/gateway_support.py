@@ -18,7 +18,7 @@ import httpx
 import jwt
 import psycopg
 
-from tests.conftest import INTAKE, ROOT, pool_spec, run_intake, write_config
+from tests.conftest import INTAKE, ROOT, intake, pool_spec, write_config
 
 SECRET = "test-secret-of-at-least-32-bytes-for-hs256!"
 AUDIENCE = "authenticated"
@@ -66,7 +66,7 @@ def provision(
 ) -> Path:
     spec = pool_spec("drop", inventory, **pool)
     config = write_config(workdir, db1, db2, [spec], gateway=gateway)
-    run_intake("up", config=config, check=True)
+    intake("up", config=config, check=True)
     return config
 
 

@@ -56,6 +56,7 @@ def webhook():
         yield server
 
 
+@pytest.mark.slow
 def test_a_drained_event_agrees_and_failover_damage_is_found(workdir, db1_dsn, db2_dsn, webhook):
     event = make_event(workdir, db1_dsn, db2_dsn, webhook.url, 30, batch_size=5)
     keys = event.claim(12)
@@ -136,6 +137,7 @@ def test_a_drained_event_agrees_and_failover_damage_is_found(workdir, db1_dsn, d
     assert mismatch["idempotency_key"] == moved and mismatch["db2_resource_id"] == other
 
 
+@pytest.mark.slow
 def test_a_configured_sold_query_a_view_or_a_function(workdir, db1_dsn, db2_dsn):
     # No drain: the ledger is the operator's own, filled by hand.
     event = make_event(workdir, db1_dsn, db2_dsn, "http://127.0.0.1:9/validate", 10)
@@ -215,6 +217,7 @@ def test_without_a_sold_query_only_the_example_ledger_is_read(workdir, db1_dsn, 
     assert proc.returncode == 2 and "is not intake's example ledger" in proc.stderr
 
 
+@pytest.mark.slow
 def test_bad_input_and_unreachable_databases(workdir, db1_dsn, db2_dsn):
     event = make_event(workdir, db1_dsn, db2_dsn, "http://127.0.0.1:9/validate", 5)
     before = snapshot(db1_dsn)

@@ -65,6 +65,7 @@ def through_the_cli(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]
         return {name: future.result() for name, future in futures.items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", SUBPROCESS_CASES, ids=lambda case: case.id)
 def test_through_the_cli(case: cases.Case, through_the_cli: dict[str, dict]):
     result = through_the_cli[case.id]
@@ -147,6 +148,7 @@ def _drain_once(event: Event, *args: str) -> tuple[subprocess.CompletedProcess[s
 _COUNTED = {"validated": "committed", "rejected": "rejected", "retry": "retried"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", cases.WEBHOOK_STATUSES, ids=lambda case: case.id)
 def test_webhook_status(case: cases.Case, event: Event, webhook: WebhookServer):
     event.set(validation_webhook_url=webhook.url)
@@ -310,6 +312,7 @@ def test_bad_live_setting_changes_nothing(event: Event, assignment: str, fragmen
     assert _everything(event) == before
 
 
+@pytest.mark.slow
 def test_a_bad_drain_option_changes_nothing(event: Event, webhook: WebhookServer):
     """`drain --webhook-timeout inf` crashed the worker after it had read a batch."""
     event.set(validation_webhook_url=webhook.url)

@@ -2,7 +2,11 @@
 
 import json
 
+import pytest
+
 from tests.conftest import run_intake
+
+pytestmark = pytest.mark.slow
 
 
 def test_bench_dashboard_quick_reports_both_runs():

@@ -12,3 +12,6 @@ def test_bench_metrics_quick_reports_each_state_beside_its_baseline():
         assert state["collect"]["median_ms"] > 0
         assert state["count_inventory_baseline"]["median_ms"] > 0
     assert report["units"] == 20_000 and report["synchronous_commit"] == "on"
+    (target,) = report["targets"]
+    worst = max(state["collect"]["p95_ms"] for state in report["states"])
+    assert target["measured"] == worst and target["met"] is (worst < 50)

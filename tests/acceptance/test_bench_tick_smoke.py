@@ -2,7 +2,11 @@
 
 import json
 
+import pytest
+
 from tests.conftest import run_intake
+
+pytestmark = pytest.mark.slow
 
 
 def test_bench_tick_quick_reports_its_ratio():
@@ -12,3 +16,6 @@ def test_bench_tick_quick_reports_its_ratio():
     assert (result["webhook_delay_ms"], result["intents"]) == (0, 1000)
     assert result["ticks_fired"] >= 2 and result["ratio"] > 0
     assert report["settings"]["batch_size"] == 500
+    (target,) = report["targets"]
+    assert target["measured"] == pytest.approx(result["ratio"], abs=0.005)
+    assert target["threshold"] == 0.7

@@ -17,7 +17,7 @@ import yaml
 
 from intake_cli.tools.webhook_process import WebhookServer
 from tests.acceptance.drain_support import Event, draining, make_event, wait_for
-from tests.conftest import pool_spec, run_intake, snapshot, write_config
+from tests.conftest import intake, pool_spec, snapshot, write_config
 
 SYSTEM_RPC = "pg_catalog.jsonb_typeof"
 
@@ -44,7 +44,7 @@ def event_with(workdir, db1, db2, url, inventory, db2_settings=None, **pool) -> 
     data = yaml.safe_load(config.read_text())
     data["db2"].update(db2_settings or {})
     config.write_text(yaml.safe_dump(data, sort_keys=False))
-    run_intake("up", config=config, check=True)
+    intake("up", config=config, check=True)
     return Event(config, db1, db2, "drop")
 
 
@@ -61,7 +61,7 @@ def test_a_system_function_is_refused_as_the_commit_rpc_by_config_set_and_up(
 ):
     event = make_event(workdir, db1_dsn, db2_dsn, "http://127.0.0.1:9/validate", 5)
     before = snapshot(db1_dsn)
-    proc = run_intake("config", "set", "drop", f"commit_rpc_name={SYSTEM_RPC}", config=event.config)
+    proc = intake("config", "set", "drop", f"commit_rpc_name={SYSTEM_RPC}", config=event.config)
     assert proc.returncode == 2, proc.stderr
     assert f"{SYSTEM_RPC} cannot be the commit RPC: pg_catalog is PostgreSQL's own schema" in (
         proc.stderr
@@ -74,12 +74,13 @@ def test_a_system_function_is_refused_as_the_commit_rpc_by_config_set_and_up(
         workdir, empty_db_dsn, db2_dsn, [pool_spec("drop", 5, commit_rpc_name=SYSTEM_RPC)]
     )
     untouched = snapshot(empty_db_dsn)
-    proc = run_intake("up", config=config)
+    proc = intake("up", config=config)
     assert proc.returncode == 2, proc.stderr
     assert f"{SYSTEM_RPC} cannot be the commit RPC" in proc.stderr
     assert snapshot(empty_db_dsn) == untouched
 
 
+@pytest.mark.slow
 def test_an_answer_without_proof_is_retried_then_dead_lettered_and_nothing_is_sold(
     workdir, db1_dsn, db2_dsn, webhook
 ):
@@ -110,7 +111,7 @@ def test_an_answer_without_proof_is_retried_then_dead_lettered_and_nothing_is_so
             "create or replace function public.ledger_rpc(payload jsonb) returns jsonb"
             " language sql as 'select public.finalize_transaction(payload)'"
         )
-    run_intake("dlq", "replay", "--all", config=event.config, check=True)
+    intake("dlq", "replay", "--all", config=event.config, check=True)
     with draining(event):
         wait_for(lambda: event.units() == {"consumed": 5}, 60, "the replay to commit")
     assert event.tickets() == {key: 1 for key in keys}
@@ -152,6 +153,7 @@ def test_one_payload_raising_57014_does_not_sink_its_batch(workdir, db1_dsn, db2
     assert event.units() == {"consumed": 4, "locked": 1}
 
 
+@pytest.mark.slow
 def test_a_12_s_rpc_is_cut_off_by_the_commit_timeout_and_fails_alone(
     workdir, db1_dsn, db2_dsn, webhook
 ):
@@ -203,7 +205,7 @@ def test_commit_timeout_seconds_is_checked_like_every_setting(workdir, db1_dsn, 
         data = yaml.safe_load(config.read_text())
         data["db2"]["commit_timeout_seconds"] = bad
         config.write_text(yaml.safe_dump(data, sort_keys=False))
-        proc = run_intake("status", config=config)
+        proc = intake("status", config=config)
         assert proc.returncode == 2, (bad, proc.stderr)
         assert (
             "db2.commit_timeout_seconds: expected a number of seconds above 0 and at most 3600,"

@@ -11,7 +11,7 @@ import time
 
 import psycopg
 
-from intake_cli.engine.worker import Worker
+from intake_cli.engine.drain.worker import Worker
 from intake_cli.platform import config
 from intake_cli.tools.webhook_process import WebhookServer
 from tests.acceptance.test_commit_rpc import dead_letters, event_with, rpc

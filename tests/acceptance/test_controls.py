@@ -6,7 +6,7 @@ import json
 
 import psycopg
 
-from tests.conftest import pool_spec, run_intake, snapshot, write_config
+from tests.conftest import intake, pool_spec, snapshot, write_config
 
 
 def settings_of(dsn: str, pool_id: str) -> dict:
@@ -17,25 +17,25 @@ def settings_of(dsn: str, pool_id: str) -> dict:
 
 
 def claim_outcome(cfg, pool_id: str, user: str) -> str:
-    return json.loads(run_intake("claim", pool_id, user, "--json", config=cfg).stdout)["outcome"]
+    return json.loads(intake("claim", pool_id, user, "--json", config=cfg).stdout)["outcome"]
 
 
 def test_pause_then_resume(workdir, db1_dsn, db2_dsn):
     cfg = write_config(workdir, db1_dsn, db2_dsn, [pool_spec("live", 10)])
-    run_intake("up", config=cfg, check=True)
-    assert "pool live: paused" in run_intake("pool", "pause", "live", config=cfg, check=True).stdout
+    intake("up", config=cfg, check=True)
+    assert "pool live: paused" in intake("pool", "pause", "live", config=cfg, check=True).stdout
     assert claim_outcome(cfg, "live", "ann") == "paused"
-    run_intake("pool", "resume", "live", config=cfg, check=True)
+    intake("pool", "resume", "live", config=cfg, check=True)
     assert claim_outcome(cfg, "live", "ann") == "claimed"
-    unknown = run_intake("pool", "pause", "ghost", config=cfg)
+    unknown = intake("pool", "pause", "ghost", config=cfg)
     assert unknown.returncode == 2 and "pool 'ghost' is not provisioned" in unknown.stderr
 
 
 def test_config_set_changes_only_what_it_names(workdir, db1_dsn, db2_dsn):
     cfg = write_config(workdir, db1_dsn, db2_dsn, [pool_spec("live", 10)])
-    run_intake("up", config=cfg, check=True)
+    intake("up", config=cfg, check=True)
     before = settings_of(db1_dsn, "live")
-    proc = run_intake(
+    proc = intake(
         "config",
         "set",
         "live",
@@ -61,7 +61,7 @@ def test_config_set_changes_only_what_it_names(workdir, db1_dsn, db2_dsn):
 
 def test_bad_live_settings_are_refused_and_change_nothing(workdir, db1_dsn, db2_dsn):
     cfg = write_config(workdir, db1_dsn, db2_dsn, [pool_spec("live", 10)])
-    run_intake("up", config=cfg, check=True)
+    intake("up", config=cfg, check=True)
     before = snapshot(db1_dsn)
     cases = {
         ("batch_size=ten",): 'batch_size: expected an integer from 1 to 10000, got "ten"',
@@ -72,9 +72,9 @@ def test_bad_live_settings_are_refused_and_change_nothing(workdir, db1_dsn, db2_
         ("batch_size",): "expected KEY=VALUE",
     }
     for args, message in cases.items():
-        proc = run_intake("config", "set", "live", *args, config=cfg)
+        proc = intake("config", "set", "live", *args, config=cfg)
         assert proc.returncode == 2, (args, proc.stderr)
         assert message in proc.stderr, (args, proc.stderr)
-    missing = run_intake("config", "set", "ghost", "batch_size=5", config=cfg)
+    missing = intake("config", "set", "ghost", "batch_size=5", config=cfg)
     assert missing.returncode == 2
     assert snapshot(db1_dsn) == before

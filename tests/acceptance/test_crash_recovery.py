@@ -18,7 +18,9 @@ import pytest
 from intake_cli.tools.webhook_process import WebhookServer
 from tests.acceptance.crash_support import CrashEvent, Herd, assert_exact_sale, crash_event
 from tests.acceptance.drain_support import Event, draining, wait_for
-from tests.conftest import run_intake
+from tests.conftest import intake
+
+pytestmark = pytest.mark.slow
 
 UNITS = 300
 
@@ -77,7 +79,7 @@ def test_crash_mid_herd_sells_each_unit_once(workdir, how, listed, batch):
         with draining(_as_drain_event(event), workers=2) as workers:
             herd = _herd_with_crash(event, how, workers, batch)
             assert_exact_sale(event, herd, before, UNITS)
-        status = json.loads(run_intake("status", "--json", config=event.config, check=True).stdout)
+        status = json.loads(intake("status", "--json", config=event.config, check=True).stdout)
         pool = status["pools"][0]
         assert pool["recovering"] is False
         assert pool["last_rebuild"]["trigger"] == "drain"
@@ -99,22 +101,22 @@ def _up_after_a_crash(event: CrashEvent) -> None:
 
     # Until the inventory is rebuilt, a claim is `recovering` (exit 75), and
     # status says so.
-    claim = run_intake("claim", "drop", "someone", config=event.config)
+    claim = intake("claim", "drop", "someone", config=event.config)
     assert claim.returncode == 75 and claim.stdout.startswith("recovering"), claim
-    status = json.loads(run_intake("status", "--json", config=event.config, check=True).stdout)
+    status = json.loads(intake("status", "--json", config=event.config, check=True).stdout)
     assert status["pools"][0]["recovering"] is True
     dry = json.loads(
-        run_intake("recover", "--dry-run", "--json", config=event.config, check=True).stdout
+        intake("recover", "--dry-run", "--json", config=event.config, check=True).stdout
     )
     assert dry["pools"][0]["lost"] is True
     assert dry["pools"][0]["plan"]["locked"] == 40 and dry["pools"][0]["plan"]["units"] == 100
     assert event.units() == {}, "a dry run changed the inventory"
 
-    up = run_intake("up", config=event.config, check=True)
+    up = intake("up", config=event.config, check=True)
     assert "inventory lost in a DB1 crash, not reseeded" in up.stdout, up.stdout
     assert "40 held" in up.stdout and "seeded" not in up.stdout.replace("not reseeded", "")
     assert event.units() == before
-    again = run_intake("up", "--json", config=event.config, check=True)
+    again = intake("up", "--json", config=event.config, check=True)
     assert json.loads(again.stdout)["seeded"][0] == {
         "pool_id": "drop", "added": 0, "total": 100, "seconds": pytest.approx(0, abs=5),
         "recovered": None,

@@ -26,7 +26,7 @@ from intake_cli.tools.webhook_process import WebhookServer
 from tests.acceptance.browser_support import chromium
 from tests.acceptance.drain_support import draining, make_event
 from tests.acceptance.serve_support import Server, serving
-from tests.conftest import ROOT, run_intake
+from tests.conftest import ROOT, intake
 
 SCREENSHOT = ROOT / "docs" / "images" / "dashboard.png"
 
@@ -196,13 +196,14 @@ def differences(shown: dict[str, Any], watched: dict[str, Any]) -> list[str]:
     return wrong
 
 
+@pytest.mark.slow
 def test_figures_equal_watch_and_a_new_row_arrives_without_reload(
     workdir, db1_dsn, db2_dsn, browser
 ):
     with WebhookServer(decline_share=0.2) as webhook:
         event = make_event(workdir, db1_dsn, db2_dsn, webhook.url, 300, batch_size=100)
         event.claim(200)
-        run_intake("drain", "--once", config=event.config, check=True)
+        intake("drain", "--once", config=event.config, check=True)
 
     with serving(event.config) as server:
         first = open_dashboard(browser, server)
@@ -211,7 +212,7 @@ def test_figures_equal_watch_and_a_new_row_arrives_without_reload(
         # The moment: the row `watch --once --json` collects and reads. No
         # drain runs, so the page holds that row until the next collection.
         watched = json.loads(
-            run_intake("watch", "--once", "--json", config=event.config, check=True).stdout
+            intake("watch", "--once", "--json", config=event.config, check=True).stdout
         )
         assert watched["queue_depth"] == 100 and watched["pools"][0]["consumed"] > 0
         assert [w["state"] for w in watched["workers"]] == ["stopped"]
@@ -239,11 +240,12 @@ def test_figures_equal_watch_and_a_new_row_arrives_without_reload(
         )
 
 
+@pytest.mark.slow
 def test_replay_button_puts_a_dead_letter_back_and_it_commits(workdir, db1_dsn, db2_dsn, browser):
     with WebhookServer(fail_first=1000) as webhook:
         event = make_event(workdir, db1_dsn, db2_dsn, webhook.url, 3, max_retries=0)
         keys = event.claim(3)
-        run_intake("drain", "--once", config=event.config, check=True)
+        intake("drain", "--once", config=event.config, check=True)
         assert event.queue_depth("intents_dlq") == 3 and event.tickets() == {}
         webhook.script(fail_first=0)  # the payment service is back
 
@@ -274,7 +276,7 @@ def test_replay_button_puts_a_dead_letter_back_and_it_commits(workdir, db1_dsn, 
             assert event.queue_depth() == 1
             assert first["msg_id"] not in [letter["msg_id"] for letter in shown["letters"]]
 
-            run_intake("drain", "--once", config=event.config, check=True)
+            intake("drain", "--once", config=event.config, check=True)
             assert "dlq_replay" in server.log()
 
             # Pause and resume from the page: engine_config changes at once.
@@ -295,12 +297,13 @@ def test_replay_button_puts_a_dead_letter_back_and_it_commits(workdir, db1_dsn, 
     assert event.queue_depth("intents_dlq") == 2
 
 
+@pytest.mark.slow
 def test_text_from_the_database_is_shown_as_text(workdir, db1_dsn, db2_dsn, browser):
     reason = f"card service says {SCRIPT_TAG}{IMG_TAG}"
     with WebhookServer(fail_first=1000, fail_reason=reason) as webhook:
         event = make_event(workdir, db1_dsn, db2_dsn, webhook.url, 2, max_retries=0)
         event.claim(1)
-        run_intake("drain", "--once", config=event.config, check=True)
+        intake("drain", "--once", config=event.config, check=True)
     with psycopg.connect(db1_dsn, autocommit=True) as conn:
         # Written by somebody hostile: a dead letter and a worker of their own.
         conn.execute(
@@ -358,6 +361,7 @@ def test_text_from_the_database_is_shown_as_text(workdir, db1_dsn, db2_dsn, brow
         assert browser.execute_script("return window.__pwned") is None
 
 
+@pytest.mark.slow
 def test_a_running_drain_shows_on_the_page_and_its_charts(workdir, db1_dsn, db2_dsn, browser):
     """Rows written while a drain runs reach the page one by one; the charts draw them.
 
@@ -424,6 +428,7 @@ def db1_sessions(db1: str) -> int:
         ).fetchone()[0]
 
 
+@pytest.mark.slow
 def test_ten_streams_share_one_reader_and_get_every_row(workdir, db1_dsn, db2_dsn, webhook):
     event = make_event(workdir, db1_dsn, db2_dsn, webhook.url, 50)
     with serving(event.config) as server:
@@ -461,7 +466,7 @@ def test_ten_streams_share_one_reader_and_get_every_row(workdir, db1_dsn, db2_ds
             assert events == later[0]
         # What a page shows is watch's JSON for the same row.
         watched = json.loads(
-            run_intake("watch", "--once", "--json", config=event.config, check=True).stdout
+            intake("watch", "--once", "--json", config=event.config, check=True).stdout
         )
         [(_, _, data)] = read_events_once(server)
         snap = data["snapshot"]
@@ -514,6 +519,7 @@ def test_page_and_assets_are_served_safely(workdir, db1_dsn, db2_dsn, webhook):
             assert response.status_code == 404, (path, response.status_code, response.text[:200])
 
 
+@pytest.mark.slow
 def test_the_page_flags_drain_ticks_that_stop_arriving(workdir, db1_dsn, db2_dsn, webhook, browser):
     """pg_net never says a tick failed to arrive: the page says it, from serve's own count."""
     event = make_event(workdir, db1_dsn, db2_dsn, webhook.url, 5)

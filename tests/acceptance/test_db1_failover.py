@@ -30,7 +30,9 @@ from intake_cli.platform.embedded import EmbeddedClusters, db1_dsn
 from intake_cli.tools.webhook_process import WebhookServer
 from tests.acceptance.crash_support import Herd, assert_exact_sale, crash_event
 from tests.acceptance.drain_support import Event, draining, wait_for
-from tests.conftest import run_intake
+from tests.conftest import intake
+
+pytestmark = pytest.mark.slow
 
 UNITS = 300
 STANDBY = {"standby": True}
@@ -39,6 +41,8 @@ STANDBY = {"standby": True}
 SELLING_AGAIN_WITHIN_S = 5.0
 
 
+@pytest.mark.slow
+@pytest.mark.serial
 def test_losing_db1s_host_mid_herd_sells_each_unit_once_and_resumes_within_seconds(workdir):
     with (
         WebhookServer(fail_share=0.1) as webhook,
@@ -90,7 +94,7 @@ def test_a_dsn_that_reaches_only_the_standby_is_refused_saying_so(workdir):
         before = event.units()
         commands = [("status",), ("claim", "drop", "buyer-1"), ("drain", "--connect-timeout", "1")]
         for args in commands:
-            proc = run_intake(*args, config=config)
+            proc = intake(*args, config=config)
             assert proc.returncode == 3, (args, proc.stdout, proc.stderr)
             assert "is a standby in recovery" in proc.stderr, (args, proc.stderr)
             assert "target_session_attrs=read-write" in proc.stderr
@@ -105,31 +109,31 @@ def test_intake_failover_and_status_show_the_standby_before_and_after(workdir):
     ):
 
         def status() -> dict:
-            proc = run_intake("status", "--json", config=event.config, check=True)
+            proc = intake("status", "--json", config=event.config, check=True)
             return json.loads(proc.stdout)
 
         replication = status()["replication"]
         assert replication["verdict"] == "synchronous"
         assert [s["sync_state"] for s in replication["standbys"]] == ["sync"]
-        assert run_intake("claim", "drop", "buyer-1", config=event.config).returncode == 0
+        assert intake("claim", "drop", "buyer-1", config=event.config).returncode == 0
 
-        proc = run_intake("failover", "--json", config=event.config, check=True)
+        proc = intake("failover", "--json", config=event.config, check=True)
         promotion = json.loads(proc.stdout)
         assert (promotion["how"], promotion["lost_host"]) == ("kill", True)
         after = status()
         assert after["replication"]["verdict"] == "none"
         assert after["pools"][0]["recovering"] is True
         # Nothing was lost: the rebuilt pool still holds buyer-1's unit.
-        recovered = run_intake("recover", "--json", config=event.config, check=True)
+        recovered = intake("recover", "--json", config=event.config, check=True)
         assert json.loads(recovered.stdout)["pools"][0]["rebuilt"]["locked"] == 1
-        again = run_intake("claim", "drop", "buyer-1", "--json", config=event.config)
+        again = intake("claim", "drop", "buyer-1", "--json", config=event.config)
         assert json.loads(again.stdout)["outcome"] == "already_claimed"
-        assert run_intake("claim", "drop", "buyer-2", config=event.config).returncode == 0
+        assert intake("claim", "drop", "buyer-2", config=event.config).returncode == 0
 
         # The standby is used up until the next `intake up` makes a new one.
-        refused = run_intake("failover", config=event.config)
+        refused = intake("failover", config=event.config)
         assert refused.returncode == 2 and "no standby of DB1" in refused.stderr
-        run_intake("up", config=event.config, check=True)
+        intake("up", config=event.config, check=True)
         assert status()["replication"]["verdict"] == "synchronous"
 
 
@@ -166,9 +170,9 @@ def test_an_asynchronous_standby_that_lags_and_is_promoted(workdir, fence):
             conn.execute("select pg_reload_conf()")
         wait_for(
             lambda: (
-                json.loads(run_intake("status", "--json", config=event.config).stdout)[
-                    "replication"
-                ]["verdict"]
+                json.loads(intake("status", "--json", config=event.config).stdout)["replication"][
+                    "verdict"
+                ]
                 == "asynchronous"
             ),
             30,
@@ -179,8 +183,8 @@ def test_an_asynchronous_standby_that_lags_and_is_promoted(workdir, fence):
         try:
             users = [f"buyer-{n}" for n in range(10)]
             for user in users:
-                assert run_intake("claim", "drop", user, config=event.config).returncode == 0
-            drained = run_intake("drain", "--once", "--json", config=event.config, check=True)
+                assert intake("claim", "drop", user, config=event.config).returncode == 0
+            drained = intake("drain", "--once", "--json", config=event.config, check=True)
             counts = json.loads(drained.stdout)
             if fence == "all":
                 assert (counts["committed"], counts["fenced"]) == (0, 10), counts
@@ -192,18 +196,18 @@ def test_an_asynchronous_standby_that_lags_and_is_promoted(workdir, fence):
         finally:
             # Killed, never continued: what it holds must not reach the standby.
             os.kill(sender, signal.SIGKILL)
-        run_intake("recover", config=event.config, check=True)
+        intake("recover", config=event.config, check=True)
         # The same ten buyers, on the promoted node: their first claims were lost with
         # the primary, so each claims again and gets a unit.
         for user in users:
-            again = run_intake("claim", "drop", user, "--json", config=event.config)
+            again = intake("claim", "drop", user, "--json", config=event.config)
             assert json.loads(again.stdout)["outcome"] == "claimed", again.stdout
-        run_intake("drain", "--once", config=event.config, check=True)
+        intake("drain", "--once", config=event.config, check=True)
         tickets = event.tickets()
         by_unit = Counter(resource for _, _, _, resource in tickets)
         sold_twice = sum(1 for n in by_unit.values() if n > 1)
         assert sold_twice == (0 if fence == "all" else 10), by_unit
         assert len(tickets) == (10 if fence == "all" else 20)
         # DB1 sees it too, by comparing with DB2's ledger.
-        audit = run_intake("audit", "--json", config=event.config)
+        audit = intake("audit", "--json", config=event.config)
         assert audit.returncode == (0 if fence == "all" else 1), audit.stdout + audit.stderr

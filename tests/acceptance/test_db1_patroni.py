@@ -105,6 +105,8 @@ def _events(workers: list[subprocess.Popen[str]]) -> Counter[str]:
     return seen
 
 
+@pytest.mark.slow
+@pytest.mark.serial
 def test_db1_leader_lost_mid_herd_under_patroni(workdir, db2_dsn, record_property):
     with (
         WebhookServer(decline_share=DECLINE_SHARE, fail_share=0.05) as webhook,

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.conftest import run_intake
+
+pytestmark = pytest.mark.slow
 
 
 def test_a_small_demo_sells_every_unit_once_and_accounts_for_every_claim(workdir):

@@ -152,6 +152,7 @@ def event(workdir, db1_dsn, db2_dsn):
     return made
 
 
+@pytest.mark.slow
 def test_malformed_dead_letters_are_marked_and_never_hide_the_others(event):
     genuine = sorted(stored(event, "intents_dlq"))
     bad = send(event, "intents_dlq", [text for text, _ in MALFORMED.values()])
@@ -246,6 +247,7 @@ def test_malformed_dead_letters_are_marked_and_never_hide_the_others(event):
 SERVED = ("attempts-word", "body-deep", "intent-string", "key-escapes", "unit-huge")
 
 
+@pytest.mark.slow
 def test_the_admin_api_lists_every_letter_and_marks_the_unreadable(event):
     genuine = sorted(stored(event, "intents_dlq"))
     bad = send(event, "intents_dlq", [MALFORMED[name][0] for name in SERVED])
@@ -350,6 +352,7 @@ def dead_letter_bodies(event: Event) -> list[dict[str, Any]]:
     ]
 
 
+@pytest.mark.slow
 def test_the_dashboard_table_shows_every_letter_and_marks_the_unreadable(event):
     from tests.acceptance.browser_support import chromium
     from tests.acceptance.test_dashboard_browser import open_dashboard, wait_page

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import pool_spec, run_intake
+from tests.conftest import intake, pool_spec
 
 
 @pytest.fixture(scope="module")
@@ -26,20 +26,20 @@ def event(workdir: Path):
     home.mkdir(mode=0o755)
     config = home / "intake.yaml"
     config.write_text(yaml.safe_dump({"pools": [pool_spec("x", 10)]}))
-    run_intake("up", config=config, check=True)
+    intake("up", config=config, check=True)
     for user in ("a", "b", "c"):
-        run_intake("claim", "x", user, config=config, check=True)
+        intake("claim", "x", user, config=config, check=True)
     (home / "link-to-state").symlink_to(home / ".intake")
     (home / "earlier.jsonl").write_text('{"an": "earlier export"}\n')
     yield config
-    run_intake("down", "--force", config=config)
+    intake("down", "--force", config=config)
 
 
 def _state(config: Path) -> dict[str, object]:
     """What a refused down must not change: the state directory's entries, the
     clusters and DB1's queue."""
     state = config.parent / ".intake"
-    status = json.loads(run_intake("status", "--json", config=config, check=True).stdout)
+    status = json.loads(intake("status", "--json", config=config, check=True).stdout)
     return {
         "entries": sorted(os.listdir(state)),
         "clusters": (state / "clusters.json").read_text(),
@@ -62,6 +62,7 @@ BAD_TARGETS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("target", "fragment"), BAD_TARGETS)
 def test_a_bad_export_target_is_refused_before_anything_is_torn_down(event, target, fragment):
     home = event.parent
@@ -69,7 +70,7 @@ def test_a_bad_export_target_is_refused_before_anything_is_torn_down(event, targ
     before = _state(event)
     earlier = (home / "earlier.jsonl").read_text()
 
-    proc = run_intake("down", "--export", path, config=event)
+    proc = intake("down", "--export", path, config=event)
     assert proc.returncode == 2, proc.stderr
     assert fragment in proc.stderr and "--export" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -81,24 +82,25 @@ def test_a_bad_export_target_is_refused_before_anything_is_torn_down(event, targ
 
 def test_a_relative_missing_directory_is_a_clear_error(event):
     # As an operator types it: relative to where intake runs.
-    proc = run_intake("down", "--export", "no-such-dir-for-intake/out.jsonl", config=event)
+    proc = intake("down", "--export", "no-such-dir-for-intake/out.jsonl", config=event)
     assert proc.returncode == 2
     assert "no-such-dir-for-intake" in proc.stderr and "does not exist" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_the_export_is_verified_and_outlives_the_teardown(workdir):
     home = workdir / "export-good"
     home.mkdir(mode=0o755)
     config = home / "intake.yaml"
     config.write_text(yaml.safe_dump({"pools": [pool_spec("y", 10)]}))
-    run_intake("up", config=config, check=True)
+    intake("up", config=config, check=True)
     for user in ("u1", "u2"):
-        run_intake("claim", "y", user, config=config, check=True)
+        intake("claim", "y", user, config=config, check=True)
     target = home / "out" / "intents.jsonl"
     target.parent.mkdir()
 
-    done = run_intake("down", "--export", str(target), config=config)
+    done = intake("down", "--export", str(target), config=config)
     assert done.returncode == 0, done.stderr
     assert f"exported 2 intents to {target} (verified)" in " ".join(done.stdout.split())
     assert not (home / ".intake").exists()

@@ -23,7 +23,7 @@ from tests.acceptance.drain_support import (
     stop,
     wait_for,
 )
-from tests.conftest import pool_spec, run_intake, write_config
+from tests.conftest import intake, pool_spec, write_config
 
 
 @pytest.fixture
@@ -32,6 +32,7 @@ def webhook():
         yield server
 
 
+@pytest.mark.slow
 def test_2000_claims_commit_once_each(workdir, db1_dsn, db2_dsn, webhook):
     event = make_event(workdir, db1_dsn, db2_dsn, webhook.url, 2000, batch_size=200)
     keys = event.claim(2000)
@@ -45,6 +46,7 @@ def test_2000_claims_commit_once_each(workdir, db1_dsn, db2_dsn, webhook):
     assert webhook.per_key() == {key: 1 for key in keys}
 
 
+@pytest.mark.slow
 def test_declined_intents_release_their_units(workdir, db1_dsn, db2_dsn):
     with WebhookServer(decline_share=0.1) as webhook:
         event = make_event(workdir, db1_dsn, db2_dsn, webhook.url, 1000)
@@ -69,6 +71,7 @@ def test_declined_intents_release_their_units(workdir, db1_dsn, db2_dsn):
     assert event.units() == {"consumed": 1000 - len(declined), "locked": len(declined)}
 
 
+@pytest.mark.slow
 def test_transient_5xx_is_retried_and_each_key_called_at_most_4_times(workdir, db1_dsn, db2_dsn):
     with WebhookServer(fail_first=3) as webhook:
         event = make_event(workdir, db1_dsn, db2_dsn, webhook.url, 300)
@@ -80,6 +83,7 @@ def test_transient_5xx_is_retried_and_each_key_called_at_most_4_times(workdir, d
     assert event.states() == {"committed": 300}
 
 
+@pytest.mark.slow
 def test_sigkill_mid_batch_then_restart_commits_exactly_once(workdir, db1_dsn, db2_dsn):
     with WebhookServer(delay_ms=200) as webhook:
         event = make_event(
@@ -106,6 +110,7 @@ def test_sigkill_mid_batch_then_restart_commits_exactly_once(workdir, db1_dsn, d
     assert event.queue_depth() == 0
 
 
+@pytest.mark.slow
 def test_two_and_four_workers_never_process_an_intent_twice(workdir, db1_dsn, db2_dsn):
     with WebhookServer(delay_ms=5) as webhook:
         event = make_event(workdir, db1_dsn, db2_dsn, webhook.url, 4000, batch_size=50)
@@ -120,6 +125,7 @@ def test_two_and_four_workers_never_process_an_intent_twice(workdir, db1_dsn, db
     assert event.tickets() == {key: 1 for key in first + second}
 
 
+@pytest.mark.slow
 def test_past_max_retries_goes_to_the_dlq_and_replay_commits_once(workdir, db1_dsn, db2_dsn):
     with WebhookServer(fail_first=1000) as webhook:
         event = make_event(workdir, db1_dsn, db2_dsn, webhook.url, 20, max_retries=2)
@@ -129,28 +135,24 @@ def test_past_max_retries_goes_to_the_dlq_and_replay_commits_once(workdir, db1_d
         assert event.queue_depth() == 0
         assert webhook.per_key() == {key: 3 for key in keys}
 
-        listed = json.loads(
-            run_intake("dlq", "list", "--json", config=event.config, check=True).stdout
-        )
+        listed = json.loads(intake("dlq", "list", "--json", config=event.config, check=True).stdout)
         assert sorted(item["idempotency_key"] for item in listed) == sorted(keys)
         assert {item["last_error"] for item in listed} == {"webhook: HTTP 503"}
         assert {(item["state"], item["attempts"]) for item in listed} == {("queued", 3)}
         assert event.tickets() == {}
 
         shown = json.loads(
-            run_intake(
-                "dlq", "show", str(listed[0]["msg_id"]), config=event.config, check=True
-            ).stdout
+            intake("dlq", "show", str(listed[0]["msg_id"]), config=event.config, check=True).stdout
         )
         assert shown["intent_state"]["state"] == "dead"
 
-        dry = run_intake("dlq", "replay", "--all", "--dry-run", config=event.config, check=True)
+        dry = intake("dlq", "replay", "--all", "--dry-run", config=event.config, check=True)
         assert "would replay 20 intents" in dry.stdout
         assert event.queue_depth("intents_dlq") == 20
 
         webhook.script(fail_first=0)
         webhook.reset()
-        run_intake("dlq", "replay", "--all", config=event.config, check=True)
+        intake("dlq", "replay", "--all", config=event.config, check=True)
         assert event.queue_depth("intents_dlq") == 0
         drain_all(event, 40)
         assert webhook.per_key() == {key: 1 for key in keys}
@@ -158,6 +160,7 @@ def test_past_max_retries_goes_to_the_dlq_and_replay_commits_once(workdir, db1_d
     assert event.states() == {"committed": 20}
 
 
+@pytest.mark.slow
 def test_replayed_validated_intent_is_not_validated_again(workdir, db1_dsn, db2_dsn):
     with psycopg.connect(db2_dsn, autocommit=True) as conn:
         # A commit RPC that fails until the operator fixes the ledger.
@@ -185,15 +188,13 @@ def test_replayed_validated_intent_is_not_validated_again(workdir, db1_dsn, db2_
         keys = event.claim(10)
         with draining(event):
             wait_for(lambda: event.queue_depth("intents_dlq") == 10, 60, "10 dead letters")
-        listed = json.loads(
-            run_intake("dlq", "list", "--json", config=event.config, check=True).stdout
-        )
+        listed = json.loads(intake("dlq", "list", "--json", config=event.config, check=True).stdout)
         assert {item["state"] for item in listed} == {"validated"}
         assert all("ledger closed for maintenance" in item["last_error"] for item in listed)
 
         with psycopg.connect(db2_dsn, autocommit=True) as conn:
             conn.execute("update ledger_switch set open = true")
-        run_intake(
+        intake(
             "dlq",
             "replay",
             *(str(item["msg_id"]) for item in listed),
@@ -208,7 +209,7 @@ def test_replayed_validated_intent_is_not_validated_again(workdir, db1_dsn, db2_
 def test_once_processes_one_batch_and_exits(workdir, db1_dsn, db2_dsn, webhook):
     event = make_event(workdir, db1_dsn, db2_dsn, webhook.url, 250, batch_size=100)
     event.claim(250)
-    proc = run_intake(
+    proc = intake(
         "drain", "--once", "--json", "--log-level", "warning", config=event.config, check=True
     )
     stats = json.loads(proc.stdout)
@@ -229,6 +230,8 @@ def test_sigterm_finishes_in_flight_work_and_exits_0(workdir, db1_dsn, db2_dsn):
     assert event.queue_depth() == 0
 
 
+@pytest.mark.slow
+@pytest.mark.serial
 def test_commit_rate_limit_holds_across_two_workers(workdir, db1_dsn, db2_dsn, webhook):
     event = make_event(
         workdir, db1_dsn, db2_dsn, webhook.url, 2000, commit_rate_per_sec=100, batch_size=50
@@ -251,16 +254,26 @@ def test_drain_refuses_a_missing_rpc_or_unknown_pool(workdir, db1_dsn, db2_dsn, 
     event = make_event(workdir, db1_dsn, db2_dsn, webhook.url, 5)
     event.claim(5)
     event.set(commit_rpc_name="public.no_such_rpc")
-    proc = run_intake("drain", "--once", config=event.config)
+    proc = intake("drain", "--once", config=event.config)
     assert proc.returncode == 2
     assert "public.no_such_rpc" in proc.stderr and "Traceback" not in proc.stderr
     event.set(commit_rpc_name="public.finalize_transaction")
-    unknown = run_intake("drain", "--once", "--pool", "ghost", config=event.config)
+    unknown = intake("drain", "--once", "--pool", "ghost", config=event.config)
     assert unknown.returncode == 2 and "ghost" in unknown.stderr
     assert event.queue_depth() == 5 and event.tickets() == {}
 
 
-def test_db2_down_for_10_s_retries_only_the_commit(workdir, db1_dsn):
+def commits_failed(db1: str) -> int:
+    """Validated intents whose commit to DB2 has failed (and is to be retried)."""
+    with psycopg.connect(db1) as conn:
+        return conn.execute(
+            "select count(*) from intake.intent_state"
+            " where state = 'validated' and attempts >= 1 and last_error like 'DB2 unavailable%'"
+        ).fetchone()[0]
+
+
+@pytest.mark.slow
+def test_db2_down_mid_drain_retries_only_the_commit(workdir, db1_dsn):
     """DB2 goes away mid-drain: validated intents are not sent to the webhook again,
     and everything commits once when DB2 is back."""
     ledger_home = workdir / f"ledger-{time.monotonic_ns()}"
@@ -276,7 +289,10 @@ def test_db2_down_for_10_s_retries_only_the_commit(workdir, db1_dsn):
             with draining(event, "--concurrency", "2"):
                 wait_for(lambda: len(event.tickets()) >= 200, 30, "the first commits")
                 clusters.halt(("db2",))
-                time.sleep(10)
+                # DB2 stays away until more commits have failed than the two
+                # batches (concurrency 2 x 50) it cut off: batches validated
+                # after it had gone failed theirs too, and wait for it.
+                wait_for(lambda: commits_failed(db1_dsn) > 100, 60, "commits failed with DB2 away")
                 # While DB2 was away the webhook kept validating; those intents wait.
                 assert event.states().get("validated", 0) > 0
                 clusters.ensure(("db2",))
@@ -293,12 +309,13 @@ def test_db2_down_for_10_s_retries_only_the_commit(workdir, db1_dsn):
         clusters.stop()
 
 
+@pytest.mark.slow
 def test_pool_filter_and_pause_leave_other_intents_queued(workdir, db1_dsn, db2_dsn, webhook):
     spec = dict(validation_webhook_url=webhook.url, retry_base_seconds=0.2)
     config = write_config(
         workdir, db1_dsn, db2_dsn, [pool_spec("left", 30, **spec), pool_spec("right", 30, **spec)]
     )
-    run_intake("up", config=config, check=True)
+    intake("up", config=config, check=True)
     left = Event(config, db1_dsn, db2_dsn, "left")
     right = Event(config, db1_dsn, db2_dsn, "right")
     left_keys = left.claim(30, prefix="l")
@@ -319,22 +336,24 @@ def test_pool_filter_and_pause_leave_other_intents_queued(workdir, db1_dsn, db2_
     assert set(left.tickets()) == set(left_keys) | set(right_keys)
 
 
+@pytest.mark.slow
 def test_dlq_purge_needs_confirmation(workdir, db1_dsn, db2_dsn):
     with WebhookServer(fail_first=1000) as webhook:
         event = make_event(workdir, db1_dsn, db2_dsn, webhook.url, 3, max_retries=0)
         event.claim(3)
         with draining(event):
             wait_for(lambda: event.queue_depth("intents_dlq") == 3, 30, "3 dead letters")
-    refused = run_intake("dlq", "purge", config=event.config)
+    refused = intake("dlq", "purge", config=event.config)
     assert refused.returncode == 2 and "--yes" in refused.stderr
     assert event.queue_depth("intents_dlq") == 3
-    done = run_intake("dlq", "purge", "--yes", config=event.config, check=True)
+    done = intake("dlq", "purge", "--yes", config=event.config, check=True)
     assert "purged 3 dead letters" in done.stdout
     assert event.queue_depth("intents_dlq") == 0
-    unknown = run_intake("dlq", "replay", "999", config=event.config)
+    unknown = intake("dlq", "replay", "999", config=event.config)
     assert unknown.returncode == 2 and "no dead letter with id 999" in unknown.stderr
 
 
+@pytest.mark.slow
 def test_slow_webhook_keeps_the_lease_so_no_second_worker_calls_it(workdir, db1_dsn, db2_dsn):
     # Each call takes 4 s, twice the visibility timeout: without lease
     # extension the other worker would read the same intents and call again.
@@ -348,13 +367,14 @@ def test_slow_webhook_keeps_the_lease_so_no_second_worker_calls_it(workdir, db1_
     assert event.tickets() == {key: 1 for key in keys}
 
 
+@pytest.mark.slow
 def test_webhook_url_changed_live_is_used_at_the_next_batch(workdir, db1_dsn, db2_dsn):
     with WebhookServer() as first, WebhookServer() as second:
         event = make_event(workdir, db1_dsn, db2_dsn, first.url, 40, batch_size=10)
         event.claim(20, prefix="early")
         with draining(event, "--concurrency", "1"):
             wait_for(lambda: len(event.tickets()) == 20, 30, "the first 20 commits")
-            run_intake(
+            intake(
                 "config",
                 "set",
                 "drop",

@@ -7,10 +7,13 @@ the webhook's own."""
 from __future__ import annotations
 
 import psycopg
+import pytest
 
 from intake_cli.tools.testhook import declines, fails_first_call
 from intake_cli.tools.webhook_process import WebhookServer
 from tests.acceptance.drain_support import drain_all, make_event
+
+pytestmark = pytest.mark.slow
 
 INTENTS = 3000
 WORKERS = 8

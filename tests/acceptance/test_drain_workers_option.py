@@ -47,6 +47,7 @@ def workers_seen(db1: str) -> list[tuple[int, bool]]:
     return [(pid, stopped) for pid, stopped in rows]
 
 
+@pytest.mark.slow
 def test_three_workers_from_one_command_drain_once_and_stop_together(
     workdir, db1_dsn, db2_dsn, webhook
 ):
@@ -82,6 +83,7 @@ def test_a_fleet_stopped_as_it_starts_exits_0(workdir, db1_dsn, db2_dsn, webhook
     assert set(tickets) <= set(keys) and set(tickets.values()) <= {1}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("when", ["starting", "draining"])
 def test_ctrl_c_on_a_terminal_stops_the_fleet_cleanly(workdir, db1_dsn, db2_dsn, webhook, when):
     """Ctrl-C sends SIGINT to the terminal's whole process group: the command
@@ -115,6 +117,7 @@ def test_ctrl_c_on_a_terminal_stops_the_fleet_cleanly(workdir, db1_dsn, db2_dsn,
     assert set(tickets) <= set(keys) and set(tickets.values()) <= {1}
 
 
+@pytest.mark.slow
 def test_once_with_two_workers_reads_two_batches_and_adds_up_the_counts(
     workdir, db1_dsn, db2_dsn, webhook
 ):
@@ -131,6 +134,7 @@ def test_once_with_two_workers_reads_two_batches_and_adds_up_the_counts(
     assert event.queue_depth() == 50
 
 
+@pytest.mark.slow
 def test_a_failing_fleet_exits_with_the_workers_status_and_no_traceback(
     workdir, db1_dsn, db2_dsn, webhook
 ):
@@ -149,6 +153,7 @@ def test_a_failing_fleet_exits_with_the_workers_status_and_no_traceback(
     assert event.queue_depth() == 10 and webhook.per_key() == {}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("value", ["0", "129", "two"])
 def test_a_bad_workers_count_is_refused(workdir, db1_dsn, db2_dsn, webhook, value):
     event = make_event(workdir, db1_dsn, db2_dsn, webhook.url, 5)

@@ -19,7 +19,8 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from intake_cli.engine.worker import Worker
+from intake_cli.engine.drain.store import PgStore
+from intake_cli.engine.drain.worker import Worker
 from intake_cli.platform import config
 from intake_cli.tools.webhook_process import WebhookServer
 from tests.acceptance.drain_support import Event, _rows, drain_all, make_event
@@ -68,6 +69,7 @@ def dead_letters(event: Event) -> list[dict[str, Any]]:
     return json.loads(listed)
 
 
+@pytest.mark.slow
 def test_forged_messages_are_refused_and_genuine_ones_in_the_same_batch_commit(
     workdir, db1_dsn, db2_dsn, webhook
 ):
@@ -152,6 +154,7 @@ def test_forged_messages_are_refused_and_genuine_ones_in_the_same_batch_commit(
     assert webhook.per_key() == {key: 1 for key in genuine_keys}
 
 
+@pytest.mark.slow
 def test_a_copy_of_a_finished_intent_is_refused_and_its_unit_stays_as_it_is(
     workdir, db1_dsn, db2_dsn
 ):
@@ -185,10 +188,10 @@ def test_a_lost_inventory_hands_its_intents_back_instead_of_refusing_them(
         # What crash recovery leaves of the UNLOGGED tables.
         conn.execute("truncate intake.allocations, intake.released_units, intake.inventory_ready")
 
-    async def not_yet(self, conn, pool_id):  # the rebuild has not run yet
+    async def not_yet(self, pool_id):  # the rebuild has not run yet
         return None
 
-    monkeypatch.setattr(Worker, "_rebuild", not_yet)
+    monkeypatch.setattr(PgStore, "rebuild_inventory", not_yet)
     settings = config.load(event.config)
     worker = Worker(settings, db1_dsn, db2_dsn, logging.getLogger("test"), once=True)
     stats = asyncio.run(worker.run())

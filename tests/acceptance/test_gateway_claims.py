@@ -39,6 +39,7 @@ async def _herd(url: str, buyers: list[str]) -> list[tuple[int, dict]]:
         return await asyncio.gather(*(one(b) for b in buyers))
 
 
+@pytest.mark.slow
 def test_herd_of_2000_buyers_on_500_units(workdir: Path, db1_dsn: str, db2_dsn: str) -> None:
     config = provision(workdir, db1_dsn, db2_dsn, 500, OPEN_LIMITS)
     buyers = [str(uuid.uuid4()) for _ in range(2000)]

@@ -92,6 +92,7 @@ WEAK = {
 }
 
 
+@pytest.mark.slow
 def test_a_guessable_secret_stops_the_gateway_before_it_listens(
     workdir: Path, db1_dsn: str, db2_dsn: str
 ) -> None:
@@ -174,6 +175,8 @@ async def _ask(url: str, buyers: list[str], pools: list[str]) -> list[tuple[str,
         return await asyncio.gather(*asks)
 
 
+@pytest.mark.slow
+@pytest.mark.serial
 def test_made_up_pools_cost_db1_nothing(workdir: Path, db1_dsn: str, db2_dsn: str) -> None:
     """5 buyers, 25 made-up pool ids (reads, claims, event streams) are each
     answered 404 from memory: DB1's statistics do not move during them or in

@@ -18,7 +18,7 @@ from intake_cli.engine import opening
 from tests.acceptance.gateway_support import provision, running_gateway, token
 from tests.conftest import run_intake
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 
 OPEN = {"per_ip_rate": 1_000_000, "per_ip_burst": 1_000_000}
 EARLY, LATE = 10_000, 200

@@ -17,7 +17,7 @@ from intake_cli.tools.webhook_process import WebhookServer
 from tests.acceptance.drain_support import Event, drain_all
 from tests.acceptance.gateway_support import provision, running_gateway, token
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 OPEN = {
     "per_ip_rate": 1_000_000,

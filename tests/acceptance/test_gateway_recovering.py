@@ -16,7 +16,7 @@ from tests.acceptance.crash_support import CrashEvent, crash_event
 from tests.acceptance.gateway_support import running_gateway, token
 from tests.conftest import run_intake
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 
 def _claim(url: str, buyer: str) -> httpx.Response:

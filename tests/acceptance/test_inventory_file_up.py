@@ -11,7 +11,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.conftest import pool_spec, run_intake, snapshot, write_config
+from tests.conftest import intake, pool_spec, snapshot, write_config
 
 
 def listed_pool(directory: Path, ids: list[str], name: str = "units.txt", **extra: object) -> dict:
@@ -35,15 +35,15 @@ def resource_ids(dsn: str) -> dict[int, str]:
 def test_listed_units_carry_the_operators_ids_and_grow_by_appending(workdir, empty_db_dsn, db2_dsn):
     ids = [str(uuid.uuid4()) for _ in range(30)]
     cfg = write_config(workdir, empty_db_dsn, db2_dsn, [listed_pool(workdir, ids)])
-    report = json.loads(run_intake("up", "--json", config=cfg, check=True).stdout)
+    report = json.loads(intake("up", "--json", config=cfg, check=True).stdout)
     assert report["seeded"][0]["added"] == 30
     assert resource_ids(empty_db_dsn) == dict(enumerate(ids, start=1))
-    claimed = json.loads(run_intake("claim", "listed", "ann", "--json", config=cfg).stdout)
+    claimed = json.loads(intake("claim", "listed", "ann", "--json", config=cfg).stdout)
     assert claimed["resource_id"] == ids[0]
 
     more = ids + [str(uuid.uuid4()) for _ in range(5)]
     cfg = write_config(workdir, empty_db_dsn, db2_dsn, [listed_pool(workdir, more)])
-    report = json.loads(run_intake("up", "--json", config=cfg, check=True).stdout)
+    report = json.loads(intake("up", "--json", config=cfg, check=True).stdout)
     assert report["seeded"][0]["added"] == 5
     assert resource_ids(empty_db_dsn) == dict(enumerate(more, start=1))
 
@@ -52,7 +52,7 @@ def test_listed_units_carry_the_operators_ids_and_grow_by_appending(workdir, emp
     edited[3] = str(uuid.uuid4())
     cfg = write_config(workdir, empty_db_dsn, db2_dsn, [listed_pool(workdir, edited)])
     before = snapshot(empty_db_dsn)
-    refused = run_intake("up", config=cfg)
+    refused = intake("up", config=cfg)
     assert refused.returncode == 2, refused
     assert "units.txt: units already listed keep their ids (line 4:" in refused.stderr
     assert snapshot(empty_db_dsn) == before
@@ -76,7 +76,7 @@ def test_a_bad_inventory_file_is_refused_and_changes_nothing(
     workdir, empty_db_dsn, db2_dsn, content, inventory, fragment
 ):
     good = write_config(workdir, empty_db_dsn, db2_dsn, [pool_spec("other", 5)])
-    run_intake("up", config=good, check=True)
+    intake("up", config=good, check=True)
     before = snapshot(empty_db_dsn)
     path = workdir / f"bad-{uuid.uuid4().hex[:6]}.txt"
     path.write_bytes(content.encode())
@@ -85,7 +85,7 @@ def test_a_bad_inventory_file_is_refused_and_changes_nothing(
     if inventory is None:
         del spec["inventory"]
     cfg = write_config(workdir, empty_db_dsn, db2_dsn, [pool_spec("other", 5), spec])
-    proc = run_intake("up", config=cfg)
+    proc = intake("up", config=cfg)
     assert proc.returncode == 2, proc
     assert str(path) in proc.stderr and fragment in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
@@ -97,7 +97,7 @@ def test_a_missing_inventory_file_is_refused(workdir, empty_db_dsn, db2_dsn):
     del spec["inventory"]
     spec["inventory_file"] = str(workdir / "nowhere.txt")
     cfg = write_config(workdir, empty_db_dsn, db2_dsn, [spec])
-    proc = run_intake("up", config=cfg)
+    proc = intake("up", config=cfg)
     assert proc.returncode == 2 and "nowhere.txt" in proc.stderr, proc
     with psycopg.connect(empty_db_dsn) as conn:
         assert conn.execute("select to_regnamespace('intake')").fetchone()[0] is None

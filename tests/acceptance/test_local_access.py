@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from intake_cli.platform.embedded import _as, _server_account, pg_bindir
-from tests.conftest import pool_spec, run_intake
+from tests.conftest import intake, pool_spec
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="running as a second OS user needs root")
 
@@ -55,7 +55,7 @@ def make_event(workdir: Path, name: str) -> Path:
     event.mkdir(mode=0o755)
     config = event / "intake.yaml"
     config.write_text(yaml.safe_dump({"pools": [pool_spec("priv", 20)]}))
-    run_intake("up", config=config, check=True)
+    intake("up", config=config, check=True)
     return config
 
 
@@ -97,9 +97,10 @@ def assert_refused(proc: subprocess.CompletedProcess[str], what: str) -> None:
 def event(workdir: Path):
     config = make_event(workdir, "private-event")
     yield config
-    run_intake("down", "--force", config=config)
+    intake("down", "--force", config=config)
 
 
+@pytest.mark.slow
 def test_another_os_user_is_refused_by_both_clusters(event: Path):
     state = event.parent / ".intake"
     found = ports(state)
@@ -131,9 +132,9 @@ def test_another_os_user_is_refused_by_both_clusters(event: Path):
             )
             assert proc.returncode != 0 and "password" in proc.stderr, (name, proc.stderr)
     # intake itself still gets in, to both.
-    status = json.loads(run_intake("status", "--json", config=event, check=True).stdout)
+    status = json.loads(intake("status", "--json", config=event, check=True).stdout)
     assert status["pools"][0]["inventory"] == 20
-    run_intake("claim", "priv", "someone", config=event, check=True)
+    intake("claim", "priv", "someone", config=event, check=True)
 
 
 def test_the_password_is_in_a_passfile_only_intakes_user_can_read(event: Path):
@@ -165,12 +166,13 @@ def test_pg_cron_runs_its_jobs_without_a_password(event: Path):
     assert "cron.host" not in conf
 
 
+@pytest.mark.slow
 def test_a_trust_era_state_directory_is_converted_by_up(workdir: Path):
     """An older intake made its clusters with trust: the next `intake up` sets
     a password, requires it, and keeps the event (queued intents included)."""
     config = make_event(workdir, "trust-era")
     state = config.parent / ".intake"
-    run_intake("claim", "priv", "before", config=config, check=True)
+    intake("claim", "priv", "before", config=config, check=True)
     # Turn it back into what the older intake left: trust on loopback, no
     # passfile, no marker (the intake role's password stays: trust ignores it).
     account = _server_account()
@@ -190,15 +192,15 @@ def test_a_trust_era_state_directory_is_converted_by_up(workdir: Path):
     opened = psql_as_other(db1, "intake")
     assert opened.returncode == 0 and "connected as intake" in opened.stdout, opened.stderr
     try:
-        again = run_intake("up", "--json", config=config)
+        again = intake("up", "--json", config=config)
         assert again.returncode == 0, again.stderr
         assert ports(state)["db1"] == db1
         for name, port in ports(state).items():
             assert_refused(psql_as_other(port, "intake"), f"{name} after the conversion")
         assert (state / "pgpass").stat().st_mode & 0o777 == 0o600
         assert (state / ".intake-state").exists()
-        status = json.loads(run_intake("status", "--json", config=config, check=True).stdout)
+        status = json.loads(intake("status", "--json", config=config, check=True).stdout)
         assert status["queue"]["depth"] == 1
     finally:
-        run_intake("down", "--force", config=config)
+        intake("down", "--force", config=config)
     assert not state.exists()

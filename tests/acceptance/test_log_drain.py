@@ -6,10 +6,14 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import pytest
+
 from intake_cli.platform.embedded import free_port
 from intake_cli.tools.webhook_process import WebhookServer
 from tests.acceptance.drain_support import Event, draining, stop, wait_for
 from tests.conftest import pool_spec, run_intake, write_config
+
+pytestmark = pytest.mark.slow
 
 
 class Receiver:

@@ -14,12 +14,15 @@ from psycopg.conninfo import conninfo_to_dict
 from intake_cli.tools.pooler import pgbouncer, pgbouncer_path
 from intake_cli.tools.webhook_process import WebhookServer
 from tests.acceptance.drain_support import Event, draining, stop, wait_for
-from tests.conftest import new_database, pool_spec, run_intake, write_config
+from tests.conftest import intake, new_database, pool_spec, write_config
 
-pytestmark = pytest.mark.skipif(
-    pgbouncer_path() is None,
-    reason="pgbouncer is not installed (scripts/test-deps.sh installs it as root)",
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        pgbouncer_path() is None,
+        reason="pgbouncer is not installed (scripts/test-deps.sh installs it as root)",
+    ),
+]
 
 
 def _dbname(dsn: str) -> str:
@@ -58,20 +61,20 @@ def test_an_event_lives_and_drains_exactly_once_through_a_transaction_pooler(
                 pool_spec("late", 20, validation_webhook_url=failing.url, max_retries=0, **common),
             ],
         )
-        run_intake("up", config=config, check=True)
+        intake("up", config=config, check=True)
         drop = Event(config, db1, db2, "drop")
 
         with draining(drop, "--concurrency", "4", workers=2) as workers:
             # The herd: twice as many buyers as units, while the drain runs.
             herd = json.loads(
-                run_intake(
+                intake(
                     "burst", "drop", "--users", "2000", "--concurrency", "64", "--json",
                     config=config, check=True,
                 ).stdout
             )  # fmt: skip
             assert herd["outcomes"] == {"claimed": 1000, "sold_out": 1000}
             late = json.loads(
-                run_intake(
+                intake(
                     "burst", "late", "--users", "20", "--concurrency", "4", "--json",
                     config=config, check=True,
                 ).stdout
@@ -84,7 +87,7 @@ def test_an_event_lives_and_drains_exactly_once_through_a_transaction_pooler(
                 "20 dead letters",
             )
             failing.script(fail_first=0)
-            replay = run_intake("dlq", "replay", "--all", config=config, check=True)
+            replay = intake("dlq", "replay", "--all", config=config, check=True)
             assert "20" in replay.stdout
 
             wait_for(
@@ -98,9 +101,9 @@ def test_an_event_lives_and_drains_exactly_once_through_a_transaction_pooler(
                 "1,020 intents committed",
             )
             frame = json.loads(
-                run_intake("watch", "--once", "--json", config=config, check=True).stdout
+                intake("watch", "--once", "--json", config=config, check=True).stdout
             )
-            status = json.loads(run_intake("status", "--json", config=config, check=True).stdout)
+            status = json.loads(intake("status", "--json", config=config, check=True).stdout)
             for proc in workers:
                 stop(proc)
 
@@ -118,7 +121,7 @@ def test_an_event_lives_and_drains_exactly_once_through_a_transaction_pooler(
         assert (status["queue"]["depth"], status["dlq"]["depth"]) == (0, 0)
         assert {p["pool_id"] for p in frame["pools"]} == {"drop", "late"}
 
-        down = run_intake("down", "--force", config=config)
+        down = intake("down", "--force", config=config)
         assert down.returncode == 0, down.stderr
         # Nothing in either pooler's log says a statement was refused.
         for pooler in (pooled1, pooled2):

@@ -45,6 +45,7 @@ def engine_config(dsn: str) -> dict[str, dict]:
     return dict(rows)
 
 
+@pytest.mark.slow
 def test_every_route_refuses_a_missing_or_wrong_token_and_changes_nothing(event):
     cfg, db1 = event
     dead_letter(db1, {"idempotency_key": "00000000-0000-0000-0000-000000000001", "pool_id": "live"})
@@ -65,6 +66,7 @@ def test_every_route_refuses_a_missing_or_wrong_token_and_changes_nothing(event)
     assert snapshot(db1) == before
 
 
+@pytest.mark.slow
 def test_pause_resume_and_settings_show_in_engine_config(event):
     cfg, db1 = event
     with serving(cfg) as server:
@@ -193,6 +195,7 @@ BAD_REQUESTS = [
 ]
 
 
+@pytest.mark.slow
 def test_bad_requests_are_refused_naming_the_field_and_change_nothing(event):
     cfg, db1 = event
     dead_letter(db1, {"idempotency_key": "00000000-0000-0000-0000-000000000001", "pool_id": "live"})
@@ -223,6 +226,7 @@ def test_start_is_refused_off_loopback_without_a_token(event):
     assert empty.returncode == 2 and "INTAKE_ADMIN_TOKEN is set but empty" in empty.stderr
 
 
+@pytest.mark.slow
 def test_on_loopback_without_a_token_serve_makes_one_and_the_api_needs_it(event):
     cfg, db1 = event
     with serving(cfg, token=None) as server:

@@ -18,9 +18,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import pytest
+
 from tests.acceptance.browser_support import chromium
 from tests.acceptance.serve_support import dead_letter, serving
 from tests.conftest import pool_spec, run_intake, snapshot, write_config
+
+pytestmark = pytest.mark.slow
 
 BUYER = "buyer-5d2e"
 REBIND_NAME = "rebind.evil.test"

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from intake_cli.tools.webhook_process import WebhookServer
 from tests.acceptance.drain_support import make_event
 from tests.acceptance.serve_support import serving
-from tests.conftest import run_intake
+from tests.conftest import intake
 
 POOL_GAUGES = {
     "intake_pool_inventory": "inventory",
@@ -33,6 +34,7 @@ def samples(text: str) -> dict[str, list]:
     return {family.name: family.samples for family in text_string_to_metric_families(text)}
 
 
+@pytest.mark.slow
 def test_gauges_equal_watch_once_json(workdir, db1_dsn, db2_dsn):
     with WebhookServer(decline_share=0.3) as webhook:
         event = make_event(workdir, db1_dsn, db2_dsn, webhook.url, 100, batch_size=40)
@@ -42,7 +44,7 @@ def test_gauges_equal_watch_once_json(workdir, db1_dsn, db2_dsn):
             assert status == 200 and counts["read"] == 40, counts
             # watch collects a row (no pg_cron here); /metrics reads that same newest row.
             watched = json.loads(
-                run_intake("watch", "--once", "--json", config=event.config, check=True).stdout
+                intake("watch", "--once", "--json", config=event.config, check=True).stdout
             )
             scraped = samples(server.request("GET", "/metrics", token=None).text)
     [pool] = watched["pools"]

@@ -59,6 +59,7 @@ def _port(url: str) -> int:
     return int(url.rsplit(":", 1)[1])
 
 
+@pytest.mark.slow
 def test_changes_sent_as_a_web_page_sends_them_are_refused_and_change_nothing(event):
     cfg, db1 = event
     before = snapshot(db1)
@@ -93,6 +94,7 @@ def test_changes_sent_as_a_web_page_sends_them_are_refused_and_change_nothing(ev
     assert snapshot(db1) == before
 
 
+@pytest.mark.slow
 def test_reads_under_another_name_or_from_another_origin_show_no_data(event):
     cfg, db1 = event
     before = snapshot(db1)
@@ -117,6 +119,7 @@ def test_reads_under_another_name_or_from_another_origin_show_no_data(event):
     assert snapshot(db1) == before
 
 
+@pytest.mark.slow
 def test_the_servers_own_names_and_origin_are_served(event):
     cfg, db1 = event
     with serving(cfg, args=("--allowed-host", "Intake.Example.Test")) as server:
@@ -160,6 +163,8 @@ def test_the_tick_token_can_tick_and_do_nothing_else(event):
         assert server.call("POST", "/api/drain/tick")[0] == 200
 
 
+@pytest.mark.slow
+@pytest.mark.serial
 def test_serve_says_when_drain_ticks_stop_arriving(event):
     cfg, _ = event
     with serving(cfg, args=("--tick-stale-after", "2")) as server:

@@ -13,6 +13,8 @@ from intake_cli.tools.webhook_process import WebhookServer
 from tests.acceptance.drain_support import make_event, wait_for, with_dsn
 from tests.acceptance.serve_support import free_port, serving, start_serve, stop_serve
 
+pytestmark = pytest.mark.slow
+
 CONCURRENT = 20
 
 

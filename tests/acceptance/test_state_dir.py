@@ -13,9 +13,10 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
-from tests.conftest import INTAKE, ROOT, pool_spec, run_intake
+from tests.conftest import INTAKE, ROOT, intake, pool_spec
 
 FOREIGN = "refused because of the operator's files"
 
@@ -45,7 +46,7 @@ def test_a_state_dir_holding_the_operators_files_is_refused_and_left_alone(workd
     (event / "notes.txt").write_text("the operator's, not intake's\n")
     before = tree(event)
 
-    refused = run_intake("up", config=config)
+    refused = intake("up", config=config)
     assert refused.returncode == 2, refused.stderr
     assert "holds files intake did not create (intake.yaml, notes.txt)" in refused.stderr
     assert "Traceback" not in refused.stderr
@@ -53,7 +54,7 @@ def test_a_state_dir_holding_the_operators_files_is_refused_and_left_alone(workd
 
     # Nothing of intake's there: down has nothing to remove, and removes nothing.
     for args in (("down",), ("down", "--force")):
-        proc = run_intake(*args, config=config)
+        proc = intake(*args, config=config)
         assert proc.returncode == 0, proc.stderr
         assert tree(event) == before
 
@@ -63,16 +64,17 @@ def test_a_state_dir_holding_the_operators_files_is_refused_and_left_alone(workd
     config = write_config(elsewhere, state_dir="taken")
     (elsewhere / "taken").write_text("a file\n")
     before = tree(elsewhere)
-    proc = run_intake("up", config=config)
+    proc = intake("up", config=config)
     assert proc.returncode == 2 and "is not a directory" in proc.stderr, proc.stderr
     assert tree(elsewhere) == before
 
 
+@pytest.mark.slow
 def test_down_removes_only_what_intake_made(workdir: Path):
     event = workdir / "state-own"
     event.mkdir(mode=0o755)
     config = write_config(event, state_dir="state")
-    run_intake("up", config=config, check=True)
+    intake("up", config=config, check=True)
     state = event / "state"
     assert (state / ".intake-state").is_file()
     # The operator puts a file of theirs in intake's directory while it runs.
@@ -81,7 +83,7 @@ def test_down_removes_only_what_intake_made(workdir: Path):
     (state / "keep" / "inner.txt").write_text("also mine\n")
     outside = tree(event / "state" / "keep")
 
-    done = run_intake("down", "--force", "--json", config=config)
+    done = intake("down", "--force", "--json", config=config)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["stopped_embedded"] is True
@@ -92,7 +94,7 @@ def test_down_removes_only_what_intake_made(workdir: Path):
     assert (event / "intake.yaml").exists()
 
     # With intake's marker gone, the directory is the operator's: refused.
-    again = run_intake("up", config=config)
+    again = intake("up", config=config)
     assert again.returncode == 2 and "(keep, notes.txt)" in again.stderr, again.stderr
 
     # Emptied, it is a fresh state directory again; a down with nothing
@@ -100,8 +102,8 @@ def test_down_removes_only_what_intake_made(workdir: Path):
     (state / "notes.txt").unlink()
     (state / "keep" / "inner.txt").unlink()
     (state / "keep").rmdir()
-    run_intake("up", config=config, check=True)
-    human = run_intake("down", "--force", config=config, check=True)
+    intake("up", config=config, check=True)
+    human = intake("down", "--force", config=config, check=True)
     assert "left" not in human.stdout
     assert not state.exists()
     assert sorted(os.listdir(event)) == ["intake.yaml"]
@@ -119,7 +121,7 @@ def test_an_up_that_fails_early_leaves_no_state_dir(workdir: Path):
             }
         )
     )
-    proc = run_intake("up", config=config)
+    proc = intake("up", config=config)
     assert proc.returncode == 3, proc.stderr
     assert sorted(os.listdir(event)) == ["intake.yaml"]
 
@@ -140,6 +142,7 @@ def _postmasters_under(directory: Path) -> list[int]:
     return found
 
 
+@pytest.mark.slow
 def test_two_ups_at_once_on_a_fresh_state_dir_make_one_event(workdir: Path):
     event = workdir / "state-race"
     event.mkdir(mode=0o755)
@@ -171,11 +174,11 @@ def test_two_ups_at_once_on_a_fresh_state_dir_make_one_event(workdir: Path):
             "pgpass",
         ]
         assert len(_postmasters_under(state)) == 2
-        status = json.loads(run_intake("status", "--json", config=config, check=True).stdout)
+        status = json.loads(intake("status", "--json", config=config, check=True).stdout)
         assert status["pools"][0]["inventory"] == 10
         assert status["pools"][0]["available"] == 10
     finally:
-        run_intake("down", "--force", config=config)
+        intake("down", "--force", config=config)
     assert not state.exists()
 
 
@@ -184,7 +187,7 @@ def test_the_demo_leaves_an_intake_yaml_it_did_not_write_alone(workdir: Path):
     directory.mkdir(mode=0o755)
     config = write_config(directory)
     before = tree(directory)
-    proc = run_intake("demo", "--dir", str(directory), "--no-watch", "--json")
+    proc = intake("demo", "--dir", str(directory), "--no-watch", "--json")
     assert proc.returncode == 2, proc.stderr
     assert "holds an intake.yaml the demo did not write" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -11,12 +11,13 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import psycopg
+import pytest
 import yaml
 
 from intake_cli.platform import embedded
 from intake_cli.tools.webhook_process import WebhookServer
 from tests.acceptance.drain_support import make_event, start_drain, stop, wait_for
-from tests.conftest import pool_spec, run_intake, write_config
+from tests.conftest import intake, pool_spec, write_config
 
 
 def real_counts(dsn: str, pool_id: str) -> dict[str, int]:
@@ -48,8 +49,8 @@ def real_counts(dsn: str, pool_id: str) -> dict[str, int]:
 
 
 def watch_once(config) -> tuple[dict, str]:
-    figures = json.loads(run_intake("watch", "--once", "--json", config=config, check=True).stdout)
-    screen = run_intake("watch", "--once", config=config, check=True).stdout
+    figures = json.loads(intake("watch", "--once", "--json", config=config, check=True).stdout)
+    screen = intake("watch", "--once", config=config, check=True).stdout
     return figures, screen
 
 
@@ -69,7 +70,7 @@ def test_watch_once_shows_the_true_figures_after_seed_claim_and_drain(workdir, d
 
         event.claim(300)
         for _ in range(2):  # two batches of 100: 200 intents decided
-            run_intake("drain", "--once", config=event.config, check=True)
+            intake("drain", "--once", config=event.config, check=True)
         declined = sum(1 for c in webhook.calls()["calls"] if c["status"] == 402)
 
     truth = real_counts(db1_dsn, "drop")
@@ -107,7 +108,7 @@ def test_watch_once_shows_the_true_figures_after_seed_claim_and_drain(workdir, d
     assert sum(w["committed"] for w in stopped) == 200 - declined
     assert sum(w["rejected"] for w in stopped) == declined
 
-    status = json.loads(run_intake("status", "--json", config=event.config, check=True).stdout)
+    status = json.loads(intake("status", "--json", config=event.config, check=True).stdout)
     [row] = status["pools"]
     assert (row["available"], row["locked"], row["consumed"], row["rejected"]) == (
         truth["available_slots"],
@@ -163,7 +164,7 @@ def test_collector_folds_outcomes_and_prunes_old_rows(db1_dsn):
 def test_collection_never_reads_the_inventory(workdir, db1_dsn, db2_dsn):
     """No COUNT over allocations: the collector's cost does not grow with the pool."""
     config = write_config(workdir, db1_dsn, db2_dsn, [pool_spec("big", 20_000)])
-    run_intake("up", config=config, check=True)
+    intake("up", config=config, check=True)
     with psycopg.connect(db1_dsn) as conn:
         assert conn.execute("select intake.collect_metrics()").fetchone() == (1,)
         scans = conn.execute(
@@ -178,6 +179,8 @@ def test_collection_never_reads_the_inventory(workdir, db1_dsn, db2_dsn):
         assert available == 20_000
 
 
+@pytest.mark.slow
+@pytest.mark.serial
 def test_pg_cron_14_fallback_collects_every_five_seconds_across_minutes(workdir):
     """The real pg_cron of this machine (1.4: minute schedules) through `intake up`."""
     # Not a skip: the suite's machine must have pg_cron, or this path goes untested.
@@ -189,9 +192,9 @@ def test_pg_cron_14_fallback_collects_every_five_seconds_across_minutes(workdir)
     event.mkdir(mode=0o755)
     config = event / "intake.yaml"
     config.write_text(yaml.safe_dump({"pools": [pool_spec("tick", 100)]}))
-    run_intake("up", config=config, check=True)
+    intake("up", config=config, check=True)
     try:
-        status = json.loads(run_intake("status", "--json", config=config, check=True).stdout)
+        status = json.loads(intake("status", "--json", config=config, check=True).stdout)
         assert status["metrics"]["mode"] == "minute-loop"
         assert status["pg_cron"].startswith("1.4")
         db1 = embedded.EmbeddedClusters(event / ".intake").load()["db1"]
@@ -267,4 +270,4 @@ def test_pg_cron_14_fallback_collects_every_five_seconds_across_minutes(workdir)
             ).fetchone()[0]
             assert recent >= 1
     finally:
-        run_intake("down", "--force", config=config, check=True)
+        intake("down", "--force", config=config, check=True)

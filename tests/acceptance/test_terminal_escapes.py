@@ -16,6 +16,7 @@ import json
 import subprocess
 
 import psycopg
+import pytest
 from psycopg.types.json import Jsonb
 
 from intake_cli.tools.webhook_process import WebhookServer
@@ -52,6 +53,7 @@ def _assert_shows(shown: str, *fragments: str) -> None:
         assert fragment in shown, f"{fragment!r} not in:\n{shown[-3000:]}"
 
 
+@pytest.mark.slow
 def test_outside_text_is_shown_escaped_everywhere(workdir, db1_dsn, db2_dsn):
     with WebhookServer(decline_share=1.0, decline_reason=HOSTILE, fail_reason=HOSTILE) as hook:
         event = make_event(workdir, db1_dsn, db2_dsn, hook.url, 10, max_retries=0)

@@ -17,6 +17,8 @@ from intake_cli.engine import claims
 from intake_cli.tools.webhook_process import WebhookServer
 from tests.acceptance.drain_support import draining, make_event, wait_for
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def webhook() -> Iterator[WebhookServer]:

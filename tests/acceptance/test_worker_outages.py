@@ -72,6 +72,7 @@ def _assert_drained_once(event: Event, keys: list[str], webhook: WebhookServer) 
     assert event.units() == {"consumed": len(keys)}
 
 
+@pytest.mark.slow
 def test_started_while_db2_is_down_waits_then_drains_each_intent_once(
     workdir, db1_dsn, webhook, own_clusters
 ):
@@ -95,6 +96,7 @@ def test_started_while_db2_is_down_waits_then_drains_each_intent_once(
     _assert_drained_once(event, keys, webhook)
 
 
+@pytest.mark.slow
 def test_started_while_db1_is_down_waits_then_drains_each_intent_once(
     workdir, db2_dsn, webhook, own_clusters
 ):
@@ -116,6 +118,7 @@ def test_started_while_db1_is_down_waits_then_drains_each_intent_once(
     _assert_drained_once(event, keys, webhook)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("database", ["db1", "db2"])
 def test_sigterm_while_waiting_for_a_database_exits_0_at_once(
     workdir, db1_dsn, db2_dsn, webhook, database
@@ -132,6 +135,8 @@ def test_sigterm_while_waiting_for_a_database_exits_0_at_once(
     assert event.queue_depth() == 5 and event.states() == {} and webhook.per_key() == {}
 
 
+@pytest.mark.slow
+@pytest.mark.serial
 def test_once_gives_up_after_the_connect_timeout_with_exit_3(workdir, db1_dsn, db2_dsn, webhook):
     event = make_event(workdir, db1_dsn, db2_dsn, webhook.url, 5)
     event.claim(5)
@@ -146,6 +151,7 @@ def test_once_gives_up_after_the_connect_timeout_with_exit_3(workdir, db1_dsn, d
     assert event.queue_depth() == 5 and webhook.per_key() == {}
 
 
+@pytest.mark.slow
 def test_configuration_errors_exit_at_once_without_waiting(
     workdir, db1_dsn, db2_dsn, empty_db_dsn, webhook
 ):

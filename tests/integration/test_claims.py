@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from intake_cli.engine import claims, lifecycle
 from intake_cli.platform import config
@@ -19,6 +20,7 @@ def provision(tmp: Path, db1: str, db2: str, *pools: dict) -> config.Settings:
     return settings
 
 
+@pytest.mark.slow
 def test_herd_of_5000_on_1000_units_with_200_connections(workdir, db1_dsn, db2_dsn):
     provision(workdir, db1_dsn, db2_dsn, pool_spec("herd", 1000))
     users = [f"user-{n}" for n in range(5000)]

@@ -20,7 +20,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from intake_cli.engine import ledger
+from intake_cli.engine.drain import ledger
 from intake_cli.platform.errors import LedgerContractError, LedgerUnavailable
 from tests.integration.test_ledger import RPC, commit, intent, scalar
 
@@ -69,6 +69,7 @@ def commit_with(
         "pg_toast.anything",
     ],
 )
+@pytest.mark.slow
 def test_postgresqls_own_functions_are_never_the_commit_rpc(ledger_dsn, name):
     with (
         psycopg.connect(ledger_dsn, autocommit=True) as conn,
@@ -247,6 +248,7 @@ def test_a_payload_raising_57014_fails_alone_and_db2_is_not_taken_for_down(ledge
     assert scalar(ledger_dsn, "select count(*) from public.tickets") == 4
 
 
+@pytest.mark.serial
 def test_a_slow_payload_is_cancelled_by_the_statement_timeout_and_fails_alone(ledger_dsn):
     create(ledger_dsn, PICKY)
     payloads = [intent(user_id=u) for u in ("a", "b", "slow", "c", "d")]

@@ -17,8 +17,11 @@ from typing import Any
 import psycopg
 import pytest
 
-from intake_cli.engine import ledger
+from intake_cli.engine.drain import ledger
 from tests.integration.test_ledger import intent
+
+# Each test weighs payloads in fractions of the timeout: a loaded machine could tip them.
+pytestmark = pytest.mark.serial
 
 SLOW_RPC = ledger.RpcName.parse("public.slow_finalize")
 T = 1.0

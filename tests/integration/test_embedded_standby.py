@@ -57,6 +57,7 @@ def what_up_left(state_dir: Path) -> dict[str, object]:
     return seen
 
 
+@pytest.mark.slow
 def test_up_streams_synchronously_and_a_lost_db1_fails_over(workdir: Path):
     settings = settings_in(workdir / "standby-event", standby=True)
     state_dir = settings.state_dir
@@ -134,6 +135,7 @@ def test_up_streams_synchronously_and_a_lost_db1_fails_over(workdir: Path):
     assert not any(port_open(c.port) for c in clusters.values())
 
 
+@pytest.mark.slow
 def test_the_key_turned_on_later_adds_a_standby_and_off_removes_it(workdir: Path):
     state_dir = workdir / "later" / ".intake"
     state_dir.parent.mkdir(mode=0o755)

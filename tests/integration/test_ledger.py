@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from intake_cli.engine import ledger
+from intake_cli.engine.drain import ledger
 from intake_cli.platform.errors import LedgerContractError, LedgerUnavailable
 
 RPC = ledger.RpcName.parse("public.finalize_transaction")
@@ -90,6 +90,7 @@ def as_user(conn: psycopg.Connection, user: str | None, role: str = "authenticat
 # -- install -----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_install_example_once_then_changes_nothing(db2_dsn):
     with psycopg.connect(db2_dsn, autocommit=True) as conn:
         assert ledger.example_installed(conn) is False

@@ -26,8 +26,8 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import PoolTimeout
 
-from intake_cli.engine import ledger
-from intake_cli.engine.worker import Worker
+from intake_cli.engine.drain import ledger
+from intake_cli.engine.drain.worker import Worker
 from intake_cli.platform import config
 from intake_cli.platform.errors import LedgerUnavailable
 from intake_cli.tools.webhook_process import WebhookServer
@@ -114,6 +114,7 @@ def test_an_answer_psycopg_could_not_load_proves_nothing_and_the_batch_commits(d
     assert_only_the_odd_one_unproven(db2_dsn, payloads, outcomes, why)
 
 
+@pytest.mark.slow
 def test_an_answer_that_is_not_utf8_proves_nothing(db2_cluster):
     # A SQL_ASCII database checks no encoding: its text is whatever bytes were put in.
     dsn = new_database(db2_cluster)
@@ -268,6 +269,7 @@ def frozen_db2_aside(dsn: str) -> Iterator[tuple[FreezingProxy, str]]:
         loop.close()
 
 
+@pytest.mark.slow
 def test_a_checkout_from_a_hung_db2_fails_within_the_pool_timeout(ledger_dsn):
     async def run() -> float:
         async with frozen_db2(ledger_dsn) as (proxy, dsn):
@@ -327,6 +329,7 @@ def test_a_commit_on_a_hung_db2_is_db2_unavailable_after_its_timeout_and_the_gra
     assert tickets(ledger_dsn) == {}
 
 
+@pytest.mark.slow
 def test_a_catalog_lookup_on_a_hung_db2_is_db2_unavailable(ledger_dsn):
     async def run() -> tuple[str, float]:
         async with (
@@ -350,6 +353,7 @@ def test_a_catalog_lookup_on_a_hung_db2_is_db2_unavailable(ledger_dsn):
     assert bound <= held < bound + 1, held
 
 
+@pytest.mark.slow
 def test_the_drain_takes_a_hung_db2_for_unavailable_and_commits_once_it_answers(
     workdir, db1_dsn, ledger_dsn
 ):

@@ -13,16 +13,16 @@ import json
 
 import psycopg
 
-from tests.conftest import pool_spec, run_intake, write_config
+from tests.conftest import intake, pool_spec, write_config
 
 
 def _pgmq(config) -> dict:
-    return json.loads(run_intake("status", "--json", config=config, check=True).stdout)["pgmq"]
+    return json.loads(intake("status", "--json", config=config, check=True).stdout)["pgmq"]
 
 
 def test_status_follows_alter_extension_update(workdir, db1_dsn, db2_dsn):
     config = write_config(workdir, db1_dsn, db2_dsn, [pool_spec()])
-    run_intake("up", config=config, check=True)
+    intake("up", config=config, check=True)
     with psycopg.connect(db1_dsn, autocommit=True) as conn:
         # As `up` records an extension install it found at 1.4.4.
         conn.execute("update intake.pgmq_install set source = 'extension', version = '1.4.4'")
@@ -41,10 +41,10 @@ def test_status_follows_alter_extension_update(workdir, db1_dsn, db2_dsn):
         conn.execute("set allow_system_table_mods = on")
         conn.execute("update pg_extension set extversion = '1.5.1' where extname = 'pgmq'")
     assert _pgmq(config)["version"] == "1.5.1"
-    text = run_intake("status", config=config, check=True).stdout
+    text = intake("status", config=config, check=True).stdout
     assert "pgmq: extension 1.5.1\n" in text
     # `up` replaces the stale record with the live version (issue 16, item 3).
-    run_intake("up", config=config, check=True)
+    intake("up", config=config, check=True)
     with psycopg.connect(db1_dsn, autocommit=True) as conn:
         recorded = conn.execute("select source, version from intake.pgmq_install").fetchall()
     assert recorded == [("extension", "1.5.1")]
@@ -52,11 +52,11 @@ def test_status_follows_alter_extension_update(workdir, db1_dsn, db2_dsn):
 
 def test_status_says_the_bundled_sql_version_is_the_one_recorded(workdir, db1_dsn, db2_dsn):
     config = write_config(workdir, db1_dsn, db2_dsn, [pool_spec()])
-    run_intake("up", config=config, check=True)
+    intake("up", config=config, check=True)
     first = _pgmq(config)
     assert (first["source"], first["version_from"]) == ("bundled-sql", "recorded at install")
     with psycopg.connect(db1_dsn, autocommit=True) as conn:
         conn.execute("update intake.pgmq_install set version = '1.99.0'")
     assert _pgmq(config)["version"] == "1.99.0"
-    text = run_intake("status", config=config, check=True).stdout
+    text = intake("status", config=config, check=True).stdout
     assert "pgmq: bundled-sql 1.99.0 (recorded at install)" in text

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from intake_cli.engine.webhook import Verdict, WebhookClient, WebhookResult
+from intake_cli.engine.drain.webhook import Verdict, WebhookClient, WebhookResult
 from intake_cli.tools.testhook import declines
 from intake_cli.tools.webhook_process import WebhookServer
 
@@ -108,6 +108,7 @@ def test_a_scripted_422_is_a_decline(webhook: WebhookServer) -> None:
     assert (second.verdict, second.status) == (Verdict.VALIDATED, 200)
 
 
+@pytest.mark.serial
 def test_a_slow_webhook_times_out_into_a_retry(webhook: WebhookServer) -> None:
     webhook.script(delay_ms=2000)
     started = time.monotonic()

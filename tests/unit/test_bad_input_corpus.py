@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from intake_cli.engine.webhook import WebhookClient, WebhookResult
+from intake_cli.engine.drain.webhook import WebhookClient, WebhookResult
 from intake_cli.platform import config
 from intake_cli.platform.db import describe_dsn
 from intake_cli.platform.errors import IntakeError

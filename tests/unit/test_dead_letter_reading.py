@@ -12,9 +12,11 @@ from typing import Any
 
 import pytest
 
-from intake_cli.engine import ledger
-from intake_cli.engine.batch import RawJson, as_jsonb, parse_message, read_json
 from intake_cli.engine.dlq import read_letter
+from intake_cli.engine.drain import ledger
+from intake_cli.engine.drain.intents import RawJson, parse_message
+from intake_cli.engine.drain.store import as_jsonb
+from intake_cli.platform.jsontext import read_json
 
 INTENT = {
     "idempotency_key": "00000000-0000-4000-8000-0000000000aa",

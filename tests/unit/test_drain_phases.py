@@ -1,4 +1,4 @@
-"""The drain's phase clock (engine/phases.py) and the bench's steady state, on their own."""
+"""The drain's phase clock (engine/drain/phases.py) and the bench's steady state, on their own."""
 
 from __future__ import annotations
 
@@ -8,17 +8,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-from intake_cli.engine import phases
+from intake_cli.engine.drain import phases
 from intake_cli.tools.bench.cputime import CpuSample
 from intake_cli.tools.bench.drain import Tick, phase_report, sized, steady_state
 
 _CHILD = """
-from intake_cli.engine import phases
-phases.enable()
-phases.add("read", 0.25)
-phases.add("read", 0.25)
-with phases.clock("finish"):
-    pass
+from intake_cli.engine.drain.phases import PhaseClock
+clock = PhaseClock.from_environment()
+if clock is not None:
+    clock.add("read", 0.25)
+    clock.add("read", 0.25)
+    with clock.clock("finish"):
+        pass
 """
 
 
@@ -30,8 +31,9 @@ def test_off_unless_the_environment_names_a_directory(tmp_path: Path):
     env = {k: v for k, v in os.environ.items() if k != phases.ENV}
     _child(env)
     assert list(tmp_path.iterdir()) == []
-    # In this process it was never enabled: adding costs nothing and records nothing.
-    assert phases.clock("x") is phases.clock("y")
+    assert phases.PhaseClock.from_environment({}) is None
+    # The drain's default records nothing and hands out one shared no-op.
+    assert phases.NO_PHASES.clock("x") is phases.NO_PHASES.clock("y")
 
 
 def test_on_each_process_writes_its_totals_on_exit(tmp_path: Path):

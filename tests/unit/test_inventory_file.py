@@ -95,6 +95,7 @@ def test_count_ids_counts_lines_as_read_ids_does(tmp_path, content, lines):
     assert inventory.count_ids(write(tmp_path, "units.csv", "resource_id\n" + content)) == lines
 
 
+@pytest.mark.serial
 def test_a_million_ids_are_read_quickly(tmp_path):
     # A loose bound that catches per-line work gone quadratic, not a benchmark
     # (which is in the report: about 0.7 s here on an idle machine).

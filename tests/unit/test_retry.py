@@ -1,6 +1,6 @@
 import random
 
-from intake_cli.engine.retry import RetryPolicy
+from intake_cli.engine.drain.retry import RetryPolicy
 
 
 def test_backoff_grows_with_jitter_and_stops_at_the_cap():

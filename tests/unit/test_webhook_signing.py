@@ -9,7 +9,7 @@ import hmac
 
 import pytest
 
-from intake_cli.engine.webhook import DECLINE_STATUSES, Verdict, _body_reason, classify
+from intake_cli.engine.drain.webhook import DECLINE_STATUSES, Verdict, _body_reason, classify
 from intake_cli.platform.signing import check_secret, sign, verify
 from intake_cli.tools.testhook import declines
 

@@ -13,7 +13,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from intake_cli.engine import ledger
+from intake_cli.engine.drain import ledger
 from intake_cli.platform import config
 from intake_cli.platform.db import connect
 from intake_cli.platform.errors import UnknownPool, UsageError

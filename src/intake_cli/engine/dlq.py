@@ -24,8 +24,9 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from intake_cli.engine.batch import intent_problems, is_uuid, read_json
+from intake_cli.engine.drain.intents import intent_problems, is_uuid
 from intake_cli.platform.errors import UnknownDeadLetter, UsageError
+from intake_cli.platform.jsontext import read_json
 from intake_cli.platform.sqlfiles import queries
 
 # The states a dead letter records: where its intent had got to (a replay

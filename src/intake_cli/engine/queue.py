@@ -1,4 +1,8 @@
-"""The pgmq calls intake makes, and nothing else of pgmq.
+"""The pgmq calls that create, drop and measure intake's queues.
+
+The drain's reads, leases and archives go through DB1's own functions
+(intake.read_intents, intake.hand_back, intake.finish_committed, ...: see
+engine/drain/store.py), which call pgmq inside DB1.
 
 Only functions that pgmq 1.4.4 and 1.5.1 (hosted Supabase) both have are
 called, never the `headers` overloads, and returned rows are read by column

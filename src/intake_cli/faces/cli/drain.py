@@ -11,8 +11,9 @@ from typing import Any
 
 import typer
 
-from intake_cli.engine import worker as drainer
-from intake_cli.engine.batch import DrainStats
+from intake_cli.engine.drain import worker as drainer
+from intake_cli.engine.drain.context import DrainStats
+from intake_cli.engine.drain.phases import PhaseClock
 from intake_cli.faces.cli.root import (
     JsonOption,
     app,
@@ -176,6 +177,7 @@ def run_worker(run: DrainRun, settings: config.Settings | None = None) -> DrainS
         shutdown_timeout_s=run.shutdown_timeout,
         log_drain=log_drain,
         connect_timeout_s=run.connect_timeout,
+        phases=PhaseClock.from_environment(),
     )
     return eventloop.run(worker.run())
 

@@ -10,15 +10,7 @@ from intake_cli import __version__
 from intake_cli.faces.cli.root import app, err, out, print_json
 from intake_cli.platform.display import markup
 from intake_cli.tools import demo, testhook
-from intake_cli.tools.bench import dashboard as bench_dashboard
-from intake_cli.tools.bench import drain as bench_drain
-from intake_cli.tools.bench import e2e as bench_e2e
-from intake_cli.tools.bench import gateway as bench_gateway
-from intake_cli.tools.bench import metrics as bench_metrics
-from intake_cli.tools.bench import recovery as bench_recovery
-from intake_cli.tools.bench import seeding as bench_seeding
-from intake_cli.tools.bench import tick as bench_tick
-from intake_cli.tools.bench.claims import bench_app
+from intake_cli.tools.bench.app import bench_app
 
 
 @app.command("demo")
@@ -82,14 +74,6 @@ def demo_command(
 
 
 app.command("webhook-server")(testhook.webhook_server_command)
-bench_app.command("drain")(bench_drain.drain_command)
-bench_app.command("metrics")(bench_metrics.metrics_command)
-bench_app.command("recovery")(bench_recovery.recovery_command)
-bench_app.command("e2e")(bench_e2e.e2e_command)
-bench_app.command("seeding")(bench_seeding.seeding_command)
-bench_app.command("gateway")(bench_gateway.gateway_command)
-bench_app.command("tick")(bench_tick.tick_command)
-bench_app.command("dashboard")(bench_dashboard.dashboard_command)
 app.add_typer(bench_app, name="bench", help="Benchmarks against baselines from the same run.")
 
 

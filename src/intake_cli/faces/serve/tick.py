@@ -21,7 +21,7 @@ from aiohttp import web
 from psycopg_pool import PoolTimeout
 
 from intake_cli.engine import telemetry
-from intake_cli.engine.tick import Ticker
+from intake_cli.engine.drain.tick import Ticker
 from intake_cli.faces.serve.replies import ApiError, from_intake, ok
 from intake_cli.faces.serve.state import ENDPOINTS, LOGGER, SETTINGS
 from intake_cli.platform import config

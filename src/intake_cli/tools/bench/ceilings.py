@@ -21,8 +21,8 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from intake_cli.engine import ledger
-from intake_cli.engine.webhook import WebhookClient
+from intake_cli.engine.drain import ledger
+from intake_cli.engine.drain.webhook import WebhookClient
 from intake_cli.platform.pgconn import open_async
 
 # A client process that has not reported by then is taken as failed.

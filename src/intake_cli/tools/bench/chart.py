@@ -1,5 +1,6 @@
-"""The claim benchmark as a picture: claims/s by client count, intake against
-the baselines of the same run, from the JSON `intake bench claims` saves.
+"""The claim and gateway benchmarks as pictures, from the JSON they save: claims/s
+by client count, intake against the baselines of the same run; claims/s by
+gateway setting against the single claim.
 
 matplotlib is an optional extra (`pip install 'intake-cli[bench]'`): nothing
 else in intake needs it, and it is large.
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from intake_cli.platform.errors import UsageError
+from intake_cli.tools.bench.common.results import stamp
 
 # Baselines in greys and thin lines, intake in colour: the eye should land on
 # intake and read the baselines as context.
@@ -36,6 +38,15 @@ def require_matplotlib() -> None:
             "--chart needs matplotlib, which is optional: install it with "
             "pip install 'intake-cli[bench]' (scripts/bootstrap.sh does)"
         ) from None
+
+
+def chart_path(chart: Path, saved: Path | None, kind: str, cores: int) -> Path:
+    """--chart names a file, or a directory to put it in beside (and named like) the JSON."""
+    if not chart.is_dir():
+        return chart
+    if saved is not None and saved.parent.resolve() == chart.resolve():
+        return saved.with_suffix(".png")
+    return chart / f"{kind}-{stamp()}-{cores}cores.png"
 
 
 def _series(document: dict[str, Any]) -> dict[str, list[tuple[int, float]]]:
@@ -79,7 +90,7 @@ def draw_claims(document: dict[str, Any], path: Path) -> Path:
     # The bar's absolute lines, where the run measured what they judge.
     bar = settings.get("bar_clients")
     for target in document.get("targets", []):
-        if "claims/s" in target["target"] and target.get("threshold"):
+        if "claims/s" in target["what"] and target.get("threshold"):
             ax.axhline(target["threshold"], color="0.8", linewidth=0.8, zorder=0)
             ax.annotate(
                 f"bar: {target['threshold']:,.0f}/s",

@@ -21,10 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import shutil
-import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -35,27 +31,22 @@ import httpx
 import typer
 
 from intake_cli.platform import config
-from intake_cli.platform.embedded import EmbeddedClusters
 from intake_cli.platform.pgconn import open_sync
-from intake_cli.tools.bench import claims as bench
-from intake_cli.tools.bench import served_event
-from intake_cli.tools.bench.drain import CpuSample, cpu_times
+from intake_cli.tools.bench.common import events
+from intake_cli.tools.bench.common.cpu import CpuSample, cpu_times, process_cpu_s
+from intake_cli.tools.bench.common.options import json_option, output_option
+from intake_cli.tools.bench.common.results import (
+    Target,
+    machine,
+    publish,
+    targets_json,
+    targets_markdown,
+)
 from intake_cli.tools.webhook_process import WebhookServer
 
 TARGET_SHARE = 0.05
 # How long a stream may take to show the last row written before it is judged.
 SETTLE_S = 5.0
-
-
-def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of one process so far (0 once it is gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return 0.0
-    # The command name may hold spaces and parentheses: fields count from the last ')'.
-    fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Collector(threading.Thread):
@@ -96,7 +87,7 @@ class Page:
         self._thread.start()
 
     def _read(self) -> None:
-        headers = {"Authorization": f"Bearer {served_event.TOKEN}", "Accept": "text/event-stream"}
+        headers = {"Authorization": f"Bearer {events.TOKEN}", "Accept": "text/event-stream"}
         try:
             with self._client.stream("GET", self.url + "/api/events", headers=headers) as r:
                 r.raise_for_status()
@@ -146,7 +137,7 @@ class Run:
             "intents": self.intents,
             "seconds": round(self.seconds, 2),
             "intents_per_sec": round(self.intents / self.seconds),
-            "machine_cpu_busy": round(self.machine.busy / max(self.machine.total, 1e-9), 3),
+            "machine_cpu_busy": round(self.machine.busy_share, 3),
             "cpu_ms_per_intent": round(self.cpu_ms_per_intent, 3),
             "serve_cpu_s": round(self.serve_cpu_s, 3),
             "serve_cpu_ms_per_intent": round(self.serve_cpu_s / self.intents * 1000, 4),
@@ -168,13 +159,13 @@ def _sessions(db1: str) -> set[int]:
 
 
 def run_once(path: Path, intents: int, concurrency: int, pages: int, collect_every_s: float) -> Run:
-    db1 = served_event.db1_dsn(path)
+    db1 = events.db1_dsn(path)
     with contextlib.ExitStack() as stack:
         opened: list[Page] = []
         serve_pids: list[int] = []
         if pages:
             before = _sessions(db1)
-            server_pid, url = stack.enter_context(served_event.serving(path))
+            server_pid, url = stack.enter_context(events.serving(path))
             opened = [Page(url) for _ in range(pages)]
             for page in opened:
                 stack.callback(page.close)
@@ -194,7 +185,7 @@ def run_once(path: Path, intents: int, concurrency: int, pages: int, collect_eve
 
         collector.start()
         try:
-            seconds = served_event.drain_until_archived(path, intents, concurrency, sample)
+            seconds = events.drain_until_archived(path, intents, concurrency, sample)
         finally:
             collector.stop()
         written = set(collector.written)
@@ -208,9 +199,7 @@ def run_once(path: Path, intents: int, concurrency: int, pages: int, collect_eve
         pages=pages,
         intents=intents,
         seconds=seconds,
-        machine=CpuSample(
-            machine_after.busy - machine_before.busy, machine_after.total - machine_before.total
-        ),
+        machine=machine_after - machine_before,
         serve_cpu_s=after["serve"] - serve_before,
         rows_written=len(written),
         rows_seen_min=min((len(written & page.seen) for page in opened), default=len(written)),
@@ -219,23 +208,26 @@ def run_once(path: Path, intents: int, concurrency: int, pages: int, collect_eve
     )
 
 
-def targets(base: Run, dashboard: Run) -> list[dict[str, Any]]:
+def targets(base: Run, dashboard: Run) -> list[Target]:
     share = (dashboard.serve_cpu_s / dashboard.intents) / (base.machine.busy / base.intents)
-    machine = dashboard.cpu_ms_per_intent / base.cpu_ms_per_intent - 1
+    machine_difference = dashboard.cpu_ms_per_intent / base.cpu_ms_per_intent - 1
     return [
-        {
-            "what": f"serve with {dashboard.pages} open pages adds < 5% CPU per intent",
-            "measured": round(share, 4),
+        Target.at_most(
+            f"serve with {dashboard.pages} open pages adds < 5% CPU per intent",
+            share,
+            TARGET_SHARE,
+            f"{share:.2%}",
+            below=True,
             # The machine-wide difference of the two runs, for comparison: it
             # also holds whatever else the (shared) machine did meanwhile.
-            "machine_difference": round(machine, 3),
-            "met": share < TARGET_SHARE,
-        },
-        {
-            "what": "every page got every metrics row",
-            "measured": f"{dashboard.rows_seen_min} of {dashboard.rows_written}",
-            "met": dashboard.rows_seen_min == dashboard.rows_written and not dashboard.errors,
-        },
+            machine_difference=round(machine_difference, 3),
+        ),
+        Target.at_least(
+            "every page got every metrics row",
+            dashboard.rows_seen_min,
+            dashboard.rows_written,
+            f"{dashboard.rows_seen_min} of {dashboard.rows_written}",
+        ).unless(not dashboard.errors, "a page failed"),
     ]
 
 
@@ -264,41 +256,33 @@ def dashboard_command(
     collect_every: float = typer.Option(
         1.0, "--collect-every", min=0.5, max=60, help="Seconds between metrics rows."
     ),
-    output: Path | None = typer.Option(
-        None, "--output", help="Also save the results as JSON in DIR (e.g. benchmarks/results)."
-    ),
+    output: Path | None = output_option(),
     quick: bool = typer.Option(False, "--quick", help="A smoke run: 1,000 intents, 3 pages."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    as_json: bool = json_option("a table"),
 ) -> None:
     """What `intake serve`'s dashboard costs per intent with open pages and a drain running;
     the target is under 5% of the machine's CPU per intent, every page getting every row."""
     if quick:
         intents, pages, collect_every = 1000, 3, 0.5
-    workdir = Path(tempfile.mkdtemp(prefix="intake-bench-dashboard-"))
-    workdir.chmod(0o755)
-    clusters = EmbeddedClusters(
-        workdir / "clusters", config.EmbeddedSettings(max_connections=200, synchronous_commit=True)
-    )
-    try:
-        running = clusters.ensure()
-        with WebhookServer(delay_ms=webhook_delay_ms) as webhook:
-            runs = [
-                run_once(
-                    served_event.claimed_event(
-                        workdir, running, f"bench_dash_p{n}", webhook.url, intents
-                    ),
-                    intents,
-                    concurrency,
-                    n,
-                    collect_every,
-                )
-                for n in (0, pages)
-            ]
-    finally:
-        clusters.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+    settings = config.EmbeddedSettings(max_connections=200)
+    with (
+        events.workdir("dashboard") as workdir,
+        events.durable_clusters(workdir, settings) as (_, running),
+        WebhookServer(delay_ms=webhook_delay_ms) as webhook,
+    ):
+        runs = [
+            run_once(
+                events.claimed_event(workdir, running, f"bench_dash_p{n}", webhook.url, intents),
+                intents,
+                concurrency,
+                n,
+                collect_every,
+            )
+            for n in (0, pages)
+        ]
+    found = targets_json(targets(*runs))
     report = {
-        "machine": {"cores": os.cpu_count(), "synchronous_commit": "on"},
+        "machine": machine(synchronous_commit="on"),
         "settings": {
             "concurrency": concurrency,
             "batch_size": 500,
@@ -306,16 +290,12 @@ def dashboard_command(
             "collect_every_s": collect_every,
         },
         "results": [run.as_json() for run in runs],
-        "targets": targets(*runs),
+        "targets": found,
     }
-    if output is not None:
-        sys.stderr.write(f"saved {bench.save(report, output, 'dashboard')}\n")
-    if as_json:
-        sys.stdout.write(json.dumps(report, indent=2) + "\n")
-        return
-    sys.stdout.write(markdown(runs) + "\n\n")
-    for target in report["targets"]:
-        sys.stdout.write(
-            f"target: {target['what']}: {target['measured']} "
-            f"({'met' if target['met'] else 'MISSED'})\n"
-        )
+    publish(
+        report,
+        "dashboard",
+        output,
+        as_json,
+        lambda: markdown(runs) + "\n\n" + targets_markdown(found),
+    )

@@ -24,10 +24,8 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,26 +33,36 @@ from typing import Any
 
 import psycopg
 import typer
-import yaml
 
-from intake_cli.engine import claims, ledger, lifecycle, phases
+from intake_cli.engine import claims, lifecycle
+from intake_cli.engine.drain import ledger, phases
 from intake_cli.platform import config
-from intake_cli.platform.embedded import Cluster, EmbeddedClusters
+from intake_cli.platform.embedded import Cluster
 from intake_cli.platform.pgconn import open_sync
 from intake_cli.platform.sqlfiles import queries
 from intake_cli.tools.bench import bare_drain
-from intake_cli.tools.bench import claims as bench
 from intake_cli.tools.bench.ceilings import db2_ceiling, webhook_ceiling
-from intake_cli.tools.bench.cputime import (
-    CpuSample,
-    cluster_cpu_s,
-    cpu_times,
-    process_cpu_s,
+from intake_cli.tools.bench.common import cpu, events
+from intake_cli.tools.bench.common.cpu import CpuSample
+from intake_cli.tools.bench.common.events import POOL
+from intake_cli.tools.bench.common.options import (
+    json_option,
+    output_option,
+    parse_numbers,
+    webhook_delays_ms,
+)
+from intake_cli.tools.bench.common.results import (
+    Target,
+    machine,
+    publish,
+    targets_json,
+    targets_markdown,
 )
 from intake_cli.tools.bench.waits import WaitSampler
 from intake_cli.tools.bench.webhook_fleet import WebhookFleet, default_processes
 
-POOL = "bench"
+# Beyond what one machine runs: the bound catches a mistyped list.
+MAX_PROCESSES = 64
 # The steady state: from this share of the intents archived to that one.
 STEADY = (0.1, 0.9)
 # Top-level phases of a slot's batch, one after the other; the others are
@@ -165,7 +173,7 @@ class DrainResult:
 
     @property
     def machine_busy(self) -> float:
-        return self.steady.machine_busy if self.steady else self.cpu.busy / self.cpu.total
+        return self.steady.machine_busy if self.steady else self.cpu.busy_share
 
     @property
     def machine_ceiling_per_sec(self) -> float:
@@ -232,13 +240,13 @@ def phase_report(directory: Path, concurrency: int) -> dict[str, Any]:
     """The workers' phase totals, added up: per batch, and as shares of the slots' time."""
     seconds: dict[str, float] = {}
     counts: dict[str, int] = {}
-    wall = cpu = 0.0
+    wall = cpu_s = 0.0
     workers = 0
     for path in sorted(directory.glob("*.json")):
         document = json.loads(path.read_text(encoding="utf-8"))
         workers += 1
         wall += document["wall_s"]
-        cpu += document["cpu_s"]
+        cpu_s += document["cpu_s"]
         for name, totals in document["phases"].items():
             seconds[name] = seconds.get(name, 0.0) + totals["seconds"]
             counts[name] = counts.get(name, 0) + totals["count"]
@@ -250,8 +258,8 @@ def phase_report(directory: Path, concurrency: int) -> dict[str, Any]:
         "batches": batches,
         # Each worker is one event loop: its CPU over its wall time is how
         # busy that loop was (near 1: the loop itself is the bottleneck).
-        "worker_loop_busy": round(cpu / wall, 3) if wall else None,
-        "worker_cpu_s": round(cpu, 3),
+        "worker_loop_busy": round(cpu_s / wall, 3) if wall else None,
+        "worker_cpu_s": round(cpu_s, 3),
         "ms_per_batch": {
             name: round(s / batches * 1000, 2) if batches else None
             for name, s in sorted(seconds.items())
@@ -268,21 +276,6 @@ def phase_report(directory: Path, concurrency: int) -> dict[str, Any]:
         if slot_s
         else {},
     }
-
-
-def fresh_database(cluster: Cluster, name: str) -> str:
-    with open_sync(cluster.dsn) as conn:
-        conn.execute(
-            psycopg.sql.SQL("drop database if exists {}").format(psycopg.sql.Identifier(name))
-        )
-        conn.execute(psycopg.sql.SQL("create database {}").format(psycopg.sql.Identifier(name)))
-    return cluster.dsn_for(name)
-
-
-def archived_count(dsn: str) -> int:
-    with open_sync(dsn) as conn:
-        row = conn.execute(queries("bench_drain")["archived"]).fetchone()
-    return int(row[0]) if row else 0
 
 
 def _committed(conn: psycopg.Connection) -> int:
@@ -325,31 +318,20 @@ def run_scenario(
     tag = f"p{scenario.processes}_d{scenario.webhook_delay_ms}{variant}"
     intents, concurrency, batch_size = plan.intents, plan.concurrency, plan.batch_size
     db1_name, db2_name = f"bench_db1_{tag}", f"bench_db2_{tag}"
-    db1 = fresh_database(clusters["db1"], db1_name)
-    db2 = fresh_database(clusters["db2"], db2_name)
-    ceiling_db2 = fresh_database(clusters["db2"], f"bench_db2_ceiling_{tag}")
+    db1 = events.fresh_database(clusters["db1"], db1_name)
+    db2 = events.fresh_database(clusters["db2"], db2_name)
+    ceiling_db2 = events.fresh_database(clusters["db2"], f"bench_db2_ceiling_{tag}")
     with open_sync(ceiling_db2, autocommit=False) as conn:
         ledger.install_example(conn)
         conn.commit()
     slots = scenario.processes * concurrency
     with WebhookFleet(plan.webhook_processes, scenario.webhook_delay_ms) as webhook:
-        path = workdir / f"{tag}.yaml"
-        path.write_text(
-            yaml.safe_dump(
-                {
-                    "db1": {"dsn": db1},
-                    "db2": {"dsn": db2, "install_example_ledger": True},
-                    "pools": [
-                        {
-                            "pool_id": POOL,
-                            "inventory": intents,
-                            "batch_size": batch_size,
-                            "validation_webhook_url": webhook.url,
-                        }
-                    ],
-                }
-            )
-        )
+        pool = {
+            "inventory": intents,
+            "batch_size": batch_size,
+            "validation_webhook_url": webhook.url,
+        }
+        path = events.write_config(workdir / f"{tag}.yaml", db1, db2, pool)
         settings = config.load(path)
         lifecycle.up(settings)
         _seed_claims(db1, intents)
@@ -382,18 +364,19 @@ def run_scenario(
             {"db1": (clusters["db1"].dsn, [db1_name]), "db2": (clusters["db2"].dsn, [db2_name])}
         )
         started = time.perf_counter()
-        cpu_before = cpu_times()
+        cpu_before = cpu.cpu_times()
         workers = [
             subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
             for _ in range(scenario.processes)
         ]
 
         def parts() -> dict[str, float]:
+            table = cpu.processes()
             return {
-                "workers": sum(process_cpu_s(w.pid) for w in workers),
-                "webhook": sum(process_cpu_s(pid) for pid in webhook.pids),
-                "db1": cluster_cpu_s(clusters["db1"].datadir),
-                "db2": cluster_cpu_s(clusters["db2"].datadir),
+                "workers": sum(cpu.process_cpu_s(w.pid) for w in workers),
+                "webhook": sum(cpu.process_cpu_s(pid) for pid in webhook.pids),
+                "db1": cpu.cluster_cpu_s(clusters["db1"].datadir, table),
+                "db2": cpu.cluster_cpu_s(clusters["db2"].datadir, table),
             }
 
         timeline: list[Tick] = []
@@ -406,7 +389,9 @@ def run_scenario(
 
                 while True:
                     done = how_far()
-                    timeline.append(Tick(time.perf_counter() - started, done, cpu_times(), parts()))
+                    timeline.append(
+                        Tick(time.perf_counter() - started, done, cpu.cpu_times(), parts())
+                    )
                     if done >= intents:
                         break
                     # The bare drain exits once the queue is empty: look again first.
@@ -414,9 +399,9 @@ def run_scenario(
                         raise RuntimeError("a drain worker exited early")
                     time.sleep(0.1)
             seconds = time.perf_counter() - started
-            cpu_after = cpu_times()
+            cpu_after = cpu.cpu_times()
             parts_after = parts()
-            archived = archived_count(db1)
+            archived = events.archived_count(db1)
             if archived != intents:
                 raise RuntimeError(f"{intents} intents committed but {archived} archived")
         finally:
@@ -424,13 +409,12 @@ def run_scenario(
                 worker.terminate()
             for worker in workers:
                 worker.wait(timeout=60)
-    cpu = CpuSample(cpu_after.busy - cpu_before.busy, cpu_after.total - cpu_before.total)
     report = phase_report(phase_dir, concurrency)
     return DrainResult(
         scenario,
         intents,
         seconds,
-        cpu,
+        cpu_after - cpu_before,
         steady=steady_state(timeline, intents),
         webhook_ceiling_per_sec=hook_ceiling,
         db2_ceiling_per_sec=ledger_ceiling,
@@ -480,7 +464,7 @@ def markdown(results: list[DrainResult]) -> str:
     return "\n".join(lines)
 
 
-def targets(results: list[DrainResult]) -> list[dict[str, Any]]:
+def targets(results: list[DrainResult]) -> list[Target]:
     """The issue's bars that one run can judge: scale-out against one process."""
     found = []
     bare = {r.scenario.webhook_delay_ms: r for r in results if r.scenario.bare}
@@ -488,62 +472,49 @@ def targets(results: list[DrainResult]) -> list[dict[str, Any]]:
     one = {r.scenario.webhook_delay_ms: r for r in results if r.scenario.processes == 1}
     for r in results:
         base = one.get(r.scenario.webhook_delay_ms)
-        if r.scenario.processes == 1 or base is None:
+        bar = {2: 1.6, 8: 5.0}.get(r.scenario.processes)
+        if base is None or bar is None:
             continue
-        rate, base_rate = (r.steady_per_sec or r.per_sec), (base.steady_per_sec or base.per_sec)
-        bar = 1.6 if r.scenario.processes == 2 else 5.0 if r.scenario.processes == 8 else None
-        if bar is None:
-            continue
+        ratio = (r.steady_per_sec or r.per_sec) / (base.steady_per_sec or base.per_sec)
         found.append(
-            {
-                "what": f"{r.scenario.processes} processes >= {bar}x one "
+            Target.at_least(
+                f"{r.scenario.processes} processes >= {bar}x one "
                 f"(webhook delay {r.scenario.webhook_delay_ms} ms, steady state)",
-                "measured": round(rate / base_rate, 2),
-                "met": rate >= bar * base_rate,
-                "limit": r.limit(),
-                "one_process_machine_cpu_busy": round(base.machine_busy, 3),
-                "machine_ceiling_per_sec": round(base.machine_ceiling_per_sec),
-            }
+                ratio,
+                bar,
+                f"{ratio:.2f}x",
+                limit=r.limit(),
+                one_process_machine_cpu_busy=round(base.machine_busy, 3),
+                machine_ceiling_per_sec=round(base.machine_ceiling_per_sec),
+            )
         )
     for delay, reference in sorted(bare.items()):
         base = one.get(delay)
         if base is None:
             continue
-        rate, bare_rate = (
-            (base.steady_per_sec or base.per_sec),
-            (reference.steady_per_sec or reference.per_sec),
-        )
+        bare_rate = reference.steady_per_sec or reference.per_sec
+        ratio = (base.steady_per_sec or base.per_sec) / bare_rate
         found.append(
-            {
-                "what": f"one process >= 80% of a bare Python drain (webhook delay {delay} ms, "
+            Target.at_least(
+                f"one process >= 80% of a bare Python drain (webhook delay {delay} ms, "
                 "steady state)",
-                "measured": round(rate / bare_rate, 2),
-                "met": rate >= 0.8 * bare_rate,
-                "bare_per_sec": round(bare_rate),
-            }
+                ratio,
+                0.8,
+                f"{ratio:.2f}x",
+                bare_per_sec=round(bare_rate),
+            )
         )
     for r in results:
         if r.scenario.processes == 1 and r.scenario.webhook_delay_ms == 0:
             found.append(
-                {
-                    "what": "machine-wide CPU per intent <= 0.25 ms (one process, webhook at once)",
-                    "measured": round(r.cpu_ms_per_intent, 3),
-                    "met": r.cpu_ms_per_intent <= 0.25,
-                }
+                Target.at_most(
+                    "machine-wide CPU per intent <= 0.25 ms (one process, webhook at once)",
+                    r.cpu_ms_per_intent,
+                    0.25,
+                    f"{r.cpu_ms_per_intent:.3f} ms",
+                )
             )
     return found
-
-
-def parse_int_list(text: str, name: str) -> list[int]:
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise typer.BadParameter(
-            f"{name}: expected comma-separated integers, got {text!r}"
-        ) from None
-    if not values or min(values) < 0:
-        raise typer.BadParameter(f"{name}: expected non-negative integers, got {text!r}")
-    return values
 
 
 def sized(intents: int, processes: int, concurrency: int, batch_size: int, per_slot: int) -> int:
@@ -563,9 +534,7 @@ def drain_command(
         "0,50", "--webhook-delay-ms", help="Webhook answer delays to measure, comma list."
     ),
     concurrency: int = typer.Option(4, "--concurrency", min=1, help="Batches in flight."),
-    output: Path | None = typer.Option(
-        None, "--output", help="Also save the results as JSON in DIR (e.g. benchmarks/results)."
-    ),
+    output: Path | None = output_option(),
     batch_size: int = typer.Option(500, "--batch-size", min=1, max=10_000),
     batches_per_slot: int = typer.Option(
         10,
@@ -601,14 +570,14 @@ def drain_command(
     quick: bool = typer.Option(
         False, "--quick", help="A smoke run: 1,000 intents, 1 process, and the bare drain."
     ),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    as_json: bool = json_option("a table"),
 ) -> None:
     """Drain throughput per process, where its time goes, and the webhook's and DB2's ceilings."""
     cores = os.cpu_count() or 1
     scenarios = [
         Scenario(p, d)
-        for d in parse_int_list(webhook_delay_ms, "--webhook-delay-ms")
-        for p in parse_int_list(processes, "--processes")
+        for d in webhook_delays_ms(webhook_delay_ms)
+        for p in parse_numbers("--processes", processes, 1, MAX_PROCESSES)
     ]
     if baseline_src is not None:
         if not (baseline_src / "src" / "intake_cli").is_dir():
@@ -634,19 +603,14 @@ def drain_command(
     if quick:
         scenarios = [Scenario(1, 0, bare=True), Scenario(1, 0)] if bare else [Scenario(1, 0)]
         plan = Plan(1000, concurrency, batch_size, plan.webhook_processes, 0.5, 2)
-    workdir = Path(tempfile.mkdtemp(prefix="intake-bench-drain-"))
-    workdir.chmod(0o755)
-    clusters = EmbeddedClusters(
-        workdir / "clusters", config.EmbeddedSettings(max_connections=300, synchronous_commit=True)
-    )
-    try:
-        running = clusters.ensure()
+    with (
+        events.workdir("drain") as workdir,
+        events.durable_clusters(workdir) as (_, running),
+    ):
         results = [run_scenario(workdir, running, s, plan) for s in scenarios]
-    finally:
-        clusters.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+    found = targets_json(targets(results))
     report = {
-        "machine": {"cores": cores, "synchronous_commit": "on", "load_avg": os.getloadavg()},
+        "machine": machine(synchronous_commit="on"),
         "settings": {
             "concurrency": concurrency,
             "batch_size": batch_size,
@@ -658,16 +622,12 @@ def drain_command(
             "steady_state": list(STEADY),
         },
         "results": [r.as_json() for r in results],
-        "targets": targets(results),
+        "targets": found,
     }
-    if output is not None:
-        sys.stderr.write(f"saved {bench.save(report, output, 'drain')}\n")
-    if as_json:
-        sys.stdout.write(json.dumps(report, indent=2) + "\n")
-        return
-    sys.stdout.write(markdown(results) + "\n\n")
-    for target in report["targets"]:
-        sys.stdout.write(
-            f"target: {target['what']}: {target['measured']} "
-            f"({'met' if target['met'] else 'MISSED'})\n"
-        )
+    publish(
+        report,
+        "drain",
+        output,
+        as_json,
+        lambda: markdown(results) + "\n\n" + targets_markdown(found),
+    )

@@ -8,10 +8,6 @@ is the ledger's own: from the earliest claim to the latest commit in DB2.
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +15,15 @@ import typer
 from rich.console import Console
 
 from intake_cli.tools import demo
-from intake_cli.tools.bench import claims as bench
+from intake_cli.tools.bench.common import events
+from intake_cli.tools.bench.common.options import json_option, output_option
+from intake_cli.tools.bench.common.results import (
+    Target,
+    machine,
+    publish,
+    targets_json,
+    targets_markdown,
+)
 
 TARGET_ALL_COMMITTED_S = 60.0
 
@@ -29,7 +33,7 @@ def summary(report: demo.DemoReport) -> dict[str, Any]:
     committed_in = timings.get("all_committed_after_first_claim")
     all_committed = counts["committed"] == report.plan.units
     return {
-        "machine": {"cores": os.cpu_count()},
+        "machine": machine(),
         "settings": {
             "synchronous_commit": "on",
             "batch_size": demo.BATCH_SIZE,
@@ -46,17 +50,23 @@ def summary(report: demo.DemoReport) -> dict[str, Any]:
         "committed": counts["committed"],
         "oversold": counts["oversold"],
         "duplicates_in_db2": counts["duplicates_in_db2"],
-        "target": {
-            "what": f"all {report.plan.units:,} committed within "
-            f"{TARGET_ALL_COMMITTED_S:.0f} s of the first claim",
-            "met": bool(
-                all_committed
-                and committed_in is not None
-                and committed_in <= TARGET_ALL_COMMITTED_S
-                and counts["oversold"] == 0
-                and counts["duplicates_in_db2"] == 0
-            ),
-        },
+        "targets": targets_json(
+            [
+                Target.at_most(
+                    f"all {report.plan.units:,} committed within "
+                    f"{TARGET_ALL_COMMITTED_S:.0f} s of the first claim",
+                    committed_in,
+                    TARGET_ALL_COMMITTED_S,
+                    f"{committed_in} s",
+                )
+                .unless(all_committed, f"{counts['committed']:,} committed")
+                .unless(counts["oversold"] == 0, f"{counts['oversold']} oversold")
+                .unless(
+                    counts["duplicates_in_db2"] == 0,
+                    f"{counts['duplicates_in_db2']} duplicates in DB2",
+                )
+            ]
+        ),
     }
 
 
@@ -73,8 +83,7 @@ def markdown(result: dict[str, Any]) -> str:
         ("duplicates in DB2", str(result["duplicates_in_db2"])),
     ]
     lines = ["| end to end | |", "|---|---:|", *(f"| {k} | {v} |" for k, v in rows)]
-    target = result["target"]
-    lines += ["", f"target: {target['what']}: {'met' if target['met'] else 'MISSED'}"]
+    lines += ["", targets_markdown(result["targets"])]
     return "\n".join(lines)
 
 
@@ -83,10 +92,8 @@ def e2e_command(
     units: int = typer.Option(10_000, "--units", min=1, help="Units on sale."),
     workers: int = typer.Option(2, "--workers", min=1, max=16, help="`intake drain` processes."),
     quick: bool = typer.Option(False, "--quick", help="Smoke test: 2,000 buyers on 200 units."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of markdown."),
-    output: Path | None = typer.Option(
-        None, "--output", help="Also save the results as JSON in DIR (e.g. benchmarks/results)."
-    ),
+    as_json: bool = json_option(),
+    output: Path | None = output_option(),
 ) -> None:
     """A herd of BUYERS on UNITS, through claims, the webhook and the drain, into DB2.
 
@@ -95,21 +102,16 @@ def e2e_command(
     """
     if quick:
         buyers, units = 2_000, 200
-    directory = Path(tempfile.mkdtemp(prefix="intake-bench-e2e-"))
-    plan = demo.DemoPlan(
-        buyers=buyers,
-        units=units,
-        workers=workers,
-        herd_connections=64,
-        decline_share=0.0,
-        fail_share=0.0,
-        directory=directory,
-    )
-    try:
+    with events.workdir("e2e") as directory:
+        plan = demo.DemoPlan(
+            buyers=buyers,
+            units=units,
+            workers=workers,
+            herd_connections=64,
+            decline_share=0.0,
+            fail_share=0.0,
+            directory=directory,
+        )
         report = demo.run(plan, Console(stderr=True), live_view=False, keep=False)
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
     result = summary(report)
-    if output is not None:
-        typer.echo(f"saved {bench.save(result, output, 'e2e')}", err=True)
-    typer.echo(json.dumps(result, indent=2, sort_keys=True) if as_json else markdown(result))
+    publish(result, "e2e", output, as_json, lambda: markdown(result))

@@ -15,9 +15,9 @@ same gateway. DB1's statements are counted twice: the gateway's own
 counters (/healthz: claim batches and snapshot reads, per process) and
 pg_stat_database's transactions (pg_stat_statements is not installed).
 
-Everything runs on one throwaway DB1 (the claims bench's cluster and
-pgbench runner); tokens are minted before wrk starts, so signing costs the
-load generator nothing.
+Everything runs on one throwaway DB1 (the bench library's cluster and
+pgbench runner, as `intake bench claims` uses them); tokens are minted
+before wrk starts, so signing costs the load generator nothing.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ import re
 import resource
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -53,9 +52,29 @@ import yaml
 from intake_cli.engine import claims
 from intake_cli.faces.gateway.app import DB1_CONNECTIONS
 from intake_cli.platform.config import EmbeddedSettings
+from intake_cli.platform.embedded import free_port
 from intake_cli.platform.errors import IntakeError, UsageError
 from intake_cli.tools.bench import chart as bench_chart
-from intake_cli.tools.bench import claims as bench
+from intake_cli.tools.bench.common import cpu, events
+from intake_cli.tools.bench.common.options import json_option, output_option, parse_numbers
+from intake_cli.tools.bench.common.pgbench import (
+    CLAIM,
+    MAX_CLIENTS,
+    POOL_ID,
+    QUEUE,
+    SPARE_CONNECTIONS,
+    Bench,
+    bench_db1,
+    one,
+)
+from intake_cli.tools.bench.common.results import (
+    Target,
+    publish,
+    say,
+    targets_json,
+    targets_markdown,
+    times,
+)
 
 AUDIENCE = "authenticated"
 LUA_SCRIPT = Path(__file__).with_name("wrk_gateway.lua")
@@ -91,7 +110,6 @@ WRK_THREADS = 2
 # A request slower than this counts as a timeout, not a latency: well above
 # the p99 bar, so a slow herd still shows its tail.
 WRK_TIMEOUT_S = 10
-SPARE_CONNECTIONS = 10
 # Seconds between two reads of the gateway's counters that must agree.
 SETTLE_S = 0.3
 GATEWAY_START_S = 60.0
@@ -266,21 +284,15 @@ def start_wrk(
 # -- the gateway under test ----------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _config(path: Path, dsn: str, units: int, max_batch: int, max_wait_ms: float) -> Path:
     """An intake.yaml for the bench's DB1. DB2 is never reached by the gateway."""
     document = {
         "db1": {"dsn": dsn},
         "db2": {"dsn": dsn},
-        "queue_name": bench.QUEUE,
+        "queue_name": QUEUE,
         "pools": [
             {
-                "pool_id": bench.POOL_ID,
+                "pool_id": POOL_ID,
                 "inventory": units,
                 "validation_webhook_url": "http://127.0.0.1:9/validate",
             }
@@ -314,7 +326,7 @@ class Gateway:
 
     @property
     def claim_url(self) -> str:
-        return f"{self.url}/v1/pools/{bench.POOL_ID}/claim"
+        return f"{self.url}/v1/pools/{POOL_ID}/claim"
 
     def counters(self) -> dict[str, int]:
         """Every worker's /healthz counters, summed (each answer is one process's)."""
@@ -346,7 +358,7 @@ def running_gateway(
     """`intake gateway` as an operator starts it, in its own process group."""
     name = f"gateway-w{workers}-b{max_batch}-m{max_wait_ms:g}"
     config = _config(workdir / f"{name}.yaml", dsn, units, max_batch, max_wait_ms)
-    port = _free_port()
+    port = free_port()
     (workdir / "logs").mkdir(parents=True, exist_ok=True)
     log = (workdir / "logs" / f"{name}.log").open("w")
     command = [sys.executable, "-m", "intake_cli", "-c", str(config), "gateway"]
@@ -386,22 +398,14 @@ def running_gateway(
 # -- the runs -------------------------------------------------------------------
 
 
-def _db1_transactions(db1: bench.Bench) -> int:
-    row = db1.conn.execute(bench._script("db1_transactions.sql")).fetchone()
-    return int(row[0]) if row else 0
+def _db1_transactions(db1: Bench) -> int:
+    return one(db1.conn, "db1_transactions.sql")
 
 
-def _queued(db1: bench.Bench) -> int:
-    row = db1.conn.execute(bench._script("queued_intents.sql")).fetchone()
-    return int(row[0]) if row else 0
-
-
-def herd(
-    db1: bench.Bench, gateway: Gateway, tokens: Path, plan: Plan, threads: int
-) -> dict[str, Any]:
+def herd(db1: Bench, gateway: Gateway, tokens: Path, plan: Plan, threads: int) -> dict[str, Any]:
     """One wrk herd of POSTs; claims counted in DB1's queue, statements around it."""
-    queued, counted, xacts = _queued(db1), gateway.counters(), _db1_transactions(db1)
-    cpu = _cpu(db1, gateway)
+    queued, counted, xacts = db1.queued(), gateway.counters(), _db1_transactions(db1)
+    cpu_before = _cpu(db1, gateway)
     opened = time.monotonic()
     result = start_wrk(
         gateway.claim_url,
@@ -416,8 +420,8 @@ def herd(
     after = _settled(gateway)
     # The gateway's counters cover this window (wrk's run and the settling).
     window = time.monotonic() - opened
-    used = {key: round(value - cpu[key], 2) for key, value in _cpu(db1, gateway).items()}
-    claimed = _queued(db1) - queued
+    used = {key: round(v - cpu_before[key], 2) for key, v in _cpu(db1, gateway).items()}
+    claimed = db1.queued() - queued
     xacts = _db1_transactions(db1) - xacts
     kept = ("claims", "claim_batches", "snapshot_queries", "reads")
     delta = {key: after[key] - counted[key] for key in kept}
@@ -444,54 +448,19 @@ def herd(
     }
 
 
-_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def _processes() -> dict[int, tuple[int, float]]:
-    """pid -> (parent pid, CPU seconds of it and of its children it has reaped)."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            text = (entry / "stat").read_text()
-        except OSError:
-            continue  # gone meanwhile
-        # After the command name (in parentheses, may hold spaces): state,
-        # ppid, ..., utime, stime, cutime, cstime at 11-14.
-        fields = text[text.rindex(")") + 2 :].split()
-        ticks = sum(int(fields[n]) for n in (11, 12, 13, 14))
-        found[int(entry.name)] = (int(fields[1]), ticks / _TICKS)
-    return found
-
-
-def _tree_cpu_s(processes: dict[int, tuple[int, float]], root: int) -> float:
-    children: dict[int, list[int]] = {}
-    for pid, (parent, _) in processes.items():
-        children.setdefault(parent, []).append(pid)
-    total, todo = 0.0, [root]
-    while todo:
-        pid = todo.pop()
-        if pid in processes:
-            total += processes[pid][1]
-            todo.extend(children.get(pid, ()))
-    return total
-
-
-def _cpu(db1: bench.Bench, gateway: Gateway | None = None) -> dict[str, float]:
+def _cpu(db1: Bench, gateway: Gateway | None = None) -> dict[str, float]:
     """CPU seconds so far of the gateway's processes, DB1's server, and the load
     generators (wrk): those running, and those this process has waited for."""
-    processes = _processes()
-    postmaster = int((Path(db1.cluster.datadir) / "postmaster.pid").read_text().split()[0])
+    table = cpu.processes()
     reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
     running = sum(
-        _tree_cpu_s(processes, pid)
-        for pid, (parent, _) in processes.items()
-        if parent == os.getpid() and (gateway is None or pid != gateway.proc.pid)
+        cpu.tree_cpu_s(table, pid)
+        for pid, process in table.items()
+        if process.parent == os.getpid() and (gateway is None or pid != gateway.proc.pid)
     )
     return {
-        "gateway": _tree_cpu_s(processes, gateway.proc.pid) if gateway else 0.0,
-        "db1": _tree_cpu_s(processes, postmaster),
+        "gateway": cpu.tree_cpu_s(table, gateway.proc.pid) if gateway else 0.0,
+        "db1": cpu.cluster_cpu_s(db1.cluster.datadir, table),
         # wrk, or pgbench for the single claim.
         "wrk": reaped.ru_utime + reaped.ru_stime + running,
     }
@@ -515,18 +484,16 @@ def _settled(gateway: Gateway) -> dict[str, int]:
     return before
 
 
-def _preclaim(db1: bench.Bench, buyers: list[str]) -> None:
+def _preclaim(db1: Bench, buyers: list[str]) -> None:
     """The lookup phase's buyers claim first, straight on DB1."""
     for start in range(0, len(buyers), claims.MAX_BATCH):
-        answers = claims.claim_batch(
-            db1.conn, bench.POOL_ID, buyers[start : start + claims.MAX_BATCH]
-        )
+        answers = claims.claim_batch(db1.conn, POOL_ID, buyers[start : start + claims.MAX_BATCH])
         if any(a.outcome != "claimed" for a in answers):
             raise IntakeError("the lookup buyers could not all claim before the lookup phase")
 
 
 def lookups(
-    db1: bench.Bench,
+    db1: Bench,
     workdir: Path,
     secret: str,
     plan: Plan,
@@ -543,12 +510,12 @@ def lookups(
     # 1000 / delay is the rate asked for (less whatever each request takes).
     delay_ms = plan.lookup_connections * 1000 / plan.lookup_rate
     with running_gateway(db1.workdir, db1.cluster.dsn, secret, *chosen, units) as gateway:
-        _say(f"    herd alone ({workers} workers, batch {max_batch}, wait {max_wait_ms:g} ms)")
+        say(f"    herd alone ({workers} workers, batch {max_batch}, wait {max_wait_ms:g} ms)")
         alone = herd(db1, gateway, files["herd"], plan, WRK_THREADS)
-        _say(f"      {alone['claims_per_s']:,.0f} claims/s, p99 {alone['p99_ms']} ms")
-        _say(f"    every worker watching the {plan.lookup_buyers:,} lookup buyers")
+        say(f"      {alone['claims_per_s']:,.0f} claims/s, p99 {alone['p99_ms']} ms")
+        say(f"    every worker watching the {plan.lookup_buyers:,} lookup buyers")
         _warm_up(gateway, files["lookup"], plan)
-        _say(f"    herd beside ~{plan.lookup_rate:,}/s lookups by {plan.lookup_buyers:,} buyers")
+        say(f"    herd beside ~{plan.lookup_rate:,}/s lookups by {plan.lookup_buyers:,} buyers")
         stream = start_wrk(
             gateway.claim_url,
             files["lookup"],
@@ -565,7 +532,7 @@ def lookups(
     reads = beside["gateway"]["reads"]
     snapshot_reads = beside["gateway"]["snapshot_queries"]
     drop = 1 - beside["claims_per_s"] / alone["claims_per_s"] if alone["claims_per_s"] else None
-    _say(
+    say(
         f"      {beside['claims_per_s']:,.0f} claims/s, p99 {beside['p99_ms']} ms; "
         f"{reads / seconds:,.0f} lookups/s, {snapshot_reads} snapshot reads"
     )
@@ -616,67 +583,49 @@ def _warm_up(gateway: Gateway, tokens: Path, plan: Plan) -> None:
         warm.proc.wait()
 
 
-def _bar(
-    name: str, value: float | None, threshold: float, shown: str, *, at_most: bool
-) -> dict[str, Any]:
-    met = value is not None and (value <= threshold if at_most else value >= threshold)
-    return {"target": name, "value": value, "threshold": threshold, "shown": shown, "met": met}
-
-
-def targets(document: dict[str, Any]) -> list[dict[str, Any]]:
+def targets(document: dict[str, Any]) -> list[Target]:
     runs = document["herd"]
     found = []
     if runs:
         fast_enough = [r for r in runs if r["p99_ms"] < TARGET_P99_MS]
         best = max(fast_enough or runs, key=lambda r: r["claims_per_s"])
         ratio = best["vs_single_claim"]
-        target = _bar(
-            f"gateway >= {TARGET_VS_SINGLE:g}x the single claim with p99 < {TARGET_P99_MS:g} ms",
-            ratio,
-            TARGET_VS_SINGLE,
-            f"{ratio:.2f}x, p99 {best['p99_ms']:.0f} ms ({best['workers']} workers, "
-            f"batch {best['max_batch']}, wait {best['max_wait_ms']:g} ms)",
-            at_most=False,
+        found.append(
+            Target.at_least(
+                f"gateway >= {TARGET_VS_SINGLE:g}x the single claim "
+                f"with p99 < {TARGET_P99_MS:g} ms",
+                ratio,
+                TARGET_VS_SINGLE,
+                f"{ratio:.2f}x, p99 {best['p99_ms']:.0f} ms ({best['workers']} workers, "
+                f"batch {best['max_batch']}, wait {best['max_wait_ms']:g} ms)",
+            ).unless(bool(fast_enough), f"no run with p99 < {TARGET_P99_MS:g} ms")
         )
-        target["met"] = target["met"] and bool(fast_enough)
-        found.append(target)
     phase = document.get("lookups")
     if phase:
         drop = phase["claim_rate_drop"]
-        found.append(
-            _bar(
+        allowed = phase["snapshot_reads_allowed"]
+        found += [
+            Target.at_most(
                 f"lookups lower the claim rate by <= {TARGET_LOOKUP_DROP:.0%}",
                 drop,
                 TARGET_LOOKUP_DROP,
                 "-" if drop is None else f"{drop:.1%}",
-                at_most=True,
-            )
-        )
-        found.append(
-            _bar(
+            ),
+            Target.at_least(
                 f"lookups served beside the herd >= {TARGET_LOOKUPS_PER_S:,.0f}/s",
                 phase["lookups_per_s"],
                 TARGET_LOOKUPS_PER_S,
                 f"{phase['lookups_per_s']:,.0f}/s",
-                at_most=False,
-            )
-        )
-        allowed = phase["snapshot_reads_allowed"]
-        found.append(
-            _bar(
+            ),
+            Target.at_most(
                 "no DB1 statement per lookup: <= 1 snapshot read per worker per second",
                 phase["snapshot_reads_during_herd"],
                 allowed,
                 f"{phase['snapshot_reads_during_herd']} reads (at most {allowed}) for "
                 f"{phase['lookups_during_herd']:,} lookups",
-                at_most=True,
-            )
-        )
+            ),
+        ]
     return found
-
-
-def _say(message: str) -> None:
-    typer.echo(message, err=True)
 
 
 def measure(plan: Plan, workdir: Path) -> dict[str, Any]:
@@ -691,7 +640,7 @@ def measure(plan: Plan, workdir: Path) -> dict[str, Any]:
     )
     secret = secrets.token_urlsafe(48)
     expires = int(time.time()) + 24 * 3600
-    _say(f"minting {2 * plan.buyers + plan.lookup_buyers:,} tokens")
+    say(f"minting {2 * plan.buyers + plan.lookup_buyers:,} tokens")
     herd_buyers = [str(uuid.uuid4()) for _ in range(2 * plan.buyers)]
     lookup_buyers = [str(uuid.uuid4()) for _ in range(plan.lookup_buyers)]
     tokens = workdir / "tokens"
@@ -704,8 +653,8 @@ def measure(plan: Plan, workdir: Path) -> dict[str, Any]:
         ),
         "lookup": write_tokens(tokens / "lookup", mint_tokens(secret, lookup_buyers, expires), 1),
     }
-    with bench.bench_db1(workdir, settings) as db1:
-        machine = bench._machine(db1.conn, db1.pgbench_bin)
+    with bench_db1(workdir, settings) as db1:
+        machine = db1.machine()
         # wrk prints its version before its usage, and exits 1.
         shown = subprocess.run([wrk_path(), "--version"], capture_output=True, text=True)
         machine["wrk"] = (shown.stdout + shown.stderr).strip().split("\n")[0]
@@ -732,25 +681,25 @@ def measure(plan: Plan, workdir: Path) -> dict[str, Any]:
         step = 0
         for clients in plan.pgbench_clients:
             step += 1
-            _say(f"[{step}/{steps}] single claim (pgbench), {clients} clients, {plan.duration} s")
+            say(f"[{step}/{steps}] single claim (pgbench), {clients} clients, {plan.duration} s")
             db1.reset("claim", max(plan.buyers, SINGLE_CLAIM_CEILING_PER_S * plan.duration))
-            cpu = _cpu(db1)
-            run = db1.run(bench.CLAIM, clients, plan.duration)
-            used = {k: round(v - cpu[k], 2) for k, v in _cpu(db1).items() if k != "gateway"}
+            cpu_before = _cpu(db1)
+            run = db1.run(CLAIM, clients, plan.duration)
+            used = {k: round(v - cpu_before[k], 2) for k, v in _cpu(db1).items() if k != "gateway"}
             single_run = {
                 **asdict(run),
                 # DB1's server and pgbench ("wrk" in _cpu's terms).
                 "cpu_s": {"db1": used["db1"], "pgbench": used["wrk"]},
                 "cpu_us_per_claim": _cpu_per_claim(used, run.intents or 0),
             }
-            _say(f"    {run.claims_per_s:,.0f} claims/s, p99 {run.latency_ms['p99']} ms")
+            say(f"    {run.claims_per_s:,.0f} claims/s, p99 {run.latency_ms['p99']} ms")
             document["single_claim"].append(single_run)
         best_single = max(document["single_claim"], key=lambda r: r["claims_per_s"])
         single = best_single["claims_per_s"]
         document["single_claim_best_per_s"] = single
         for workers, max_batch, max_wait_ms in plan.settings:
             step += 1
-            _say(
+            say(
                 f"[{step}/{steps}] gateway, {workers} workers, batch {max_batch}, "
                 f"wait {max_wait_ms:g} ms, {plan.connections} connections, {plan.duration} s"
             )
@@ -765,7 +714,7 @@ def measure(plan: Plan, workdir: Path) -> dict[str, Any]:
             # ratio tends to where the cores, all busy, are the limit.
             mine, theirs = run["cpu_us_per_claim"], best_single["cpu_us_per_claim"]
             run["vs_single_claim_per_cpu"] = round(theirs / mine, 3) if mine and theirs else None
-            _say(
+            say(
                 f"    {run['claims_per_s']:,.0f} claims/s ({run['vs_single_claim']}x single), "
                 f"p99 {run['p99_ms']} ms, avg batch {run['avg_batch']}"
                 + (" (buyers reused: raise --buyers)" if run["buyers_reused"] else "")
@@ -775,9 +724,9 @@ def measure(plan: Plan, workdir: Path) -> dict[str, Any]:
             step += 1
             best = max(document["herd"], key=lambda r: r["claims_per_s"])
             chosen = (best["workers"], best["max_batch"], best["max_wait_ms"])
-            _say(f"[{step}/{steps}] position lookups beside a herd")
+            say(f"[{step}/{steps}] position lookups beside a herd")
             document["lookups"] = lookups(db1, workdir, secret, plan, chosen, files, lookup_buyers)
-        document["targets"] = targets(document)
+        document["targets"] = targets_json(targets(document))
     return document
 
 
@@ -817,7 +766,7 @@ def markdown(document: dict[str, Any]) -> str:
             f"{run['claims_per_s']:,.0f}{flag} | {run['vs_single_claim']:.2f}x | "
             f"{lat['p50']:.1f} | {lat['p99']:.1f} | {run['avg_batch']} | {run['non_2xx']} | "
             f"{run['db1_transactions']:,} | {_cpu_shown(run)} | {run['cpu_us_per_claim']} "
-            f"({run['gateway_cpu_us_per_claim']}) | {_times(run['vs_single_claim_per_cpu'])} |"
+            f"({run['gateway_cpu_us_per_claim']}) | {times(run['vs_single_claim_per_cpu'], 2)} |"
         )
     phase = document.get("lookups")
     if phase:
@@ -838,31 +787,13 @@ def markdown(document: dict[str, Any]) -> str:
             f"transactions (herd alone: {alone['db1_transactions']:,}). CPU s gateway / DB1 / "
             f"wrk: {_cpu_shown(beside)} (herd alone: {_cpu_shown(alone)}).",
         ]
-    lines += ["", "| target | measured | met |", "|---|---:|---|"]
-    for target in document["targets"]:
-        lines.append(
-            f"| {target['target']} | {target['shown']} | {'yes' if target['met'] else 'NO'} |"
-        )
+    lines += ["", targets_markdown(document["targets"])]
     return "\n".join(lines)
 
 
-def _times(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}x"
-
-
 def _cpu_shown(run: dict[str, Any]) -> str:
-    cpu = run["cpu_s"]
-    return f"{cpu['gateway']:.1f} / {cpu['db1']:.1f} / {cpu['wrk']:.1f}"
-
-
-def _parse_numbers(option: str, text: str, low: float, high: float) -> tuple[float, ...]:
-    try:
-        values = tuple(sorted({float(part) for part in text.split(",") if part.strip()}))
-    except ValueError:
-        raise UsageError(f"{option}: expected numbers separated by commas, got {text!r}") from None
-    if not values or not all(low <= v <= high for v in values):
-        raise UsageError(f"{option}: each number must be from {low:g} to {high:g}, got {text!r}")
-    return values
+    used = run["cpu_s"]
+    return f"{used['gateway']:.1f} / {used['db1']:.1f} / {used['wrk']:.1f}"
 
 
 def gateway_command(
@@ -903,11 +834,9 @@ def gateway_command(
         help=f"Smoke test: one worker, {QUICK_CONNECTIONS} connections, {QUICK_DURATION} s runs, "
         f"{QUICK_BUYERS:,} buyers.",
     ),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of markdown."),
+    as_json: bool = json_option(),
     keep: bool = typer.Option(False, "--keep", help="Keep the temp dir (wrk and gateway logs)."),
-    output: Path | None = typer.Option(
-        None, "--output", help="Also save the results as JSON in DIR (e.g. benchmarks/results)."
-    ),
+    output: Path | None = output_option(),
     chart: Path | None = typer.Option(
         None,
         "--chart",
@@ -939,12 +868,10 @@ def gateway_command(
         )
     else:
         plan = Plan(
-            workers=bench._parse_counts("--workers", workers, 64),
-            max_batch=bench._parse_counts("--max-batch", max_batch, claims.MAX_BATCH),
-            max_wait_ms=_parse_numbers("--max-wait-ms", max_wait_ms, 0.1, 1000.0),
-            pgbench_clients=bench._parse_counts(
-                "--pgbench-clients", pgbench_clients, bench.MAX_CLIENTS
-            ),
+            workers=parse_numbers("--workers", workers, 1, 64),
+            max_batch=parse_numbers("--max-batch", max_batch, 1, claims.MAX_BATCH),
+            max_wait_ms=parse_numbers("--max-wait-ms", max_wait_ms, 0.1, 1000.0, float),
+            pgbench_clients=parse_numbers("--pgbench-clients", pgbench_clients, 1, MAX_CLIENTS),
             connections=connections,
             duration=duration,
             buyers=buyers,
@@ -953,28 +880,9 @@ def gateway_command(
             lookup_connections=LOOKUP_CONNECTIONS,
             lookups=lookup_rate > 0,
         )
-    workdir = bench._workdir()
-    try:
+    with events.workdir("gateway", keep) as workdir:
         document = measure(plan, workdir)
-    finally:
-        if keep:
-            _say(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    saved = None
-    if output is not None:
-        saved = bench.save(document, output, "gateway")
-        _say(f"saved {saved}")
+    saved = publish(document, "gateway", output, as_json, lambda: markdown(document))
     if chart is not None:
-        target = chart
-        if chart.is_dir():
-            target = (
-                saved.with_suffix(".png")
-                if saved is not None and saved.parent.resolve() == chart.resolve()
-                else chart / f"gateway-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.png"
-            )
-        _say(f"drew {bench_chart.draw_gateway(document, target)}")
-    if as_json:
-        typer.echo(json.dumps(document, indent=2, sort_keys=True))
-    else:
-        typer.echo(markdown(document))
+        path = bench_chart.chart_path(chart, saved, "gateway", document["machine"]["cores"])
+        say(f"drew {bench_chart.draw_gateway(document, path)}")

@@ -10,11 +10,7 @@ replaces.
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -24,9 +20,17 @@ import typer
 
 from intake_cli.platform.pgconn import open_sync
 from intake_cli.platform.sqlfiles import queries
-from intake_cli.tools.bench import claims as bench
+from intake_cli.tools.bench.common import events
+from intake_cli.tools.bench.common.options import json_option, output_option
+from intake_cli.tools.bench.common.results import (
+    Target,
+    machine,
+    percentile,
+    publish,
+    targets_json,
+    targets_markdown,
+)
 
-POOL = "bench"
 TARGET_MS = 50.0
 # Claims per transaction: each holds an advisory lock until its commit.
 CLAIM_CHUNK = 1_000
@@ -49,13 +53,13 @@ def _summary(times: list[float]) -> dict[str, float]:
     ordered = sorted(times)
     return {
         "median_ms": round(statistics.median(ordered), 2),
-        "p95_ms": round(ordered[max(0, round(0.95 * len(ordered)) - 1)], 2),
+        "p95_ms": round(percentile(ordered, 0.95), 2),
         "max_ms": round(ordered[-1], 2),
     }
 
 
 def measure(units: int, claims: int, runs: int, workdir: Path) -> dict[str, Any]:
-    with bench.throwaway_event(workdir, POOL, units) as (_, dsn):
+    with events.throwaway_event(workdir, events.POOL, units) as (_, dsn):
         states: list[dict[str, Any]] = []
         with open_sync(dsn) as conn:
             conn.execute("analyze")
@@ -76,23 +80,29 @@ def measure(units: int, claims: int, runs: int, workdir: Path) -> dict[str, Any]
             state("seeded")
             for lo in range(1, claims + 1, CLAIM_CHUNK):
                 hi = min(lo + CLAIM_CHUNK - 1, claims)
-                conn.execute(_q("claim_many"), {"pool_id": POOL, "lo": lo, "hi": hi})
+                conn.execute(_q("claim_many"), {"pool_id": events.POOL, "lo": lo, "hi": hi})
             state(f"{claims:,} intents queued")
-            conn.execute(_q("release_some"), {"pool_id": POOL, "count": claims // 10})
+            conn.execute(_q("release_some"), {"pool_id": events.POOL, "count": claims // 10})
             state(f"{claims // 10:,} units released")
         worst = max(s["collect"]["p95_ms"] for s in states)
         return {
-            "machine": {"cores": os.cpu_count()},
+            "machine": machine(),
             "units": units,
             "claims": claims,
             "runs_per_state": runs,
             "synchronous_commit": "on",
             "states": states,
-            "target": {
-                "what": f"collection p95 < {TARGET_MS:.0f} ms at {units:,} units",
-                "worst_p95_ms": worst,
-                "met": worst < TARGET_MS,
-            },
+            "targets": targets_json(
+                [
+                    Target.at_most(
+                        f"collection p95 < {TARGET_MS:.0f} ms at {units:,} units",
+                        worst,
+                        TARGET_MS,
+                        f"worst p95 {worst} ms",
+                        below=True,
+                    )
+                ]
+            ),
         }
 
 
@@ -111,12 +121,7 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {s['state']} | {s['queue_depth']:,} | {collect['median_ms']} ms "
             f"| {collect['p95_ms']} ms | {count['median_ms']} ms | {ratio:.0f}x faster |"
         )
-    target = report["target"]
-    lines += [
-        "",
-        f"target: {target['what']}: {'met' if target['met'] else 'MISSED'} "
-        f"(worst p95 {target['worst_p95_ms']} ms)",
-    ]
+    lines += ["", targets_markdown(report["targets"])]
     return "\n".join(lines)
 
 
@@ -127,10 +132,8 @@ def metrics_command(
     ),
     runs: int = typer.Option(20, "--runs", min=1, help="Collections timed per state."),
     quick: bool = typer.Option(False, "--quick", help="Smoke test: 20,000 units, 1,000 claims."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of markdown."),
-    output: Path | None = typer.Option(
-        None, "--output", help="Also save the results as JSON in DIR (e.g. benchmarks/results)."
-    ),
+    as_json: bool = json_option(),
+    output: Path | None = output_option(),
 ) -> None:
     """Time one metrics collection (what pg_cron runs every 5 s) at a large inventory.
 
@@ -139,15 +142,6 @@ def metrics_command(
     """
     if quick:
         units, claims, runs = 20_000, 1_000, 5
-    workdir = Path(tempfile.mkdtemp(prefix="intake-bench-metrics-"))
-    workdir.chmod(0o755)
-    try:
+    with events.workdir("metrics") as workdir:
         report = measure(units, min(claims, units), runs, workdir)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    if output is not None:
-        typer.echo(f"saved {bench.save(report, output, 'metrics')}", err=True)
-    if as_json:
-        typer.echo(json.dumps(report, indent=2, sort_keys=True))
-    else:
-        typer.echo(markdown(report))
+    publish(report, "metrics", output, as_json, lambda: markdown(report))

@@ -39,12 +39,8 @@ part of the target, which covers what intake does: detect and rebuild.
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import statistics
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,9 +59,17 @@ from intake_cli.platform.embedded import (
 )
 from intake_cli.platform.pgconn import open_sync
 from intake_cli.platform.sqlfiles import queries
-from intake_cli.tools.bench import claims as bench
+from intake_cli.tools.bench.common import events
+from intake_cli.tools.bench.common.events import POOL
+from intake_cli.tools.bench.common.options import json_option, output_option
+from intake_cli.tools.bench.common.results import (
+    Target,
+    machine,
+    publish,
+    targets_json,
+    targets_markdown,
+)
 
-POOL = "bench"
 TRIGGER = "bench"
 TARGET_S = 10.0
 # claim_resources takes at most 1,000 users per call.
@@ -263,7 +267,7 @@ def _one_run(
 
 def measure(units: int, in_flight: int, archived: int, runs: int, workdir: Path) -> dict[str, Any]:
     shape = Shape(units, in_flight, archived)
-    with bench.throwaway_event(workdir, POOL, units) as (clusters, dsn):
+    with events.throwaway_event(workdir, POOL, units) as (clusters, dsn):
         with _connect(dsn) as conn:
             telemetry.unschedule(conn)
             building = time.perf_counter()
@@ -286,7 +290,7 @@ def measure(units: int, in_flight: int, archived: int, runs: int, workdir: Path)
     problems = [f"run {n}: {p}" for n, r in enumerate(results, 1) for p in r["problems"]]
     verified = not problems
     return {
-        "machine": {"cores": os.cpu_count()},
+        "machine": machine(),
         "units": units,
         "in_flight": in_flight,
         "archived": archived,
@@ -306,11 +310,17 @@ def measure(units: int, in_flight: int, archived: int, runs: int, workdir: Path)
         ),
         "verified": verified,
         "problems": problems,
-        "target": {
-            "what": f"detect + rebuild < {TARGET_S:.0f} s at {units:,} units",
-            "total_s": medians["total_s"],
-            "met": verified and medians["total_s"] < TARGET_S,
-        },
+        "targets": targets_json(
+            [
+                Target.at_most(
+                    f"detect + rebuild < {TARGET_S:.0f} s at {units:,} units",
+                    medians["total_s"],
+                    TARGET_S,
+                    f"{medians['total_s']:.2f} s",
+                    below=True,
+                ).unless(verified, "rebuilt wrong")
+            ]
+        ),
     }
 
 
@@ -344,11 +354,7 @@ def markdown(report: dict[str, Any]) -> str:
     else:
         lines.append("**REBUILT WRONG**:")
         lines += [f"- {p}" for p in report["problems"]]
-    target = report["target"]
-    lines.append(
-        f"target: {target['what']}: {'met' if target['met'] else 'MISSED'} "
-        f"({target['total_s']:.2f} s)"
-    )
+    lines += ["", targets_markdown(report["targets"])]
     return "\n".join(lines)
 
 
@@ -364,10 +370,8 @@ def recovery_command(
     quick: bool = typer.Option(
         False, "--quick", help="Smoke test: 20,000 units, 2,000 in flight, 2,000 archived."
     ),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of markdown."),
-    output: Path | None = typer.Option(
-        None, "--output", help="Also save the results as JSON in DIR (e.g. benchmarks/results)."
-    ),
+    as_json: bool = json_option(),
+    output: Path | None = output_option(),
 ) -> None:
     """Time detecting and rebuilding a pool's inventory after a real DB1 crash.
 
@@ -381,18 +385,9 @@ def recovery_command(
         raise typer.BadParameter(
             f"--in-flight + --archived ({in_flight + archived:,}) exceeds --units ({units:,})"
         )
-    workdir = Path(tempfile.mkdtemp(prefix="intake-bench-recovery-"))
-    workdir.chmod(0o755)
-    try:
+    with events.workdir("recovery") as workdir:
         report = measure(units, in_flight, archived, runs, workdir)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    if output is not None:
-        typer.echo(f"saved {bench.save(report, output, 'recovery')}", err=True)
-    if as_json:
-        typer.echo(json.dumps(report, indent=2, sort_keys=True))
-    else:
-        typer.echo(markdown(report))
+    publish(report, "recovery", output, as_json, lambda: markdown(report))
     if not report["verified"]:
         typer.echo(
             "error: the rebuilt inventory is WRONG: " + "; ".join(report["problems"]), err=True

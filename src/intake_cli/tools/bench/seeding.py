@@ -10,8 +10,6 @@ statement into an UNLOGGED table with no index.
 from __future__ import annotations
 
 import itertools
-import json
-import shutil
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -21,19 +19,12 @@ from typing import Any
 import psycopg
 import typer
 
-from intake_cli.engine import pools, schema
+from intake_cli.engine import pools
 from intake_cli.platform.config import EmbeddedSettings, PoolSettings
-from intake_cli.platform.embedded import EmbeddedClusters
-from intake_cli.platform.pgconn import open_sync
-from intake_cli.tools.bench.claims import (
-    QUEUE,
-    _machine,
-    _say,
-    _script,
-    _workdir,
-    pgbench_path,
-    save,
-)
+from intake_cli.tools.bench.common import events
+from intake_cli.tools.bench.common.options import json_option, output_option
+from intake_cli.tools.bench.common.pgbench import bench_db1, script
+from intake_cli.tools.bench.common.results import publish, say
 
 POOL_ID = "seeding"
 DEFAULT_UNITS = 1_000_000
@@ -67,7 +58,7 @@ class SeedRun:
 
 
 def _seed_once(conn: psycopg.Connection, pool: PoolSettings) -> SeedRun:
-    conn.execute(_script("seed_reset.sql"))
+    conn.execute(script("seed_reset.sql"))
     # Each timing starts with no dirty buffers of the previous one to write.
     conn.execute("checkpoint")
     marks = [(0, time.perf_counter())]
@@ -75,34 +66,29 @@ def _seed_once(conn: psycopg.Connection, pool: PoolSettings) -> SeedRun:
     chunks = [round((n2 - n1) / (t2 - t1)) for (n1, t1), (n2, t2) in itertools.pairwise(marks)]
     conn.execute("checkpoint")
     started = time.perf_counter()
-    conn.execute(_script("seed_floor.sql"), {"pool_id": POOL_ID, "units": pool.inventory})
+    conn.execute(script("seed_floor.sql"), {"pool_id": POOL_ID, "units": pool.inventory})
     floor = time.perf_counter() - started
     return SeedRun(result.added, round(result.seconds, 3), chunks, round(floor, 3))
 
 
 def measure(units: int, repeat: int, workdir: Path) -> dict[str, Any]:
     settings = EmbeddedSettings(max_connections=20, synchronous_commit=True)
-    clusters = EmbeddedClusters(workdir / "cluster", settings)
-    try:
-        cluster = clusters.ensure(("db1",))["db1"]
-        with open_sync(cluster.dsn) as conn:
-            schema.apply_db1(conn, QUEUE, f"{QUEUE}_dlq")
-            # The webhook is never called: only the seed is measured.
-            pool = PoolSettings(POOL_ID, units, "http://127.0.0.1:9/validate")
-            with conn.transaction():
-                pools.reconcile(conn, (pool,))
-            runs = []
-            for n in range(1, repeat + 1):
-                _say(f"[{n}/{repeat}] seeding {units:,} units, then the floor")
-                run = _seed_once(conn, pool)
-                _say(
-                    f"    {run.seconds:.2f} s = {run.per_s:,.0f} units/s; "
-                    f"floor {run.floor_seconds:.2f} s = {run.floor_per_s:,.0f} units/s"
-                )
-                runs.append(run)
-            machine = _machine(conn, pgbench_path())
-    finally:
-        clusters.stop()
+    with bench_db1(workdir, settings) as db1:
+        conn = db1.conn
+        # The webhook is never called: only the seed is measured.
+        pool = PoolSettings(POOL_ID, units, events.NO_WEBHOOK)
+        with conn.transaction():
+            pools.reconcile(conn, (pool,))
+        runs = []
+        for n in range(1, repeat + 1):
+            say(f"[{n}/{repeat}] seeding {units:,} units, then the floor")
+            run = _seed_once(conn, pool)
+            say(
+                f"    {run.seconds:.2f} s = {run.per_s:,.0f} units/s; "
+                f"floor {run.floor_seconds:.2f} s = {run.floor_per_s:,.0f} units/s"
+            )
+            runs.append(run)
+        machine = db1.machine()
     rates = [r.per_s for r in runs]
     return {
         "machine": machine,
@@ -116,6 +102,8 @@ def measure(units: int, repeat: int, workdir: Path) -> dict[str, Any]:
         "runs": [r.as_json() for r in runs],
         "median_units_per_s": round(statistics.median(rates)),
         "median_floor_units_per_s": round(statistics.median(r.floor_per_s for r in runs)),
+        # No bar: the seed is reported against its floor, not judged.
+        "targets": [],
     }
 
 
@@ -151,10 +139,8 @@ def seeding_command(
     quick: bool = typer.Option(
         False, "--quick", help=f"Smoke test: {QUICK_UNITS:,} units, one run."
     ),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of markdown."),
-    output: Path | None = typer.Option(
-        None, "--output", help="Also save the results as JSON in DIR (e.g. benchmarks/results)."
-    ),
+    as_json: bool = json_option(),
+    output: Path | None = output_option(),
 ) -> None:
     """Time to seed a pool (1,000,000 units) the way `intake up` does, against a bare insert.
 
@@ -163,14 +149,6 @@ def seeding_command(
     """
     if quick:
         units, repeat = QUICK_UNITS, 1
-    workdir = _workdir()
-    try:
+    with events.workdir("seeding") as workdir:
         document = measure(units, repeat, workdir)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    if output is not None:
-        _say(f"saved {save(document, output, 'seeding')}")
-    if as_json:
-        typer.echo(json.dumps(document, indent=2, sort_keys=True))
-    else:
-        typer.echo(markdown(document))
+    publish(document, "seeding", output, as_json, lambda: markdown(document))

@@ -26,15 +26,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import typer
-
 from intake_cli.platform.embedded import STANDBY, EmbeddedClusters
 from intake_cli.platform.errors import IntakeError
 from intake_cli.platform.pgconn import open_sync
 from intake_cli.platform.standby import remove_standby, replication_state, start_standby
+from intake_cli.tools.bench.common.results import say
 
 if TYPE_CHECKING:
-    from intake_cli.tools.bench.claims import Bench, Plan, Report, Workload
+    from intake_cli.tools.bench.claims import Plan, Report
+    from intake_cli.tools.bench.common.pgbench import Bench, Workload
 
 # Issue 22: batched claims at the bar's client count keep this share of
 # their rate with a synchronous standby.
@@ -86,17 +86,17 @@ def measure(
 ) -> list[StandbyRun]:
     """Run `workloads` at the plan's client counts again, with the standby."""
     found: list[StandbyRun] = []
-    _say("[standby] giving DB1 a synchronous standby (restart, base backup)")
+    say("[standby] giving DB1 a synchronous standby (restart, base backup)")
     with synchronous_standby(bench):
         for clients in plan.clients:
             for workload in workloads:
-                _say(f"[standby] {workload.title}, {clients} clients, {plan.duration} s")
+                say(f"[standby] {workload.title}, {clients} clients, {plan.duration} s")
                 bench.reset(workload.sale, plan.inventory)
                 run = bench.run(workload, clients, plan.duration)
                 verdict = replication_state(bench.conn).verdict
                 without = report.claims_per_s(workload.key, clients) or 0.0
                 ratio = run.claims_per_s / without if without else 0.0
-                _say(f"    {run.claims_per_s:,.0f} claims/s, {ratio:.1%} of without, {verdict}")
+                say(f"    {run.claims_per_s:,.0f} claims/s, {ratio:.1%} of without, {verdict}")
                 found.append(
                     StandbyRun(
                         workload.key, clients, without, run.claims_per_s, round(ratio, 4), verdict
@@ -131,7 +131,3 @@ def markdown(runs: Sequence[StandbyRun], titles: dict[str, str]) -> list[str]:
         for r in runs
     ]
     return lines
-
-
-def _say(message: str) -> None:
-    typer.echo(message, err=True)

@@ -13,10 +13,6 @@ the queue empty answers at once.
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -27,10 +23,17 @@ import httpx
 import typer
 
 from intake_cli.platform import config
-from intake_cli.platform.embedded import Cluster, EmbeddedClusters
-from intake_cli.tools.bench import claims as bench
-from intake_cli.tools.bench import served_event
-from intake_cli.tools.bench.drain import archived_count, cpu_times, parse_int_list
+from intake_cli.platform.embedded import Cluster
+from intake_cli.tools.bench.common import events
+from intake_cli.tools.bench.common.cpu import cpu_times
+from intake_cli.tools.bench.common.options import json_option, output_option, webhook_delays_ms
+from intake_cli.tools.bench.common.results import (
+    Target,
+    machine,
+    publish,
+    targets_json,
+    targets_markdown,
+)
 from intake_cli.tools.webhook_process import WebhookServer
 
 TARGET_RATIO = 0.70
@@ -66,10 +69,10 @@ class Pair:
 async def _schedule(url: str, db1: str, intents: int, interval_s: float) -> tuple[float, int]:
     """Fire a tick every interval until every intent is archived; (seconds, ticks fired)."""
     fired: list[asyncio.Task[httpx.Response]] = []
-    headers = {"Authorization": f"Bearer {served_event.TOKEN}"}
+    headers = {"Authorization": f"Bearer {events.TOKEN}"}
     async with httpx.AsyncClient(timeout=120, headers=headers) as client:
         started = time.perf_counter()
-        while await asyncio.to_thread(archived_count, db1) < intents:
+        while await asyncio.to_thread(events.archived_count, db1) < intents:
             due = started + len(fired) * interval_s
             if time.perf_counter() >= due:
                 fired.append(asyncio.create_task(client.post(url + "/api/drain/tick", json={})))
@@ -82,26 +85,38 @@ async def _schedule(url: str, db1: str, intents: int, interval_s: float) -> tupl
 
 
 def _ticks_through(path: Path, intents: int, interval_s: float) -> tuple[float, int]:
-    with tempfile.TemporaryFile() as log, served_event.serving(path, log) as (_, url):
-        return asyncio.run(_schedule(url, served_event.db1_dsn(path), intents, interval_s))
+    with tempfile.TemporaryFile() as log, events.serving(path, log) as (_, url):
+        return asyncio.run(_schedule(url, events.db1_dsn(path), intents, interval_s))
 
 
 def run_pair(
     workdir: Path, clusters: dict[str, Cluster], delay_ms: int, intents: int, interval_s: float
 ) -> Pair:
     with WebhookServer(delay_ms=delay_ms) as webhook:
-        drained = served_event.claimed_event(
+        drained = events.claimed_event(
             workdir, clusters, f"bench_tick_drain_d{delay_ms}", webhook.url, intents
         )
-        ticked = served_event.claimed_event(
+        ticked = events.claimed_event(
             workdir, clusters, f"bench_tick_tick_d{delay_ms}", webhook.url, intents
         )
-        drain_s = served_event.drain_until_archived(drained, intents, concurrency=1)
+        drain_s = events.drain_until_archived(drained, intents, concurrency=1)
         before = cpu_times()
         tick_s, ticks = _ticks_through(ticked, intents, interval_s)
-        after = cpu_times()
-    busy = (after.busy - before.busy) / max(after.total - before.total, 1e-9)
-    return Pair(delay_ms, intents, drain_s, tick_s, ticks, busy)
+        used = cpu_times() - before
+    return Pair(delay_ms, intents, drain_s, tick_s, ticks, used.busy_share)
+
+
+def markdown(pairs: list[Pair]) -> str:
+    lines = [
+        "| webhook delay | intents | drain 1 slot/s | ticks/s | ticks fired | ratio |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for p in (pair.as_json() for pair in pairs):
+        lines.append(
+            f"| {p['webhook_delay_ms']} ms | {p['intents']:,} | {p['drain_one_slot_per_sec']:,} "
+            f"| {p['tick_per_sec']:,} | {p['ticks_fired']} | {p['ratio']} |"
+        )
+    return "\n".join(lines)
 
 
 def tick_command(
@@ -110,58 +125,41 @@ def tick_command(
         "0,300", "--webhook-delay-ms", help="Webhook answer delays to measure, comma list."
     ),
     interval: float = typer.Option(1.0, "--interval", min=0.1, max=60, help="Seconds per tick."),
-    output: Path | None = typer.Option(
-        None, "--output", help="Also save the results as JSON in DIR (e.g. benchmarks/results)."
-    ),
+    output: Path | None = output_option(),
     quick: bool = typer.Option(False, "--quick", help="A smoke run: 1,000 intents, no delay."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    as_json: bool = json_option("a table"),
 ) -> None:
     """Drain throughput through HTTP ticks (batch 500, one per --interval) vs `intake drain
     --concurrency 1`, same run; the target is a ratio of at least 0.70."""
-    delays = parse_int_list(webhook_delay_ms, "--webhook-delay-ms")
+    delays = webhook_delays_ms(webhook_delay_ms)
     if quick:
-        intents, delays = 1000, [0]
-    workdir = Path(tempfile.mkdtemp(prefix="intake-bench-tick-"))
-    workdir.chmod(0o755)
-    clusters = EmbeddedClusters(
-        workdir / "clusters", config.EmbeddedSettings(max_connections=200, synchronous_commit=True)
-    )
-    try:
-        running = clusters.ensure()
+        intents, delays = 1000, (0,)
+    settings = config.EmbeddedSettings(max_connections=200)
+    with (
+        events.workdir("tick") as workdir,
+        events.durable_clusters(workdir, settings) as (_, running),
+    ):
         pairs = [run_pair(workdir, running, d, intents, interval) for d in delays]
-    finally:
-        clusters.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+    found = targets_json(
+        Target.at_least(
+            f"ticks >= {TARGET_RATIO:.0%} of one drain slot "
+            f"(webhook delay {p.webhook_delay_ms} ms)",
+            p.ratio,
+            TARGET_RATIO,
+            f"{p.ratio:.2f}",
+        )
+        for p in pairs
+    )
     report = {
-        "machine": {"cores": os.cpu_count(), "synchronous_commit": "on"},
+        "machine": machine(synchronous_commit="on"),
         "settings": {"batch_size": 500, "tick_interval_s": interval, "drain_concurrency": 1},
         "results": [p.as_json() for p in pairs],
-        "targets": [
-            {
-                "what": f"ticks >= {TARGET_RATIO:.0%} of one drain slot "
-                f"(webhook delay {p.webhook_delay_ms} ms)",
-                "measured": round(p.ratio, 2),
-                "met": p.ratio >= TARGET_RATIO,
-            }
-            for p in pairs
-        ],
+        "targets": found,
     }
-    if output is not None:
-        sys.stderr.write(f"saved {bench.save(report, output, 'tick')}\n")
-    if as_json:
-        sys.stdout.write(json.dumps(report, indent=2) + "\n")
-        return
-    sys.stdout.write(
-        "| webhook delay | intents | drain 1 slot/s | ticks/s | ticks fired | ratio |\n"
-        "|---:|---:|---:|---:|---:|---:|\n"
+    publish(
+        report,
+        "tick",
+        output,
+        as_json,
+        lambda: markdown(pairs) + "\n\n" + targets_markdown(found),
     )
-    for p in report["results"]:
-        sys.stdout.write(
-            f"| {p['webhook_delay_ms']} ms | {p['intents']:,} | {p['drain_one_slot_per_sec']:,} "
-            f"| {p['tick_per_sec']:,} | {p['ticks_fired']} | {p['ratio']} |\n"
-        )
-    for target in report["targets"]:
-        sys.stdout.write(
-            f"target: {target['what']}: {target['measured']} "
-            f"({'met' if target['met'] else 'MISSED'})\n"
-        )

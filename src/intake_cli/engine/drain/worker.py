@@ -1,33 +1,15 @@
-"""`intake drain`: read a batch, validate with the webhook, commit to DB2, archive.
+"""`intake drain`: batches in a loop (drain/batch.py), and the worker's life around them.
 
-One batch goes through three steps, each costing one round trip per database
-whatever the batch size (recording the webhook's answers: one per group of
-answers that arrive together):
-
-1. read up to batch_size messages (intake.read_intents: like pgmq.read,
-   leased for visibility_timeout, oldest vt first)
-   and load what DB1 knows of their intents (intent_state) and of their units:
-   only an intent that DB1's claim path issued and that still holds its unit
-   (the same key, buyer and resource id on a locked or consumed unit) goes
-   on; any other message is refused into the DLQ, never shown to the webhook
-   or DB2;
-2. call the webhook for every intent not yet validated, concurrently; record
-   each answer as it arrives (answers that come together share a round trip),
-   the yeses before any commit so a crash cannot make us ask twice, the noes
-   with the unit released and the message archived;
-3. commit every validated intent through the DB2 RPC (rate-limited across the
-   fleet, each statement bounded by db2.commit_timeout_seconds), then consume
-   the units and archive the messages, for the intents whose commit the RPC's
-   answer proves; failures are counted and retried with backoff via set_vt,
-   or dead-lettered.
-
-Several such loops run at once (--concurrency), so one batch's webhook calls
-overlap another's commits.
+Several loops ("slots") run at once (--concurrency), so one batch's webhook
+calls overlap another's commits. Beside them run the heartbeat and, where
+pg_cron does not, DB1's housekeeping.
 
 A worker started while DB1 or DB2 is unreachable waits for them (backoff with
 jitter, one log line per try) and drains once both answer; only a
 configuration error (DB1 not provisioned, an unknown pool, a commit RPC DB2
-lacks) stops it at once.
+lacks) stops it at once. DB1 lost while draining: every slot waits for one
+prober to find its primary again. SIGINT/SIGTERM: stop reading, let in-flight
+batches finish for the shutdown timeout, hand back what is left, exit.
 """
 
 from __future__ import annotations
@@ -43,9 +25,7 @@ from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 import psycopg
-from psycopg.rows import dict_row
-from psycopg.types.string import TextLoader
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import PoolTimeout
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -55,19 +35,12 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from intake_cli.engine import fence, ledger, phases, recovery, telemetry
-from intake_cli.engine.batch import (
-    Batch,
-    DrainStats,
-    PoolRuntime,
-    RawJson,
-    as_jsonb,
-    drain_query,
-    parse_message,
-    refusal_of,
-)
-from intake_cli.engine.retry import RetryPolicy
-from intake_cli.engine.webhook import WebhookClient
+from intake_cli.engine import telemetry
+from intake_cli.engine.drain import ledger, store
+from intake_cli.engine.drain.batch import one_batch
+from intake_cli.engine.drain.context import DrainContext, DrainStats, Heartbeat
+from intake_cli.engine.drain.phases import NO_PHASES, Phases
+from intake_cli.engine.drain.webhook import WebhookClient
 from intake_cli.platform.config import Settings
 from intake_cli.platform.db import (
     CONNECT_TIMEOUT_S,
@@ -87,7 +60,6 @@ from intake_cli.platform.errors import (
 from intake_cli.platform.logs import LogDrain, event
 from intake_cli.platform.pgconn import async_pool, open_async
 from intake_cli.platform.signals import stop_on_signals
-from intake_cli.platform.sqlfiles import queries
 
 # Waiting for a database at start: the first try again after about half a
 # second, then twice as long each time (plus up to a second of jitter, so a
@@ -98,9 +70,6 @@ DB_WAIT_MAX_S = 10
 # how long one such connection attempt may take.
 DB1_PROBE_S = 0.25
 DB1_PROBE_CONNECT_S = 2
-# A failed inventory rebuild is tried again after this, doubling up to the max.
-REBUILD_RETRY_FIRST_S = 1.0
-REBUILD_RETRY_MAX_S = 30.0
 
 
 @contextlib.asynccontextmanager
@@ -143,10 +112,9 @@ class Worker:
         idle_sleep_s: float = 0.25,
         log_drain: LogDrain | None = None,
         connect_timeout_s: float | None = None,
+        phases: Phases | None = None,
     ) -> None:
         self.settings = settings
-        self.queue = settings.queue_name
-        self.dlq = settings.dlq_name
         self.db1_dsn = db1_dsn
         self.db2_dsn = db2_dsn
         self.log = logger
@@ -159,34 +127,13 @@ class Worker:
         self.log_drain = log_drain
         # How long to wait for DB1 and DB2 at start; None: as long as it takes.
         self.connect_timeout_s = connect_timeout_s
+        self.phases = phases or NO_PHASES
         self.stats = DrainStats()
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._stopping = asyncio.Event()
+        # Commit RPCs as DB2's catalog resolved them at start-up, for the store.
         self._resolved_rpcs: dict[ledger.RpcName, ledger.RpcName] = {}
-        self._secrets = {p.pool_id: p.webhook_secret for p in settings.pools}
-        # pool id -> (monotonic time of the next try, the pause after that one)
-        self._rebuild_retry: dict[str, tuple[float, float]] = {}
         self._db1_probe: asyncio.Task[None] | None = None
-        # The replication fence (engine/fence.py): what to wait for, and
-        # whether the worker said once that it cannot see DB1's standbys.
-        self.fence_mode: fence.FenceMode = settings.db1.replication_fence  # type: ignore[assignment]
-        self.fence_blind_said = False
-
-    def share(
-        self,
-        db1: AsyncConnectionPool,
-        db2: AsyncConnectionPool,
-        webhook: WebhookClient,
-        resolved_rpcs: dict[ledger.RpcName, ledger.RpcName],
-    ) -> None:
-        """Borrow open pools and a webhook client, for one batch without a start-up of its own
-        (`intake serve`'s tick: the process holds them across ticks)."""
-        self.db1, self.db2, self.webhook = db1, db2, webhook
-        self._resolved_rpcs = resolved_rpcs
-
-    async def one_batch(self) -> int:
-        """One batch on shared resources (see `share`); how many messages it read."""
-        return await self._one_batch()
 
     # -- start and stop ------------------------------------------------------
 
@@ -227,7 +174,7 @@ class Worker:
         waited_s = time.monotonic() - self.stats.started
         # Throughput is measured over the draining, not the wait for the databases.
         self.stats.started = time.monotonic()
-        phases.enable()
+        self.phases.begin()
         pool_size = self.concurrency + 2
         self.db1 = async_pool(
             self.db1_dsn,
@@ -248,8 +195,22 @@ class Worker:
         # should it go away again the slots' retry rides that out.
         await self.db1.open()
         await self.db2.open()
-        heartbeat = asyncio.create_task(self._heartbeat_every(telemetry.HEARTBEAT_S))
-        tidier = None if self.once else asyncio.create_task(self._tidy_every(telemetry.TIDY_S))
+        pg = store.PgStore(
+            self.db1,
+            self.db2,
+            queue=self.settings.queue_name,
+            dlq=self.settings.dlq_name,
+            rpcs=self._resolved_rpcs,
+        )
+        self.heartbeat = Heartbeat(
+            pg,
+            self.log,
+            self.worker_id,
+            self.stats.counts,
+            lambda: self.log_drain.buffer.dropped if self.log_drain else 0,
+        )
+        beating = asyncio.create_task(self.heartbeat.every(telemetry.HEARTBEAT_S))
+        tidier = None if self.once else asyncio.create_task(self._tidy_every(pg, telemetry.TIDY_S))
         event(
             self.log,
             logging.INFO,
@@ -257,22 +218,23 @@ class Worker:
             concurrency=self.concurrency,
             once=self.once,
             pool=self.pool_filter,
-            queue=self.queue,
+            queue=self.settings.queue_name,
             waited_s=round(waited_s, 1),
         )
         try:
             async with WebhookClient(
                 timeout_s=self.webhook_timeout_s, max_connections=256
-            ) as self.webhook:
-                slots = [asyncio.create_task(self._slot(n)) for n in range(self.concurrency)]
+            ) as webhook:
+                ctx = DrainContext(self.settings, pg, webhook, self.log, phases=self.phases)
+                slots = [asyncio.create_task(self._slot(ctx, n)) for n in range(self.concurrency)]
                 await self._wait_for(slots)
         finally:
-            for task in (heartbeat, tidier):
+            for task in (beating, tidier):
                 if task is not None:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
-            await self._heartbeat(stopped=True)
+            await self.heartbeat.beat(stopped=True)
             await self.db1.close()
             await self.db2.close()
 
@@ -348,15 +310,12 @@ class Worker:
             async with _connect(self.db2_dsn, "DB2") as db2:
                 for rpc in sorted(rpcs, key=str):
                     self._resolved_rpcs[rpc] = await ledger.check_rpc_async(db2, rpc)
-            await self._register(db1)
+            await telemetry.register_worker(db1, self.worker_id, self.pool_filter, self.concurrency)
 
     async def _served_rpcs(self, conn: psycopg.AsyncConnection) -> set[ledger.RpcName]:
-        row = await (await conn.execute(queries("db1")["intake_schema_exists"])).fetchone()
-        if not (row and row[0]):
+        if not await store.provisioned(conn):
             raise NotProvisioned()
-        cur = conn.cursor(row_factory=dict_row)
-        rows = await (await cur.execute(drain_query("engine_pools"))).fetchall()
-        rpcs = {row["pool_id"]: row["commit_rpc_name"] for row in rows}
+        rpcs = {row["pool_id"]: row["commit_rpc_name"] for row in await store.pool_rows(conn)}
         if self.pool_filter is not None and self.pool_filter not in rpcs:
             raise UnknownPool(f"pool {self.pool_filter!r} is not provisioned in DB1")
         return {
@@ -365,44 +324,14 @@ class Worker:
             if self.pool_filter in (None, pool_id)
         }
 
-    # -- the registry `intake watch` reads ---------------------------------------
+    # -- beside the batches ------------------------------------------------------
 
-    async def _register(self, conn: psycopg.AsyncConnection) -> None:
-        await telemetry.register_worker(conn, self.worker_id, self.pool_filter, self.concurrency)
-
-    async def _heartbeat(self, *, stopped: bool = False) -> None:
-        counts = self.stats.counts
-        try:
-            async with self.db1.connection(timeout=5) as conn:
-                await conn.execute(
-                    telemetry.query("heartbeat"),
-                    {
-                        "worker_id": self.worker_id,
-                        "batches": counts["batches"],
-                        "committed": counts["committed"],
-                        "rejected": counts["rejected"],
-                        "retried": counts["retried"],
-                        "dead": counts["dead"],
-                        "log_lines_dropped": self.log_drain.buffer.dropped if self.log_drain else 0,
-                        "stopped": stopped,
-                    },
-                )
-        except (psycopg.Error, PoolTimeout) as exc:
-            # A missed heartbeat shows the worker as silent; that is all.
-            event(self.log, logging.WARNING, "heartbeat_failed", error=str(exc))
-
-    async def _heartbeat_every(self, seconds: float) -> None:
-        while True:
-            await asyncio.sleep(seconds)
-            await self._heartbeat()
-
-    async def _tidy_every(self, seconds: float) -> None:
+    async def _tidy_every(self, pg: store.PgStore, seconds: float) -> None:
         """Housekeeping where pg_cron does not do it (telemetry.keep_tidy_unless_scheduled)."""
         while True:
             try:
-                async with self.db1.connection(timeout=5) as conn:
-                    if await telemetry.keep_tidy_unless_scheduled(conn):
-                        event(self.log, logging.DEBUG, "tidied")
+                if await pg.tidy():
+                    event(self.log, logging.DEBUG, "tidied")
             except (psycopg.Error, PoolTimeout) as exc:
                 # Housekeeping can wait for the next tick; the drain must not.
                 event(self.log, logging.WARNING, "tidy_failed", error=first_line(exc))
@@ -428,10 +357,12 @@ class Worker:
         finally:
             stop_wait.cancel()
 
-    async def _slot(self, number: int) -> None:
+    # -- the batches -------------------------------------------------------------
+
+    async def _slot(self, ctx: DrainContext, number: int) -> None:
         while not self._stopping.is_set():
             try:
-                handled = await self._one_batch()
+                handled = await one_batch(ctx, self.stats.counts, self.pool_filter)
             except (psycopg.OperationalError, PoolTimeout) as exc:
                 event(self.log, logging.WARNING, "db1_unavailable", slot=number, error=str(exc))
                 await self._db1_back()
@@ -485,160 +416,3 @@ class Worker:
                 pass
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), DB1_PROBE_S)
-
-    # -- one batch -------------------------------------------------------------
-
-    async def _load_pools(self, conn: psycopg.AsyncConnection) -> dict[str, PoolRuntime]:
-        cur = conn.cursor(row_factory=dict_row)
-        rows = await (await cur.execute(drain_query("engine_pools"))).fetchall()
-        pools = {}
-        for row in rows:
-            pools[row["pool_id"]] = PoolRuntime(
-                pool_id=row["pool_id"],
-                paused=row["paused"],
-                batch_size=row["batch_size"],
-                visibility_timeout=row["visibility_timeout"],
-                webhook_url=row["validation_webhook_url"],
-                rpc=ledger.RpcName.parse(row["commit_rpc_name"]),
-                commit_rate_per_sec=row["commit_rate_per_sec"],
-                retry=RetryPolicy(
-                    base_s=row["retry_base_seconds"],
-                    cap_s=row["retry_max_seconds"],
-                    max_retries=row["max_retries"],
-                ),
-                secret=self._secrets.get(row["pool_id"]),
-            )
-            if row["inventory_lost"]:
-                # Rebuilt or not, the pool stays served: until its inventory
-                # is whole, each of its intents is handed back (LOST), never
-                # refused as unknown.
-                await self._rebuild(conn, row["pool_id"])
-        return pools
-
-    async def _rebuild(self, conn: psycopg.AsyncConnection, pool_id: str) -> bool:
-        """A DB1 crash (or a promotion) emptied this pool's inventory: rebuild it
-        before draining on; whether it is whole now.
-
-        Every worker that sees the loss tries; rebuilds of one pool are
-        serialized in DB1 and the later ones find it whole and do nothing. A
-        rebuild that fails is logged and tried again, after a growing pause,
-        while the worker drains the other pools: it never stops the worker.
-        """
-        now = time.monotonic()
-        retry_at, pause = self._rebuild_retry.get(pool_id, (now, REBUILD_RETRY_FIRST_S))
-        if now < retry_at:
-            return False
-        event(self.log, logging.WARNING, "inventory_lost", pool_id=pool_id)
-        try:
-            rebuilt = await recovery.rebuild_async(conn, pool_id, "drain")
-        except psycopg.Error as exc:
-            if conn.closed or conn.broken:
-                raise  # DB1 itself went away: the worker's reconnect path
-            event(
-                self.log,
-                logging.ERROR,
-                "inventory_rebuild_failed",
-                pool_id=pool_id,
-                error=first_line(exc),
-                retry_in_s=pause,
-            )
-            self._rebuild_retry[pool_id] = (now + pause, min(pause * 2, REBUILD_RETRY_MAX_S))
-            return False
-        self._rebuild_retry.pop(pool_id, None)
-        if rebuilt is not None:
-            event(self.log, logging.WARNING, "inventory_rebuilt", **rebuilt.as_json())
-        return True
-
-    async def _one_batch(self) -> int:
-        read_started = time.perf_counter()
-        async with self.db1.connection() as conn:
-            pools = await self._load_pools(conn)
-            served = [p for p in pools.values() if self.pool_filter in (None, p.pool_id)]
-            if not served:
-                return 0
-            qty = max(p.batch_size for p in served)
-            vt = max(p.visibility_timeout for p in served)
-            cur = conn.cursor(row_factory=dict_row)
-            # Messages come as DB1's JSON text, read one by one by parse_message:
-            # a message Python's JSON reader cannot take (too deep, a number too
-            # long) is refused alone instead of failing the read of its batch.
-            cur.adapters.register_loader("jsonb", TextLoader)
-            rows = await (await cur.execute(drain_query("read"), {"vt": vt, "qty": qty})).fetchall()
-            if not rows:
-                return 0
-            self.stats.counts["read"] += len(rows)
-            self.stats.counts["batches"] += 1
-            intents, broken = [], []
-            for row in rows:
-                parsed = parse_message(row)
-                if isinstance(parsed, str):
-                    # Kept as its text: the dead letter holds it exactly as it came.
-                    broken.append((row["msg_id"], RawJson(row["message"]), parsed))
-                else:
-                    intents.append(parsed)
-            states = await (
-                await conn.cursor(row_factory=dict_row).execute(
-                    drain_query("intent_states"),
-                    {
-                        "keys": [i.key for i in intents],
-                        "pool_ids": [i.pool_id for i in intents],
-                        "unit_nos": [i.unit_no for i in intents],
-                        "user_ids": [i.user_id for i in intents],
-                        "resource_ids": [i.resource_id for i in intents],
-                    },
-                )
-            ).fetchall()
-        for intent, known in zip(intents, states, strict=True):
-            if known["state"] is not None:
-                intent.state = known["state"]
-                intent.attempts = known["attempts"]
-            if intent.state not in ("rejected", "dead"):
-                intent.refusal = refusal_of(known, intent)
-            elif known["state_msg_id"] != intent.msg_id:
-                # Finished (its unit may be on sale again) as another message:
-                # this one is a copy. The same message read twice is archived.
-                intent.refusal = (
-                    f"not issued by DB1's claim path: intent {intent.key} was already "
-                    f"{intent.state} as message {known['state_msg_id']}"
-                )
-
-        phases.add("read", time.perf_counter() - read_started)
-        batch = Batch(self, pools, intents, vt, broken)
-        try:
-            await batch.process()
-        except asyncio.CancelledError:
-            await asyncio.shield(batch.hand_back_unfinished())
-            raise
-        return len(rows)
-
-    async def refuse(self, refused: list[tuple[int, Any, str, str | None]]) -> None:
-        """Messages that are not live intents of DB1's claim path: into the DLQ, marked refused.
-
-        Each is (msg_id, message, reason, pool_id). Nothing else changes: no
-        intent_state, no unit, and neither the webhook nor DB2 ever sees them.
-        """
-        async with self.db1.connection() as conn:
-            await conn.execute(
-                drain_query("refuse"),
-                {
-                    "queue": self.queue,
-                    "dlq": self.dlq,
-                    "msg_ids": [msg_id for msg_id, *_ in refused],
-                    "messages": [as_jsonb(message) for _, message, *_ in refused],
-                    "errors": [reason for _, _, reason, _ in refused],
-                },
-            )
-        for msg_id, _, reason, pool_id in refused:
-            event(self.log, logging.ERROR, "refused", msg_id=msg_id, pool_id=pool_id, error=reason)
-        self.stats.counts["dead"] += len(refused)
-        self.stats.counts["refused"] += len(refused)
-
-    async def resolve_rpc(self, rpc: ledger.RpcName) -> ledger.RpcName:
-        """Check a commit RPC against DB2's catalog the first time it is seen.
-
-        The resolved name carries the argument type (jsonb or json) to call it with.
-        """
-        if rpc not in self._resolved_rpcs:
-            async with self.db2.connection() as conn:
-                self._resolved_rpcs[rpc] = await ledger.check_rpc_async(conn, rpc)
-        return self._resolved_rpcs[rpc]

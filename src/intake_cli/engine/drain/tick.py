@@ -1,9 +1,10 @@
 """The drain's HTTP tick: one batch on demand, exactly as `intake drain --once` runs it.
 
 A scheduler (pg_cron + pg_net, cron, a cloud scheduler) asks every few
-seconds; each ask runs one `Worker` batch on connections and a webhook
-client opened once for the process. Two ticks at once never take the same
-intent: pgmq's read hides what it hands out for the visibility timeout.
+seconds; each ask runs one batch (drain/batch.py) with a context built once
+for the process: its connections and webhook client. Two ticks at once never
+take the same intent: the read hides what it hands out for the visibility
+timeout.
 
 A tick runs as a task of its own, so a caller that gives up (a timeout, a
 dropped connection) does not cut it short: it finishes, and on shutdown
@@ -24,16 +25,15 @@ import uuid
 from collections import Counter
 from typing import Any
 
-import psycopg
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool
 
-from intake_cli.engine import ledger, telemetry
-from intake_cli.engine.batch import drain_query
-from intake_cli.engine.webhook import WebhookClient
-from intake_cli.engine.worker import Worker
+from intake_cli.engine.drain import ledger
+from intake_cli.engine.drain.batch import one_batch
+from intake_cli.engine.drain.context import DrainContext, DrainStats, Heartbeat
+from intake_cli.engine.drain.store import PgStore
+from intake_cli.engine.drain.webhook import WebhookClient
 from intake_cli.platform.config import Settings
 from intake_cli.platform.errors import UnknownPool
-from intake_cli.platform.logs import event
 from intake_cli.platform.pgconn import async_pool
 
 # Connections kept for ticks; ticks beyond this wait for one (pool timeout).
@@ -61,8 +61,8 @@ class Ticker:
         self.totals: Counter[str] = Counter()
         self._running: set[asyncio.Task[dict[str, Any]]] = set()
         self._registered = False
-        self._rpcs: dict[ledger.RpcName, ledger.RpcName] = {}
         self._webhook: WebhookClient | None = None
+        self._ctx: DrainContext | None = None
 
     async def open(self) -> None:
         # Opened without waiting for a first connection: serve starts while a
@@ -82,6 +82,9 @@ class Ticker:
         await self.db2.open(wait=False)
         self._webhook = WebhookClient(timeout_s=self.webhook_timeout_s, max_connections=256)
         await self._webhook.__aenter__()
+        pg = PgStore(self.db1, self.db2, queue=self.settings.queue_name, dlq=self.settings.dlq_name)
+        self._ctx = DrainContext(self.settings, pg, self._webhook, self.log)
+        self.heartbeat = Heartbeat(pg, self.log, self.worker_id, self.totals)
 
     async def close(self) -> None:
         """Let running ticks finish; after the shutdown timeout they hand their batch back."""
@@ -91,7 +94,7 @@ class Ticker:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
         if self._registered:
-            await self._heartbeat(stopped=True)
+            await self.heartbeat.beat(stopped=True)
         if self._webhook is not None:
             await self._webhook.__aexit__(None, None, None)
         await self.db1.close()
@@ -105,58 +108,26 @@ class Ticker:
         return await asyncio.shield(task)
 
     async def _tick(self, pool_id: str | None) -> dict[str, Any]:
-        assert self._webhook is not None, "Ticker.open() first"
-        worker = Worker(
-            self.settings,
-            self.db1_dsn,
-            self.db2_dsn,
-            self.log,
-            once=True,
-            pool_filter=pool_id,
-            webhook_timeout_s=self.webhook_timeout_s,
-        )
-        worker.share(self.db1, self.db2, self._webhook, self._rpcs)
-        await self._check_pool(pool_id)
-        await self._register()
+        assert self._ctx is not None, "Ticker.open() first"
+        stats = DrainStats()
+        await self._check_pool(self._ctx, pool_id)
+        await self._register(self._ctx)
         try:
-            await worker.one_batch()
+            await one_batch(self._ctx, stats.counts, pool_id)
         finally:
-            self.totals.update(worker.stats.counts)
-            await self._heartbeat()
-        return {"pool": pool_id, **worker.stats.as_json()}
+            self.totals.update(stats.counts)
+            await self.heartbeat.beat()
+        return {"pool": pool_id, **stats.as_json()}
 
-    async def _check_pool(self, pool_id: str | None) -> None:
+    async def _check_pool(self, ctx: DrainContext, pool_id: str | None) -> None:
         if pool_id is None:
             return
-        async with self.db1.connection() as conn:
-            cur = await conn.execute(drain_query("engine_pools"))
-            known = {row[0] for row in await cur.fetchall()}
+        known = {row["pool_id"] for row in await ctx.store.pools()}
         if pool_id not in known:
             raise UnknownPool(f"pool {pool_id!r} is not provisioned in DB1")
 
-    async def _register(self) -> None:
+    async def _register(self, ctx: DrainContext) -> None:
         if self._registered:
             return
-        async with self.db1.connection() as conn:
-            await telemetry.register_worker(conn, self.worker_id, None, 1)
+        await ctx.store.register(self.worker_id, None, 1)
         self._registered = True
-
-    async def _heartbeat(self, *, stopped: bool = False) -> None:
-        try:
-            async with self.db1.connection(timeout=5) as conn:
-                await conn.execute(
-                    telemetry.query("heartbeat"),
-                    {
-                        "worker_id": self.worker_id,
-                        "batches": self.totals["batches"],
-                        "committed": self.totals["committed"],
-                        "rejected": self.totals["rejected"],
-                        "retried": self.totals["retried"],
-                        "dead": self.totals["dead"],
-                        "log_lines_dropped": 0,
-                        "stopped": stopped,
-                    },
-                )
-        except (psycopg.Error, PoolTimeout) as exc:
-            # A missed heartbeat shows the ticker as silent; that is all.
-            event(self.log, logging.WARNING, "heartbeat_failed", error=str(exc))

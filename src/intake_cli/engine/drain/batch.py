@@ -1,7 +1,27 @@
-"""One batch of the drain, from the read to the archive: the intents it holds,
-the webhook's answers recorded as they arrive, the commits into DB2 and the
-finishing steps in DB1. `worker.py` owns the loop that reads batches and the
-worker's life around it (start-up, heartbeats, shutdown).
+"""One batch of the drain, from the read to the archive: what it does with each intent.
+
+One batch goes through three steps, each costing one round trip per database
+whatever the batch size (recording the webhook's answers: one per group of
+answers that arrive together):
+
+1. read up to batch_size messages (leased for visibility_timeout, oldest vt
+   first) and what DB1 knows of their intents and units: only an intent
+   that DB1's claim path issued and that still holds its unit (the same key,
+   buyer and resource id on a locked or consumed unit) goes on; any other
+   message is refused into the DLQ, never shown to the webhook or DB2;
+2. call the webhook for every intent not yet validated, concurrently; record
+   each answer as it arrives (answers that come together share a round trip),
+   the yeses before any commit so a crash cannot make us ask twice, the noes
+   with the unit released and the message archived;
+3. commit every validated intent through the DB2 RPC (rate-limited across the
+   fleet, each statement bounded by db2.commit_timeout_seconds), then consume
+   the units and archive the messages, for the intents whose commit the RPC's
+   answer proves; failures are counted and retried with backoff, or
+   dead-lettered.
+
+Every statement goes through the context's store; this module only decides,
+so it runs as well against an in-memory store. `worker` runs batches in a
+loop, `tick` one per call.
 """
 
 from __future__ import annotations
@@ -9,30 +29,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 import psycopg
-from psycopg.types.json import Jsonb
 from psycopg_pool import PoolTimeout
 
-from intake_cli.engine import fence, ledger, phases
-from intake_cli.engine.retry import RetryPolicy
-from intake_cli.engine.webhook import Verdict
-from intake_cli.platform.errors import (
-    LedgerContractError,
-    LedgerUnavailable,
-)
-from intake_cli.platform.jsontext import read_json
+from intake_cli.engine.drain import ledger
+from intake_cli.engine.drain.context import DrainContext
+from intake_cli.engine.drain.intents import LOST, Intent, RawJson, Refusal, parse_message
+from intake_cli.engine.drain.retry import RetryPolicy
+from intake_cli.engine.drain.store import InventoryRebuildFailed, PoolRow, Retry, UnitCheck
+from intake_cli.engine.drain.webhook import Verdict
+from intake_cli.platform.errors import LedgerContractError, LedgerUnavailable
 from intake_cli.platform.logs import event
-from intake_cli.platform.sqlfiles import queries
-
-if TYPE_CHECKING:
-    from intake_cli.engine.worker import Worker
 
 # A worker serving only some pools hands the others' messages back this long
 # (seconds), so they are not re-read in a tight loop.
@@ -47,15 +60,9 @@ LOST_INVENTORY_DELAY_S = 2
 FENCED_DELAY_S = 1
 # The shortest interval between lease renewals (a third of the visibility timeout).
 LEASE_TICK_MIN_S = 0.2
-
-# How the claim path writes an idempotency key or resource id (uuid → jsonb).
-_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-_BIGINT_MAX = 2**63 - 1
-
-
-def drain_query(name: str) -> str:
-    """A named query of sql/queries/drain.sql (the worker's and its batches')."""
-    return queries("drain")[name]
+# A failed inventory rebuild is tried again after this, doubling up to the max.
+REBUILD_RETRY_FIRST_S = 1.0
+REBUILD_RETRY_MAX_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -72,154 +79,26 @@ class PoolRuntime:
     retry: RetryPolicy
     secret: str | None
 
-
-@dataclass
-class Intent:
-    msg_id: int
-    message: dict[str, Any]
-    key: str
-    pool_id: str
-    unit_no: int
-    user_id: str
-    resource_id: str
-    state: str = "queued"
-    attempts: int = 0
-    webhook_calls: int = 0
-    error: str | None = None
-    # How long this batch's webhook call for the intent took.
-    webhook_ms: float | None = None
-    # Checked against DB1 when read: None when the claim path issued this
-    # intent and its unit is still its own; LOST while the pool's inventory
-    # awaits its rebuild; otherwise why the message is refused.
-    refusal: str | None = None
+    @classmethod
+    def from_row(cls, row: PoolRow, secret: str | None) -> PoolRuntime:
+        return cls(
+            pool_id=row["pool_id"],
+            paused=row["paused"],
+            batch_size=row["batch_size"],
+            visibility_timeout=row["visibility_timeout"],
+            webhook_url=row["validation_webhook_url"],
+            rpc=ledger.RpcName.parse(row["commit_rpc_name"]),
+            commit_rate_per_sec=row["commit_rate_per_sec"],
+            retry=RetryPolicy(
+                base_s=row["retry_base_seconds"],
+                cap_s=row["retry_max_seconds"],
+                max_retries=row["max_retries"],
+            ),
+            secret=secret,
+        )
 
 
-LOST = "inventory lost"
-
-
-@dataclass
-class DrainStats:
-    counts: Counter[str] = field(default_factory=Counter)
-    started: float = field(default_factory=time.monotonic)
-
-    def as_json(self) -> dict[str, Any]:
-        elapsed = time.monotonic() - self.started
-        return {
-            **{
-                k: self.counts.get(k, 0)
-                for k in (
-                    "read",
-                    "validated",
-                    "committed",
-                    "rejected",
-                    "retried",
-                    "dead",
-                    "refused",
-                    "handed_back",
-                    "fenced",
-                    "batches",
-                )
-            },
-            **{k: v for k, v in self.counts.items() if k.startswith("log_lines")},
-            "seconds": round(elapsed, 3),
-            "committed_per_sec": round(self.counts["committed"] / elapsed, 1) if elapsed else 0,
-        }
-
-    @staticmethod
-    def total(reports: list[dict[str, Any]]) -> dict[str, Any]:
-        """Several workers' `as_json` as one: counts added, over the longest-running one."""
-        seconds = max((r["seconds"] for r in reports), default=0.0)
-        counts: Counter[str] = Counter()
-        for report in reports:
-            counts.update(
-                {k: v for k, v in report.items() if k not in ("seconds", "committed_per_sec")}
-            )
-        return {
-            **counts,
-            "seconds": seconds,
-            "committed_per_sec": round(counts["committed"] / seconds, 1) if seconds else 0,
-        }
-
-
-def columns(batch: list[Intent], **extra: Any) -> dict[str, Any]:
-    """A batch as the parallel arrays the DB1 batch functions take (one round trip)."""
-    return {
-        "msg_ids": [i.msg_id for i in batch],
-        "keys": [i.key for i in batch],
-        "pool_ids": [i.pool_id for i in batch],
-        "unit_nos": [i.unit_no for i in batch],
-        "states": [i.state for i in batch],
-        "attempts": [i.attempts for i in batch],
-        "calls": [i.webhook_calls for i in batch],
-        "errors": [i.error for i in batch],
-        **extra,
-    }
-
-
-@dataclass(frozen=True)
-class RawJson:
-    """A message kept as the JSON text DB1 holds, because intake cannot read it as a value."""
-
-    text: str
-
-
-def as_jsonb(message: Any) -> Jsonb:
-    """A message to write back to DB1: a RawJson goes as its own text, unchanged."""
-    if isinstance(message, RawJson):
-        return Jsonb(message.text, dumps=str)
-    return Jsonb(message)
-
-
-def is_uuid(value: Any) -> bool:
-    """Whether `value` is a UUID as the claim path writes one (text, lower case)."""
-    return isinstance(value, str) and _UUID.match(value) is not None
-
-
-def intent_problems(message: dict[str, Any]) -> list[str]:
-    """What keeps a JSON object from being an intent as the claim path writes it."""
-    problems = []
-    for name in ("idempotency_key", "resource_id"):
-        if not is_uuid(message.get(name)):
-            problems.append(f"{name} is not a UUID")
-    for name in ("pool_id", "user_id", "claimed_at"):
-        value = message.get(name)
-        if not (isinstance(value, str) and value):
-            problems.append(f"{name} is not a non-empty string")
-    unit_no = message.get("unit_no")
-    if isinstance(unit_no, bool) or not isinstance(unit_no, int) or not 0 < unit_no <= _BIGINT_MAX:
-        problems.append("unit_no is not a unit number")
-    return problems
-
-
-def parse_message(row: dict[str, Any]) -> Intent | str:
-    """An Intent, or the reason the message cannot be one.
-
-    Every field the unit check and DB2 rely on, in the form the claim path
-    writes it: nothing that could make the batch's DB1 query fail reaches it.
-    The message may come as DB1's JSON text (the worker reads it so, so that
-    one unreadable message cannot fail the read of its whole batch).
-    """
-    message = row["message"]
-    if isinstance(message, str):
-        message, unreadable = read_json(message)
-        if unreadable:
-            return f"malformed intent message: {unreadable}"
-    if not isinstance(message, dict):
-        return "malformed intent message: not a JSON object"
-    if problems := intent_problems(message):
-        return f"malformed intent message: {'; '.join(problems)}"
-    return Intent(
-        msg_id=int(row["msg_id"]),
-        message=message,
-        key=message["idempotency_key"],
-        pool_id=message["pool_id"],
-        unit_no=message["unit_no"],
-        user_id=message["user_id"],
-        resource_id=message["resource_id"],
-    )
-
-
-def refusal_of(known: dict[str, Any], intent: Intent) -> str | None:
+def refusal_of(known: UnitCheck, intent: Intent) -> str | None:
     """Why DB1's units say this message is not a live intent of the claim path, or None."""
     if not known["inventory_ready"]:
         return LOST
@@ -236,6 +115,108 @@ def refusal_of(known: dict[str, Any], intent: Intent) -> str | None:
     if not known["same_resource"]:
         return f"not issued by DB1's claim path: {where} has another resource_id"
     return None
+
+
+def take_in(intent: Intent, known: UnitCheck) -> None:
+    """What DB1 knows of the intent, onto it: the state it reached, or why it is refused."""
+    if known["state"] is not None:
+        intent.state = known["state"]
+        intent.attempts = known["attempts"] or 0
+    if intent.state not in ("rejected", "dead"):
+        intent.refusal = refusal_of(known, intent)
+    elif known["state_msg_id"] != intent.msg_id:
+        # Finished (its unit may be on sale again) as another message:
+        # this one is a copy. The same message read twice is archived.
+        intent.refusal = (
+            f"not issued by DB1's claim path: intent {intent.key} was already "
+            f"{intent.state} as message {known['state_msg_id']}"
+        )
+
+
+async def load_pools(ctx: DrainContext) -> dict[str, PoolRuntime]:
+    """Every pool's live settings; a pool whose inventory was lost is rebuilt first."""
+    pools = {}
+    for row in await ctx.store.pools():
+        pools[row["pool_id"]] = PoolRuntime.from_row(row, ctx.secrets.get(row["pool_id"]))
+        if row["inventory_lost"]:
+            # Rebuilt or not, the pool stays served: until its inventory
+            # is whole, each of its intents is handed back (LOST), never
+            # refused as unknown.
+            await rebuild(ctx, row["pool_id"])
+    return pools
+
+
+async def rebuild(ctx: DrainContext, pool_id: str) -> bool:
+    """A DB1 crash (or a promotion) emptied this pool's inventory: rebuild it
+    before draining on; whether it is whole now.
+
+    Every drain that sees the loss tries; rebuilds of one pool are
+    serialized in DB1 and the later ones find it whole and do nothing. A
+    rebuild that fails is logged and tried again, after a growing pause,
+    while the drain goes on with the other pools: it never stops the worker.
+    """
+    now = ctx.monotonic()
+    retry_at, pause = ctx.rebuild_retry.get(pool_id, (now, REBUILD_RETRY_FIRST_S))
+    if now < retry_at:
+        return False
+    event(ctx.log, logging.WARNING, "inventory_lost", pool_id=pool_id)
+    try:
+        rebuilt = await ctx.store.rebuild_inventory(pool_id)
+    except InventoryRebuildFailed as exc:
+        event(
+            ctx.log,
+            logging.ERROR,
+            "inventory_rebuild_failed",
+            pool_id=pool_id,
+            error=str(exc),
+            retry_in_s=pause,
+        )
+        ctx.rebuild_retry[pool_id] = (now + pause, min(pause * 2, REBUILD_RETRY_MAX_S))
+        return False
+    ctx.rebuild_retry.pop(pool_id, None)
+    if rebuilt is not None:
+        event(ctx.log, logging.WARNING, "inventory_rebuilt", **rebuilt.as_json())
+    return True
+
+
+async def one_batch(ctx: DrainContext, counts: Counter[str], pool_filter: str | None = None) -> int:
+    """Read one batch and see it through; how many messages it read.
+
+    Cancelled (a shutdown past its timeout), the batch hands what it has not
+    finished back to the queue at once rather than after the lease.
+    """
+    read_started = time.perf_counter()
+    pools = await load_pools(ctx)
+    served = [p for p in pools.values() if pool_filter in (None, p.pool_id)]
+    if not served:
+        return 0
+    qty = max(p.batch_size for p in served)
+    vt = max(p.visibility_timeout for p in served)
+    rows = await ctx.store.read(vt, qty)
+    if not rows:
+        return 0
+    counts["read"] += len(rows)
+    counts["batches"] += 1
+    intents: list[Intent] = []
+    refused: list[Refusal] = []
+    for row in rows:
+        parsed = parse_message(row)
+        if isinstance(parsed, str):
+            # Kept as its text: the dead letter holds it exactly as it came.
+            refused.append(Refusal(row["msg_id"], RawJson(row["message"]), parsed, None))
+        else:
+            intents.append(parsed)
+    for intent, known in zip(intents, await ctx.store.unit_checks(intents), strict=True):
+        take_in(intent, known)
+    ctx.phases.add("read", time.perf_counter() - read_started)
+
+    batch = Batch(ctx, pools, intents, vt, counts, pool_filter=pool_filter, refused=refused)
+    try:
+        await batch.process()
+    except asyncio.CancelledError:
+        await asyncio.shield(batch.hand_back_unfinished())
+        raise
+    return len(rows)
 
 
 class _Recorder:
@@ -276,21 +257,24 @@ class Batch:
 
     def __init__(
         self,
-        worker: Worker,
+        ctx: DrainContext,
         pools: dict[str, PoolRuntime],
         intents: list[Intent],
         vt: int,
-        broken: list[tuple[int, Any, str]] | None = None,
+        counts: Counter[str],
+        *,
+        pool_filter: str | None = None,
+        refused: list[Refusal] | None = None,
     ) -> None:
-        self.w = worker
+        self.ctx = ctx
         self.pools = pools
         self.intents = intents
         self.vt = vt
+        self.counts = counts
+        self.pool_filter = pool_filter
         self.unfinished = {i.msg_id for i in intents}
-        # (msg_id, message, reason, pool_id): never to the webhook or DB2.
-        self.refused: list[tuple[int, Any, str, str | None]] = [
-            (msg_id, message, reason, None) for msg_id, message, reason in broken or []
-        ]
+        # Never to the webhook or DB2.
+        self.refused: list[Refusal] = list(refused or [])
         self.committed: list[Intent] = []
         self.rejected: list[Intent] = []
         self.failed: list[Intent] = []
@@ -299,12 +283,12 @@ class Batch:
         self.handed_back: dict[int, list[Intent]] = {}
 
     def _refuse(self, intent: Intent, reason: str) -> None:
-        self.refused.append((intent.msg_id, intent.message, reason, intent.pool_id))
+        self.refused.append(Refusal(intent.msg_id, intent.message, reason, intent.pool_id))
         self.unfinished.discard(intent.msg_id)
 
     def _log(self, intent: Intent, name: str, level: int = logging.INFO, **fields: Any) -> None:
         event(
-            self.w.log,
+            self.ctx.log,
             level,
             name,
             msg_id=intent.msg_id,
@@ -313,13 +297,14 @@ class Batch:
             **fields,
         )
 
-    async def process(self) -> None:
+    def _sort(self) -> tuple[list[Intent], list[Intent]]:
+        """Each intent to its path: (to ask the webhook, to commit); the rest aside."""
         to_validate, to_commit = [], []
         for intent in self.intents:
             pool = self.pools.get(intent.pool_id)
             if pool is None:
                 self._refuse(intent, f"pool {intent.pool_id!r} is not provisioned in DB1")
-            elif self.w.pool_filter not in (None, intent.pool_id):
+            elif self.pool_filter not in (None, intent.pool_id):
                 self.handed_back.setdefault(FOREIGN_POOL_DELAY_S, []).append(intent)
             elif pool.paused:
                 self.handed_back.setdefault(PAUSED_POOL_DELAY_S, []).append(intent)
@@ -336,7 +321,10 @@ class Batch:
                 to_commit.append(intent)
             else:
                 to_validate.append(intent)
+        return to_validate, to_commit
 
+    async def process(self) -> None:
+        to_validate, to_commit = self._sort()
         keeper = asyncio.create_task(self._keep_leases())
         laps: dict[str, float] = {}
         clock = time.perf_counter()
@@ -345,14 +333,14 @@ class Batch:
             nonlocal clock
             now = time.perf_counter()
             laps[f"{name}_ms"] = round((now - clock) * 1000, 1)
-            phases.add(name, now - clock)
+            self.ctx.phases.add(name, now - clock)
             clock = now
 
         try:
             if self.handed_back:
                 await self._hand_back()
             if self.refused:
-                await self.w.refuse(self.refused)
+                await self._refuse_all()
             if to_validate:
                 to_commit += await self._validate(to_validate)
                 lap("validate")
@@ -362,7 +350,7 @@ class Batch:
             await self._finish()
             lap("finish")
             event(
-                self.w.log,
+                self.ctx.log,
                 logging.INFO,
                 "batch",
                 size=len(self.intents),
@@ -376,13 +364,6 @@ class Batch:
             with contextlib.suppress(asyncio.CancelledError):
                 await keeper
 
-    async def _set_visibility(self, msg_ids: list[int], delay: int) -> None:
-        async with self.w.db1.connection() as conn:
-            await conn.execute(
-                drain_query("hand_back"),
-                {"queue": self.w.queue, "msg_ids": msg_ids, "delay": delay},
-            )
-
     async def _keep_leases(self) -> None:
         """Long webhook calls or a slow commit must not let the lease run out.
 
@@ -395,34 +376,48 @@ class Batch:
         """
         interval = max(LEASE_TICK_MIN_S, self.vt / 3)
         while True:
-            await asyncio.sleep(interval)
+            await self.ctx.sleep(interval)
             if not self.unfinished:
                 continue
             try:
-                await self._set_visibility(sorted(self.unfinished), self.vt)
+                await self.ctx.store.hand_back(sorted(self.unfinished), self.vt)
             except (psycopg.Error, PoolTimeout) as exc:
-                event(self.w.log, logging.WARNING, "lease_not_extended", error=str(exc))
+                event(self.ctx.log, logging.WARNING, "lease_not_extended", error=str(exc))
                 continue
-            event(self.w.log, logging.DEBUG, "lease_extended", count=len(self.unfinished))
+            event(self.ctx.log, logging.DEBUG, "lease_extended", count=len(self.unfinished))
 
     async def _hand_back(self) -> None:
         for delay, intents in self.handed_back.items():
-            await self._set_visibility([i.msg_id for i in intents], delay)
+            await self.ctx.store.hand_back([i.msg_id for i in intents], delay)
             self.unfinished.difference_update(i.msg_id for i in intents)
-            self.w.stats.counts["handed_back"] += len(intents)
+            self.counts["handed_back"] += len(intents)
 
     async def hand_back_unfinished(self) -> None:
         """Cancelled at shutdown: give what is left back to the queue at once."""
         if not self.unfinished:
             return
-        await self._set_visibility(sorted(self.unfinished), 0)
+        await self.ctx.store.hand_back(sorted(self.unfinished), 0)
         event(
-            self.w.log,
+            self.ctx.log,
             logging.WARNING,
             "handed_back",
             count=len(self.unfinished),
             reason="shutdown",
         )
+
+    async def _refuse_all(self) -> None:
+        await self.ctx.store.refuse(self.refused)
+        for refusal in self.refused:
+            event(
+                self.ctx.log,
+                logging.ERROR,
+                "refused",
+                msg_id=refusal.msg_id,
+                pool_id=refusal.pool_id,
+                error=refusal.reason,
+            )
+        self.counts["dead"] += len(self.refused)
+        self.counts["refused"] += len(self.refused)
 
     async def _validate(self, intents: list[Intent]) -> list[Intent]:
         recorder = _Recorder(self._record)
@@ -430,7 +425,7 @@ class Batch:
         async def ask(intent: Intent) -> None:
             pool = self.pools[intent.pool_id]
             payload = {**intent.message, "state": "queued", "attempt": intent.attempts + 1}
-            result = await self.w.webhook.validate(
+            result = await self.ctx.webhook.validate(
                 pool.webhook_url, payload, intent.key, pool.secret
             )
             intent.webhook_calls += 1
@@ -464,17 +459,8 @@ class Batch:
         """Write webhook answers to DB1: the yeses validated, the noes finished."""
         validated = [i for i in answers if i.state == "validated"]
         rejected = [i for i in answers if i.state != "validated"]
-        with phases.clock("db1_mark"):
-            async with self.w.db1.connection() as conn:
-                # One statement alone is atomic without the BEGIN and COMMIT round trips.
-                both = conn.transaction() if validated and rejected else contextlib.nullcontext()
-                async with both:
-                    if validated:
-                        await conn.execute(drain_query("mark_validated"), columns(validated))
-                    if rejected:
-                        await conn.execute(
-                            drain_query("finish_rejected"), columns(rejected, queue=self.w.queue)
-                        )
+        with self.ctx.phases.clock("db1_mark"):
+            await self.ctx.store.record_answers(validated, rejected)
         for intent in validated:
             # Recorded with the validation: a later failure of the commit
             # must not count this call again.
@@ -496,8 +482,8 @@ class Batch:
                 duration_ms=intent.webhook_ms,
             )
             self.unfinished.discard(intent.msg_id)
-        self.w.stats.counts["validated"] += len(validated)
-        self.w.stats.counts["rejected"] += len(rejected)
+        self.counts["validated"] += len(validated)
+        self.counts["rejected"] += len(rejected)
 
     async def _commit(self, intents: list[Intent]) -> None:
         if not await self._cross_fence(intents):
@@ -508,7 +494,7 @@ class Batch:
         for pool_id, group in by_pool.items():
             pool = self.pools[pool_id]
             try:
-                rpc = await self.w.resolve_rpc(pool.rpc)
+                rpc = await self.ctx.store.resolve_rpc(pool.rpc)
             except (LedgerUnavailable, PoolTimeout, psycopg.OperationalError) as exc:
                 self._fail_all(group, f"DB2 unavailable: {exc}")
                 continue
@@ -526,15 +512,13 @@ class Batch:
     async def _cross_fence(self, intents: list[Intent]) -> bool:
         """Whether DB1's standbys have every intent of this batch (engine/fence.py);
         if they lag past a third of the lease, the intents are handed back."""
-        with phases.clock("fence"):
-            async with self.w.db1.connection() as conn:
-                crossing = await fence.cross(
-                    conn, self.w.fence_mode, timeout_s=max(1.0, self.vt / 3)
-                )
-        if crossing.hidden and not self.w.fence_blind_said:
-            self.w.fence_blind_said = True
+        ctx = self.ctx
+        with ctx.phases.clock("fence"):
+            crossing = await ctx.store.cross_fence(ctx.fence_mode, max(1.0, self.vt / 3))
+        if crossing.hidden and not ctx.fence_blind_said:
+            ctx.fence_blind_said = True
             event(
-                self.w.log,
+                ctx.log,
                 logging.WARNING,
                 "replication_fence_blind",
                 standbys=crossing.hidden,
@@ -543,48 +527,40 @@ class Batch:
         if crossing.passed:
             return True
         event(
-            self.w.log,
+            ctx.log,
             logging.WARNING,
             "replication_fence_held",
             intents=len(intents),
             waited_s=round(crossing.waited_s, 3),
             retry_in_s=FENCED_DELAY_S,
         )
-        await self._set_visibility([i.msg_id for i in intents], FENCED_DELAY_S)
+        await ctx.store.hand_back([i.msg_id for i in intents], FENCED_DELAY_S)
         self.unfinished.difference_update(i.msg_id for i in intents)
-        self.w.stats.counts["fenced"] += len(intents)
+        self.counts["fenced"] += len(intents)
         return False
 
     async def _take_tokens(self, pool: PoolRuntime, wanted: int) -> int:
         if pool.commit_rate_per_sec <= 0:
             return wanted
-        with phases.clock("commit_tokens"):
+        with self.ctx.phases.clock("commit_tokens"):
             return await self._wait_for_tokens(pool, wanted)
 
     async def _wait_for_tokens(self, pool: PoolRuntime, wanted: int) -> int:
         while True:
-            async with self.w.db1.connection() as conn:
-                cur = await conn.execute(
-                    drain_query("take_commit_tokens"), {"pool_id": pool.pool_id, "wanted": wanted}
-                )
-                row = await cur.fetchone()
-            granted = int(row[0]) if row else 0
+            granted = await self.ctx.store.take_commit_tokens(pool.pool_id, wanted)
             if granted:
                 return granted
-            await asyncio.sleep(min(0.2, max(0.005, 1 / pool.commit_rate_per_sec)))
+            await self.ctx.sleep(min(0.2, max(0.005, 1 / pool.commit_rate_per_sec)))
 
     async def _commit_chunk(self, rpc: ledger.RpcName, chunk: list[Intent]) -> None:
         payloads = [{**i.message, "state": "validated"} for i in chunk]
         started = time.perf_counter()
         try:
-            async with self.w.db2.connection() as conn:
-                outcomes = await ledger.commit_batch(
-                    conn, rpc, payloads, timeout_s=self.w.settings.db2.commit_timeout_seconds
-                )
+            outcomes = await self.ctx.store.commit(rpc, payloads, self.ctx.commit_timeout_s)
         except (LedgerUnavailable, PoolTimeout, psycopg.OperationalError) as exc:
             self._fail_all(chunk, f"DB2 unavailable: {exc}".strip())
             return
-        phases.add("db2_commit", time.perf_counter() - started)
+        self.ctx.phases.add("db2_commit", time.perf_counter() - started)
         elapsed_ms = round((time.perf_counter() - started) * 1000, 1)
         for intent, outcome in zip(chunk, outcomes, strict=True):
             if outcome.ok:
@@ -606,48 +582,23 @@ class Batch:
             self.failed.append(intent)
 
     async def _finish(self) -> None:
-        retries, dead = [], []
+        retries: list[Retry] = []
+        dead: list[Retry] = []
         for intent in self.failed:
             pool = self.pools.get(intent.pool_id)
             policy = pool.retry if pool else RetryPolicy(max_retries=0)
-            decision = policy.decide(intent.attempts)
+            decision = policy.decide(intent.attempts, self.ctx.rng)
             intent.attempts = decision.attempts
-            (dead if decision.dead else retries).append((intent, decision.delay_s))
+            (dead if decision.dead else retries).append(Retry(intent, decision.delay_s))
         if not (self.committed or retries or dead or self.done_already):
             return
-        q = self.w.queue
-        steps = sum(map(bool, (self.committed, self.done_already, retries, dead)))
-        async with self.w.db1.connection() as conn:
-            # One statement alone is atomic without the BEGIN and COMMIT round
-            # trips (the usual batch: only commits), and holds no transaction
-            # open while the worker's loop is busy elsewhere.
-            together = conn.transaction() if steps > 1 else contextlib.nullcontext()
-            async with together:
-                if self.committed:
-                    await conn.execute(
-                        drain_query("finish_committed"), columns(self.committed, queue=q)
-                    )
-                if self.done_already:
-                    await conn.execute(
-                        drain_query("archive_many"), columns(self.done_already, queue=q)
-                    )
-                if retries:
-                    r = [i for i, _ in retries]
-                    await conn.execute(
-                        drain_query("schedule_retries"),
-                        columns(r, queue=q, delays=[delay for _, delay in retries]),
-                    )
-                if dead:
-                    d = [i for i, _ in dead]
-                    await conn.execute(
-                        drain_query("dead_letter"),
-                        columns(d, queue=q, dlq=self.w.dlq, intents=[Jsonb(i.message) for i in d]),
-                    )
+        await self.ctx.store.finish(
+            self.committed, self.done_already, retries, [d.intent for d in dead]
+        )
         self.unfinished.clear()
-        counts = self.w.stats.counts
-        counts["committed"] += len(self.committed)
-        counts["retried"] += len(retries)
-        counts["dead"] += len(dead)
+        self.counts["committed"] += len(self.committed)
+        self.counts["retried"] += len(retries)
+        self.counts["dead"] += len(dead)
         outcomes = [
             ("retry_scheduled", logging.WARNING, retries),
             ("dead_lettered", logging.ERROR, dead),

@@ -1,0 +1,167 @@
+"""What a benchmark hands back: its targets in one shape, its JSON under
+benchmarks/results, and the same figures as markdown."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import typer
+
+
+@dataclass(frozen=True)
+class Target:
+    """One bar a benchmark is judged by, as every benchmark prints and saves it.
+
+    `measured` and `threshold` are numbers so that runs compare across files
+    (a chart draws `threshold` as a line); `shown` is the measurement as a
+    person reads it ("6,564/s", "92.0%", "3 of 3 rows"); `detail` holds the
+    figures the verdict rests on besides them (the client count, the best
+    run). A bar that is not one comparison (every unit committed *and* within
+    60 s) is the comparison, missed `unless` the rest holds.
+    """
+
+    what: str
+    measured: float | None
+    threshold: float | None
+    met: bool
+    shown: str
+    # How far a miss fell from the threshold, as a share of it: 0.12 is 12 %.
+    short_by: float | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def at_least(
+        cls, what: str, measured: float | None, threshold: float, shown: str, **detail: Any
+    ) -> Target:
+        met = measured is not None and measured >= threshold
+        short = None if met or measured is None or not threshold else 1 - measured / threshold
+        return cls(what, measured, threshold, met, shown, _share(short), detail)
+
+    @classmethod
+    def at_most(
+        cls,
+        what: str,
+        measured: float | None,
+        threshold: float,
+        shown: str,
+        *,
+        below: bool = False,
+        **detail: Any,
+    ) -> Target:
+        """measured <= threshold, or < with `below`."""
+        met = measured is not None and (measured < threshold if below else measured <= threshold)
+        short = None if met or measured is None or not threshold else measured / threshold - 1
+        return cls(what, measured, threshold, met, shown, _share(short), detail)
+
+    def unless(self, holds: bool, why: str) -> Target:
+        """This bar, missed where `holds` is false for a reason its figure does not show."""
+        return self if holds else replace(self, met=False, shown=f"{self.shown} ({why})")
+
+    def as_json(self) -> dict[str, Any]:
+        document = asdict(self)
+        if isinstance(self.measured, float):
+            document["measured"] = round(self.measured, 4)
+        return document
+
+
+def _share(value: float | None) -> float | None:
+    return round(value, 4) if value is not None and value > 0 else None
+
+
+def targets_json(targets: Iterable[Target]) -> list[dict[str, Any]]:
+    return [t.as_json() for t in targets]
+
+
+def verdict(target: dict[str, Any]) -> str:
+    if target["met"]:
+        return "yes"
+    return f"NO, {target['short_by']:.1%} short" if target["short_by"] else "NO"
+
+
+def targets_markdown(targets: Sequence[dict[str, Any]], columns: Sequence[str] = ()) -> str:
+    """The targets as saved, as a table; `columns` are `detail` keys shown beside them."""
+    extra = "".join(f" {c} |" for c in columns)
+    lines = [
+        f"| target |{extra} measured | met |",
+        "|---|" + "---:|" * len(columns) + "---:|---|",
+    ]
+    for t in targets:
+        cells = "".join(f" {t['detail'].get(c, '-')} |" for c in columns)
+        lines.append(f"| {t['what']} |{cells} {t['shown']} | {verdict(t)} |")
+    return "\n".join(lines)
+
+
+def times(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}x"
+
+
+def share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def percentile(ordered: Sequence[float], fraction: float) -> float:
+    """Nearest-rank percentile of an ascending list."""
+    if not ordered:
+        return 0.0
+    return float(ordered[max(0, math.ceil(fraction * len(ordered)) - 1)])
+
+
+def machine(conn: psycopg.Connection | None = None, **extra: Any) -> dict[str, Any]:
+    """The machine a document was measured on, with the server's version when given DB1."""
+    found: dict[str, Any] = {
+        # The cores this process may use (nproc), which everything it starts
+        # shares, rather than what the host has.
+        "cores": len(os.sched_getaffinity(0)),
+        "platform": platform.platform(),
+        "load_avg": list(os.getloadavg()),
+    }
+    if conn is not None:
+        row = conn.execute("show server_version").fetchone()
+        found["postgresql"] = row[0] if row else None
+    return {**found, **extra}
+
+
+def stamp() -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+
+
+def save(document: dict[str, Any], directory: Path, kind: str) -> Path:
+    """Write the results as JSON under a name that says when and on how many cores."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{kind}-{stamp()}-{document['machine']['cores']}cores.json"
+    path.write_text(dumps(document) + "\n", encoding="utf-8")
+    return path
+
+
+def dumps(document: dict[str, Any]) -> str:
+    return json.dumps(document, indent=2, sort_keys=True)
+
+
+def say(message: str) -> None:
+    """Progress, on stderr: stdout is the report, which --json makes parseable."""
+    typer.echo(message, err=True)
+
+
+def publish(
+    document: dict[str, Any],
+    kind: str,
+    output: Path | None,
+    as_json: bool,
+    markdown: Callable[[], str],
+) -> Path | None:
+    """Save the document under `output` (if given), then print it: JSON or markdown."""
+    saved = None
+    if output is not None:
+        saved = save(document, output, kind)
+        say(f"saved {saved}")
+    typer.echo(dumps(document) if as_json else markdown())
+    return saved
