@@ -45,7 +45,7 @@ on conflict (singleton) do update
 -- pool_configs: every provisioned pool's runtime settings
 select pool_id, inventory, per_user_limit, paused, batch_size, visibility_timeout,
        validation_webhook_url, commit_rpc_name, max_retries, commit_rate_per_sec,
-       retry_base_seconds, retry_max_seconds, opens_at, unit_seq::text as unit_seq
+       webhook_rate_per_sec, retry_base_seconds, retry_max_seconds, opens_at, unit_seq::text as unit_seq
   from intake.engine_config
  order by pool_id;
 
@@ -53,11 +53,11 @@ select pool_id, inventory, per_user_limit, paused, batch_size, visibility_timeou
 insert into intake.engine_config (
     pool_id, inventory, per_user_limit, batch_size, visibility_timeout,
     validation_webhook_url, commit_rpc_name, max_retries, commit_rate_per_sec,
-    retry_base_seconds, retry_max_seconds, opens_at, unit_seq)
+    webhook_rate_per_sec, retry_base_seconds, retry_max_seconds, opens_at, unit_seq)
 values (
     %(pool_id)s, %(inventory)s, %(per_user_limit)s, %(batch_size)s, %(visibility_timeout)s,
     %(validation_webhook_url)s, %(commit_rpc_name)s, %(max_retries)s, %(commit_rate_per_sec)s,
-    %(retry_base_seconds)s, %(retry_max_seconds)s, %(opens_at)s, %(unit_seq)s::regclass);
+    %(webhook_rate_per_sec)s, %(retry_base_seconds)s, %(retry_max_seconds)s, %(opens_at)s, %(unit_seq)s::regclass);
 
 -- update_pool: make a pool's runtime settings match the configuration
 update intake.engine_config
@@ -69,6 +69,7 @@ update intake.engine_config
        commit_rpc_name = %(commit_rpc_name)s,
        max_retries = %(max_retries)s,
        commit_rate_per_sec = %(commit_rate_per_sec)s,
+       webhook_rate_per_sec = %(webhook_rate_per_sec)s,
        retry_base_seconds = %(retry_base_seconds)s,
        retry_max_seconds = %(retry_max_seconds)s,
        opens_at = %(opens_at)s,

@@ -1,11 +1,18 @@
--- engine_pools: every pool's live settings, re-read by workers before each batch; inventory_lost: a DB1 crash emptied the pool's inventory (the marker check is all a whole pool costs)
+-- engine_pools: every pool's live settings, re-read by workers before each batch; inventory_lost: a DB1 crash emptied the pool's inventory (the marker check is all a whole pool costs); webhook_governed: whether calls to its webhook go through the governor now (a rate set or learned, a Retry-After, the breaker, or failures in the last 10 s: then every batch reports, so the governor knows whether the provider still answers): when not, a batch spends no statement on it
 select pool_id, paused, batch_size, visibility_timeout, validation_webhook_url,
        commit_rpc_name, max_retries, commit_rate_per_sec, retry_base_seconds, retry_max_seconds,
+       webhook_rate_per_sec,
        case when exists (select from intake.inventory_ready r where r.pool_id = c.pool_id)
             then false
             else intake.inventory_lost(c.pool_id)
-       end as inventory_lost
-  from intake.engine_config c;
+       end as inventory_lost,
+       c.webhook_rate_per_sec > 0
+       or coalesce(g.learned_rate is not null or g.paused_until > clock_timestamp()
+                   or g.breaker <> 'closed' or g.failures_in_row > 0
+                   or g.last_failure_at > clock_timestamp() - interval '10 seconds'
+                   or g.ramp_started_at is not null, false) as webhook_governed
+  from intake.engine_config c
+  left join intake.webhook_governors g on g.webhook_url = c.validation_webhook_url;
 
 -- read: lease up to qty messages for vt seconds, longest visible first (intake.read_intents: pgmq.read without walking past the leased head)
 select msg_id, read_ct, enqueued_at, vt, message from intake.read_intents(%(vt)s::integer, %(qty)s::integer);
@@ -73,3 +80,12 @@ select count(*) from pgmq.archive(%(queue)s, %(msg_ids)s::bigint[]);
 
 -- take_commit_tokens: commits granted by the pool's fleet-wide rate limit
 select intake.take_commit_tokens(%(pool_id)s, %(wanted)s::integer);
+
+-- take_webhook_calls: calls to the pool's webhook granted now by its governor (or how long to wait, or one probe)
+select granted, wait_s, probe from intake.take_webhook_calls(%(pool_id)s, %(wanted)s::integer);
+
+-- report_webhook_calls: what the provider answered: the governor learns its rate, obeys Retry-After, trips or closes the breaker
+select breaker, changed, learned_rate, paused_until, answering
+  from intake.report_webhook_calls(%(pool_id)s, %(ok)s::integer, %(throttled)s::integer,
+                                   %(failed)s::integer, %(retry_after_s)s::double precision,
+                                   %(own_ok_per_s)s::double precision);

@@ -1,4 +1,4 @@
--- claim_views: the gateway's once-a-second snapshot: for each watched buyer of one pool, their latest intent (unit, key, state), how many of the pool's queued intents are ahead of it (only when %(with_positions)s: numbering the queue is the costly part, and the gateway spaces it by its measured cost), and the drain's latest measured outflow; {queue} and {archive} are the intent queue's pgmq tables
+-- claim_views: the gateway's once-a-second snapshot: for each watched buyer of one pool, their latest intent (unit, key, state), how many of the pool's queued intents are ahead of it (only when %(with_positions)s: numbering the queue is the costly part, and the gateway spaces it by its measured cost), and the drain's outflow (its latest measure, held to the webhook governor's rate in force: 0 while the breaker is open); {queue} and {archive} are the intent queue's pgmq tables
 with watched as (
     select distinct u as user_id from unnest(%(user_ids)s::text[]) as u
 ), held as (
@@ -35,8 +35,13 @@ select v.user_id, v.unit_no, v.resource_id, v.idempotency_key,
        coalesce(s.state, case when v.unit_status = 'consumed' then 'committed' end, 'queued')
          as state,
        qd.ahead,
-       (select m.processing_velocity from intake.engine_metrics m
-         where m.pool_id = %(pool_id)s order by m.collected_at desc limit 1) as velocity
+       -- No intent leaves faster than its webhook call: a governed rate below the
+       -- measure is the outflow to come, and an open breaker lets none out for now.
+       (select case when w.breaker = 'open' then 0
+                    else least(m.processing_velocity, w.governed_rate) end
+          from (select m.processing_velocity from intake.engine_metrics m
+                 where m.pool_id = %(pool_id)s order by m.collected_at desc limit 1) as m
+          left join intake.webhook_governor_state() w on w.pool_id = %(pool_id)s) as velocity
   from (select h.user_id, h.unit_no, h.resource_id, h.idempotency_key, h.unit_status from held h
         union all
         select r.user_id, r.unit_no, r.resource_id, r.idempotency_key, null from released r) as v

@@ -68,3 +68,13 @@ select collected_at, inventory, available_slots, locked, consumed, rejected, ret
 
 -- tidy: intake.keep_tidy, unless another worker is at it (a transaction-level try-lock: nobody waits)
 select intake.keep_tidy() where pg_try_advisory_xact_lock(7411, 5);
+
+-- webhook_governors: each pool's webhook governor as operators read it, with the seconds a Retry-After still holds calls and until the next probe (DB1's clock: no client's is trusted)
+select g.*,
+       greatest(0, coalesce(extract(epoch from g.retry_after_until - clock_timestamp()), 0))::float8
+         as retry_after_s,
+       -- greatest() skips a null: no probe due must stay null, not 0.
+       case when g.probe_at is not null
+            then greatest(0, extract(epoch from g.probe_at - clock_timestamp()))::float8
+       end as probe_in_s
+  from intake.webhook_governor_state() g;

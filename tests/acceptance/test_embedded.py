@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import socket
 
+import pytest
 import yaml
 
-from tests.conftest import pool_spec, run_intake
+from tests.conftest import intake, pool_spec
+
+pytestmark = pytest.mark.slow
 
 
 def port_open(port: int) -> bool:
@@ -22,18 +25,18 @@ def test_embedded_up_claim_status_down(workdir):
     cfg = event / "intake.yaml"
     cfg.write_text(yaml.safe_dump({"pools": [pool_spec("emb", 300)]}))
 
-    first = json.loads(run_intake("up", "--json", config=cfg, check=True).stdout)
+    first = json.loads(intake("up", "--json", config=cfg, check=True).stdout)
     assert first["embedded"] is True and first["pgmq"]["source"] == "bundled-sql"
     clusters = json.loads((event / ".intake" / "clusters.json").read_text())
     ports = {name: spec["port"] for name, spec in clusters.items()}
     assert set(ports) == {"db1", "db2"} and all(port_open(p) for p in ports.values())
 
-    again = json.loads(run_intake("up", "--json", config=cfg, check=True).stdout)
+    again = json.loads(intake("up", "--json", config=cfg, check=True).stdout)
     assert again["migrations_applied"] == [] and again["seeded"][0]["added"] == 0
     assert json.loads((event / ".intake" / "clusters.json").read_text()) == clusters
 
     herd = json.loads(
-        run_intake(
+        intake(
             "burst",
             "emb",
             "--users",
@@ -47,7 +50,10 @@ def test_embedded_up_claim_status_down(workdir):
     )
     assert herd["outcomes"] == {"claimed": 300, "sold_out": 100}
 
-    status = json.loads(run_intake("status", "--json", config=cfg, check=True).stdout)
+    status = json.loads(intake("status", "--json", config=cfg, check=True).stdout)
+    # Nothing metered the webhook: its governor is quiet.
+    [webhook] = [pool.pop("webhook") for pool in status["pools"]]
+    assert (webhook["governed"], webhook["breaker"], webhook["calls_total"]) == (False, "closed", 0)
     assert status["pools"] == [
         {
             "pool_id": "emb",
@@ -69,13 +75,13 @@ def test_embedded_up_claim_status_down(workdir):
         "version_from": "recorded at install",
     }
 
-    refused = run_intake("down", config=cfg)
+    refused = intake("down", config=cfg)
     assert refused.returncode == 6 and all(port_open(p) for p in ports.values())
 
-    run_intake("down", "--force", config=cfg, check=True)
+    intake("down", "--force", config=cfg, check=True)
     assert not (event / ".intake").exists()
     assert not any(port_open(p) for p in ports.values())
     # Nothing left to tear down is not an error.
-    assert run_intake("down", config=cfg).returncode == 0
-    gone = run_intake("status", config=cfg)
+    assert intake("down", config=cfg).returncode == 0
+    gone = intake("status", config=cfg)
     assert gone.returncode == 5 and "run `intake up` first" in gone.stderr

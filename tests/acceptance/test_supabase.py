@@ -25,7 +25,7 @@ from tests.acceptance.supabase_support import (
     apply_files,
     fingerprint,
 )
-from tests.conftest import pool_spec, run_intake, write_config
+from tests.conftest import intake, pool_spec, write_config
 
 STAMP = "20250601120000"
 # Shaped like `openssl rand -hex 32`, as docs/supabase.md tells operators to make them.
@@ -45,7 +45,7 @@ def supa(workdir: Path) -> Iterator[SupabaseCluster]:
 @pytest.fixture(scope="module")
 def rendered(workdir: Path) -> list[Path]:
     out = workdir / "supabase-migrations"
-    run_intake(
+    intake(
         "render", "--target", "supabase", "--out", str(out), "--drain-tick",
         "--timestamp", STAMP, check=True,
     )  # fmt: skip
@@ -72,7 +72,7 @@ def upped(supa: SupabaseCluster, workdir: Path) -> str:
     """Another project whose DB1 and DB2 were made by `intake up` alone, as the owner."""
     owner = supa.project("upped")
     config = write_config(workdir, owner, owner, [pool_spec("drop", 5)])
-    run_intake("up", config=config, check=True)
+    intake("up", config=config, check=True)
     return owner
 
 
@@ -81,13 +81,15 @@ def _rows(dsn: str, query: str, params: tuple = ()) -> list[tuple]:
         return conn.execute(query, params).fetchall()
 
 
+@pytest.mark.slow
 def test_the_render_applies_as_the_owner_and_applying_it_again_changes_nothing(
     supa, rendered, project
 ):
     assert [p.name.split("_intake_")[1] for p in rendered] == [
         "pgmq.sql", "schema.sql", "0001_engine.sql", "0002_drain.sql", "0003_telemetry.sql",
         "0004_crash_safety.sql", "0005_row_security.sql", "0006_fair_opening.sql",
-        "0007_logged_unit_sequences.sql", "0008_opening_in_db1.sql", "functions.sql", "cron.sql",
+        "0007_logged_unit_sequences.sql", "0008_opening_in_db1.sql",
+        "0009_webhook_governor.sql", "functions.sql", "cron.sql",
         "drain_tick.sql", "example_ledger.sql",
     ]  # fmt: skip
     assert _rows(project, "select rolsuper, current_user::text from pg_roles where rolname = %s",
@@ -137,6 +139,7 @@ def _changes(supa: SupabaseCluster, dbname: str, slot: str) -> list[str]:
     return [line for (line,) in lines if line.startswith("table public.tickets:")]
 
 
+@pytest.mark.slow
 def test_an_event_is_claimed_as_authenticated_drained_exactly_and_anon_can_do_nothing(
     supa, project, workdir
 ):
@@ -146,7 +149,7 @@ def test_an_event_is_claimed_as_authenticated_drained_exactly_and_anon_can_do_no
             workdir, project, project,
             [pool_spec("event", 20, validation_webhook_url=hook.url, retry_base_seconds=0.2)],
         )  # fmt: skip
-        run_intake("up", config=config, check=True)
+        intake("up", config=config, check=True)
         authenticator = supa.as_role("authenticator", DATABASE)
         buyers = [str(uuid.uuid4()) for _ in range(25)]
         outcomes = [

@@ -398,7 +398,8 @@ WEBHOOK_STATUSES: list[Case] = [
     Case("status-401-misconfigured", 401, 0, "HTTP 401", outcome="retried"),
     Case("status-404-misconfigured", 404, 0, "HTTP 404", outcome="retried"),
     Case("status-418-unknown", 418, 0, "HTTP 418", outcome="retried"),
-    Case("status-429", 429, 0, "HTTP 429", outcome="retried"),
+    # The provider meters its callers: handed back, no attempt charged.
+    Case("status-429", 429, 0, "HTTP 429", outcome="deferred"),
     Case("status-500", 500, 0, "HTTP 500", outcome="retried"),
     Case("status-503", 503, 0, "HTTP 503", outcome="retried"),
     Case("status-599", 599, 0, "HTTP 599", outcome="retried"),

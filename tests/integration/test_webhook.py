@@ -91,8 +91,13 @@ def test_transient_failures_are_retried_then_validated(webhook: WebhookServer) -
     assert webhook.per_key() == {key: 3}
 
 
-def test_429_and_misconfiguration_statuses_are_retried(webhook: WebhookServer) -> None:
-    webhook.script(fail_first=1, fail_status=429)
+def test_429_throttles_and_misconfiguration_statuses_are_retried(webhook: WebhookServer) -> None:
+    webhook.script(rate_limit=1, retry_after="seconds")
+    first, second = validate(webhook.url, new_key()), validate(webhook.url, new_key())
+    assert (first.verdict, second.verdict) == (Verdict.VALIDATED, Verdict.THROTTLED)
+    assert second.status == 429 and second.retry_after_s == 1.0
+    webhook.script(rate_limit=0, fail_first=1, fail_status=503)
+    # A 503 without Retry-After is a failure; with one, the provider meters us.
     assert validate(webhook.url, new_key()).verdict is Verdict.RETRY
     # A wrong path answers 404: the intent must wait for the fix, not be declined.
     wrong = validate(f"{webhook.base_url}/_control/validate", new_key())

@@ -25,11 +25,13 @@ from intake_cli.engine.drain.context import DrainContext
 from intake_cli.engine.drain.intents import Intent, Refusal
 from intake_cli.engine.drain.ledger import CommitOutcome, RpcName
 from intake_cli.engine.drain.store import (
+    GovernorReport,
     InventoryRebuildFailed,
     PoolRow,
     QueueRow,
     Retry,
     UnitCheck,
+    WebhookGrant,
 )
 from intake_cli.engine.drain.webhook import Verdict, WebhookResult, classify
 from intake_cli.platform.config import DatabaseSettings, EmbeddedSettings, PoolSettings, Settings
@@ -133,6 +135,10 @@ class MemoryStore:
     fence_crossing: fence.Crossing = field(default_factory=lambda: fence.Crossing(True, 0.0, 0))
     # Grants of the fleet-wide commit rate limit, in turn (then: all that is asked).
     token_grants: list[int] = field(default_factory=list)
+    # The webhook governor's grants, in turn (then: all that is asked), and
+    # what each report is answered (then: closed, unchanged).
+    webhook_grants: list[WebhookGrant] = field(default_factory=list)
+    governor_answers: list[GovernorReport] = field(default_factory=list)
     # Every operation, in order: (name, detail).
     calls: list[tuple[str, Any]] = field(default_factory=list)
     heartbeats: list[dict[str, Any]] = field(default_factory=list)
@@ -155,7 +161,9 @@ class MemoryStore:
             "commit_rate_per_sec": 0,
             "retry_base_seconds": 1.0,
             "retry_max_seconds": 60.0,
+            "webhook_rate_per_sec": 0,
             "inventory_lost": False,
+            "webhook_governed": False,
             **settings,  # type: ignore[typeddict-item]
         }
         for unit_no in range(1, units + 1):
@@ -317,6 +325,27 @@ class MemoryStore:
         self._enter("take_commit_tokens", wanted)
         return min(wanted, self.token_grants.pop(0)) if self.token_grants else wanted
 
+    async def take_webhook_calls(self, pool_id: str, wanted: int) -> WebhookGrant:
+        self._enter("take_webhook_calls", (pool_id, wanted))
+        if not self.webhook_grants:
+            return WebhookGrant(wanted, 0.0, False)
+        grant = self.webhook_grants.pop(0)
+        return grant._replace(granted=min(wanted, grant.granted))
+
+    async def report_webhook_calls(
+        self,
+        pool_id: str,
+        ok: int,
+        throttled: int,
+        failed: int,
+        retry_after_s: float | None,
+        own_ok_per_s: float = 0.0,
+    ) -> GovernorReport:
+        self._enter("report_webhook_calls", (pool_id, ok, throttled, failed, retry_after_s))
+        if self.governor_answers:
+            return self.governor_answers.pop(0)
+        return GovernorReport("closed", False, None, None)
+
     async def resolve_rpc(self, rpc: RpcName) -> RpcName:
         self._enter("resolve_rpc", str(rpc))
         return rpc
@@ -457,6 +486,9 @@ class FakeWebhook:
             return WebhookResult(Verdict.RETRY, None, "timeout after 10 s", 10.0)
         if answer == "refused":
             return WebhookResult(Verdict.RETRY, None, "connection refused", 0.001)
+        if isinstance(answer, str) and answer.startswith("429 retry-after "):
+            wait = float(answer.removeprefix("429 retry-after "))
+            return WebhookResult(Verdict.THROTTLED, 429, "HTTP 429", 0.002, wait)
         assert isinstance(answer, int)
         return WebhookResult(classify(answer), answer, f"HTTP {answer}", 0.002)
 

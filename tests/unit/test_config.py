@@ -64,7 +64,7 @@ def test_all_problems_reported_at_once():
         "commit_rpc_name, inventory, inventory_file, max_retries, opens_at, per_user_limit, "
         "pool_id, "
         "retry_base_seconds, retry_max_seconds, validation_webhook_url, "
-        "visibility_timeout, webhook_secret)",
+        "visibility_timeout, webhook_rate_per_sec, webhook_secret)",
         "pools[1].inventory: expected an integer from 1 to 50000000, got -5",
     ]
 

@@ -31,6 +31,7 @@ from intake_cli.engine.drain.batch import (
 from intake_cli.engine.drain.context import DrainContext
 from intake_cli.engine.drain.intents import RawJson, Refusal
 from intake_cli.engine.drain.phases import PhaseClock
+from intake_cli.engine.drain.store import GovernorReport, WebhookGrant
 from intake_cli.platform.config import PoolSettings
 from intake_cli.platform.errors import LedgerContractError, LedgerUnavailable
 from tests.unit.drain_memory_store import (
@@ -190,7 +191,7 @@ def test_a_yes_and_a_no_arriving_together_share_one_write():
 # -- "not now": retried with backoff ----------------------------------------------
 
 
-@pytest.mark.parametrize("answer", [500, 502, 503, 429, 401, 403, 404, "timeout", "refused"])
+@pytest.mark.parametrize("answer", [500, 502, 503, 401, 403, 404, "timeout", "refused"])
 def test_anything_but_a_definite_answer_is_retried_later(answer):
     store, webhook, ctx = scene()
     key = store.claim("ann")
@@ -278,14 +279,14 @@ def test_max_retries_zero_dead_letters_at_the_first_failure():
 
 def test_a_dead_letter_keeps_the_validated_state_a_replay_resumes_from():
     store, _, ctx = scene(max_retries=1)
-    store.claim("ann")
-    store.fail("commit", LedgerUnavailable("DB2: down"), LedgerUnavailable("DB2: down"))
+    key = store.claim("ann")
+    store.commit_refusals[key] = "the answer does not prove the commit: got null"
     drain(ctx)
     later(store, 120)
     drain(ctx)
     [letter] = store.dead_letters
     assert (letter["state"], letter["attempts"]) == ("validated", 2)
-    assert letter["last_error"] == "DB2 unavailable: DB2: down"
+    assert letter["last_error"] == "commit RPC: the answer does not prove the commit: got null"
 
 
 # -- DB2 down or refusing: only the commit is retried -----------------------------
@@ -300,15 +301,18 @@ def test_a_dead_letter_keeps_the_validated_state_a_replay_resumes_from():
     ],
 )
 def test_db2_unavailable_keeps_the_intent_validated_and_retries_only_the_commit(error):
-    store, webhook, ctx = scene()
+    """DB2 out of reach is not a failure of the payment: no attempt is charged."""
+    store, webhook, ctx = scene(max_retries=0)
     key = store.claim("ann")
     store.fail("commit", error)
     counts = drain(ctx)
-    assert (counts["validated"], counts["retried"], counts["committed"]) == (1, 1, 0)
+    assert (counts["validated"], counts["retried"], counts["deferred"]) == (1, 0, 1)
+    assert counts["committed"] == 0 and store.dead_letters == []
     state = store.states[key]
-    assert (state.state, state.attempts) == ("validated", 1)
-    assert state.last_error.startswith("DB2 unavailable: ")
-    later(store, 60)
+    assert (state.state, state.attempts) == ("validated", 0)
+    message = store.message_of(key)
+    assert message is not None and message.vt == store.clock.now + 2
+    later(store, 2)
     assert drain(ctx)["committed"] == 1
     assert webhook.keys() == [key]  # asked once, committed once
     assert store.ledger.keys() == {key}
@@ -756,3 +760,106 @@ def test_the_memory_store_reads_messages_as_db1s_json_text():
     store.claim("ann")
     [row] = asyncio.run(store.read(30, 10))
     assert isinstance(row["message"], str) and json.loads(row["message"])["user_id"] == "ann"
+
+
+# -- the payment provider meters its callers (issue 26) -----------------------------
+
+
+def test_a_429_is_not_charged_and_is_asked_again_after_its_retry_after():
+    store, webhook, ctx = scene(max_retries=0)
+    key = store.claim("ann")
+    webhook.script[key] = ["429 retry-after 3", 200]
+    counts = drain(ctx)
+    assert (counts["retried"], counts["deferred"], counts["committed"]) == (0, 1, 0)
+    assert key not in store.states and store.dead_letters == []
+    assert store.message_of(key).vt == store.clock.now + 3
+    # The governor heard it: one call, throttled, and how long the provider asked for.
+    assert store.ops("report_webhook_calls") == [("drop", 0, 1, 0, 3.0)]
+    later(store, 3)
+    assert drain(ctx)["committed"] == 1
+
+
+def test_a_429_without_retry_after_waits_a_second_and_reports_the_throttle():
+    store, webhook, ctx = scene()
+    keys = [store.claim(u) for u in ("ann", "bob", "cy")]
+    webhook.script[keys[1]] = [429, 200]
+    counts = drain(ctx)
+    assert (counts["committed"], counts["deferred"], counts["retried"]) == (2, 1, 0)
+    assert store.message_of(keys[1]).vt == store.clock.now + 1
+    assert store.ops("report_webhook_calls") == [("drop", 2, 1, 0, None)]
+
+
+def test_an_ungoverned_webhook_costs_no_statement():
+    store, _, ctx = scene()
+    store.claim("ann")
+    assert drain(ctx)["committed"] == 1
+    assert store.ops("take_webhook_calls") == [] and store.ops("report_webhook_calls") == []
+
+
+def test_a_governed_webhook_is_called_only_as_fast_as_its_grants():
+    store, webhook, ctx = scene(webhook_governed=True)
+    keys = [store.claim(f"u{n}") for n in range(5)]
+    store.webhook_grants = [WebhookGrant(2, 0.0, False), WebhookGrant(0, 0.5, False)]
+    counts = drain(ctx)
+    assert counts["committed"] == 5
+    # 2 granted; none for half a second (waited, not handed back); then the rest.
+    assert store.ops("take_webhook_calls") == [("drop", 5), ("drop", 3), ("drop", 3)]
+    assert webhook.keys()[:2] == keys[:2] and sorted(webhook.keys()) == sorted(keys)
+    assert [r[1:] for r in store.ops("report_webhook_calls")] == [(2, 0, 0, None), (3, 0, 0, None)]
+
+
+def test_a_long_pause_hands_the_batch_back_uncharged():
+    store, webhook, ctx = scene(webhook_governed=True, max_retries=0)
+    keys = [store.claim(u) for u in ("ann", "bob")]
+    store.webhook_grants = [WebhookGrant(0, 29.2, False)]
+    counts = drain(ctx)
+    assert webhook.calls == [] and counts["deferred"] == 2 and counts["retried"] == 0
+    assert {store.message_of(k).vt for k in keys} == {store.clock.now + 30}
+
+
+def test_while_the_breaker_is_open_only_the_probe_is_called_and_nothing_is_charged():
+    store, webhook, ctx = scene(webhook_governed=True, max_retries=0)
+    keys = [store.claim(u) for u in ("ann", "bob", "cy")]
+    webhook.default = "refused"
+    store.webhook_grants = [WebhookGrant(1, 0.0, True), WebhookGrant(0, 2.5, False)]
+    counts = drain(ctx)
+    # One probe call; the provider is still down: the probe is handed back
+    # like the others, never charged, never dead-lettered.
+    assert len(webhook.calls) == 1
+    assert (counts["retried"], counts["deferred"], counts["dead"]) == (0, 3, 0)
+    assert store.states == {} and store.dead_letters == []
+    assert all(store.message_of(k) is not None for k in keys)
+
+
+def test_failures_before_the_breaker_opens_are_charged_and_reported(caplog):
+    store, webhook, ctx = scene()
+    keys = [store.claim(f"u{n}") for n in range(5)]
+    webhook.default = 503
+    store.governor_answers = [GovernorReport("open", True, None, None)]
+    with caplog.at_level(logging.ERROR, logger=ctx.log.name):
+        counts = drain(ctx)
+    assert counts["retried"] == 5
+    assert store.ops("report_webhook_calls") == [("drop", 0, 0, 5, None)]
+    assert [e["pool_id"] for e in events(caplog, "webhook_breaker_opened")] == ["drop"]
+    assert {store.states[k].attempts for k in keys} == {1}
+
+
+def test_a_decline_is_still_a_decision_under_a_governor():
+    store, webhook, ctx = scene(webhook_governed=True)
+    yes, no = store.claim("ann"), store.claim("bob")
+    webhook.script[no] = [402]
+    counts = drain(ctx)
+    assert (counts["committed"], counts["rejected"], counts["deferred"]) == (1, 1, 0)
+    assert store.ledger.keys() == {yes} and store.states[no].state == "rejected"
+    assert [r[1:] for r in store.ops("report_webhook_calls")] == [(2, 0, 0, None)]
+
+
+def test_failures_while_the_provider_answers_nobody_are_its_outage_not_charged():
+    store, webhook, ctx = scene(max_retries=0)
+    keys = [store.claim(f"u{n}") for n in range(4)]
+    webhook.default = "timeout"
+    store.governor_answers = [GovernorReport("closed", False, None, None, answering=False)]
+    counts = drain(ctx)
+    assert (counts["retried"], counts["dead"], counts["deferred"]) == (0, 0, 4)
+    assert store.states == {} and store.dead_letters == []
+    assert {store.message_of(k).vt for k in keys} == {store.clock.now + 2}

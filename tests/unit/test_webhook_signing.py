@@ -153,7 +153,7 @@ def test_verify_checks_the_clock_by_default() -> None:
         (404, Verdict.RETRY),
         (405, Verdict.RETRY),
         (408, Verdict.RETRY),
-        (429, Verdict.RETRY),
+        (429, Verdict.THROTTLED),
         (500, Verdict.RETRY),
         (502, Verdict.RETRY),
         (503, Verdict.RETRY),

@@ -14,8 +14,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from intake_cli.engine import ledger, pools, queue, recovery, schema, telemetry
-from intake_cli.engine.batch import read_json
+from intake_cli.engine import pools, queue, recovery, schema, telemetry
+from intake_cli.engine.drain import ledger
 from intake_cli.platform import inventory, standby
 from intake_cli.platform.config import PoolSettings, Settings
 from intake_cli.platform.db import Endpoints, connect, endpoints, first_line
@@ -27,6 +27,7 @@ from intake_cli.platform.errors import (
     UnknownPool,
     UsageError,
 )
+from intake_cli.platform.jsontext import read_json
 from intake_cli.platform.sqlfiles import queries
 
 
@@ -126,6 +127,7 @@ def status(settings: Settings) -> dict[str, Any]:
     with connect(where.db1, "DB1") as conn:
         _require_provisioned(conn)
         pool_rows = telemetry.pool_metrics(conn)
+        governors = telemetry.webhook_governors(conn)
         mode = telemetry.schedule_mode(conn)
         age = telemetry.newest_age_s(telemetry.latest(conn))
         version = conn.execute(queries("db1")["schema_version"]).fetchone()[0]  # type: ignore[index]
@@ -176,6 +178,10 @@ def status(settings: Settings) -> dict[str, Any]:
                 "recovering": row["recovering"],
                 "last_rebuild": (
                     rebuilds[row["pool_id"]].as_json() if row["pool_id"] in rebuilds else None
+                ),
+                # Live, not collected: a Retry-After or an open breaker lasts seconds.
+                "webhook": (
+                    governors[row["pool_id"]].as_json() if row["pool_id"] in governors else None
                 ),
             }
             for row in pool_rows

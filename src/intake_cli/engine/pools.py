@@ -34,6 +34,7 @@ CONFIG_FIELDS = (
     "commit_rpc_name",
     "max_retries",
     "commit_rate_per_sec",
+    "webhook_rate_per_sec",
     "retry_base_seconds",
     "retry_max_seconds",
     # Claims are refused before the pool's fair opening is complete, in DB1.

@@ -229,3 +229,70 @@ def history(conn: psycopg.Connection, pool_id: str, seconds: int) -> list[dict[s
     """One pool's metrics rows over the last `seconds`, oldest first (charts, the admin API)."""
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(query("history"), {"pool_id": pool_id, "seconds": seconds}).fetchall()
+
+
+@dataclass(frozen=True)
+class WebhookGovernor:
+    """One pool's webhook governor as DB1 holds it now (sql/templates/db1/governor.sql).
+
+    Read live, not from engine_metrics: a Retry-After or an open breaker
+    lasts seconds, less than a collection's interval. Pools that share a
+    webhook URL share one governor, so they show the same figures.
+    """
+
+    pool_id: str
+    # webhook_rate_per_sec; 0: no ceiling but what the provider asks for.
+    configured_rate: int
+    # Calls per second in force now; None: no limit; 0 while the breaker is open.
+    governed_rate: float | None
+    # Found from the provider's 429s; None until the first.
+    learned_rate: float | None
+    retry_after_until: datetime | None
+    retry_after_s: float
+    breaker: str  # closed | open
+    probe_at: datetime | None
+    probe_in_s: float | None
+    opened_at: datetime | None
+    # 429s over all calls in the last full second; None when there were none.
+    throttled_share: float | None
+    calls_total: int
+    throttled_total: int
+
+    @property
+    def governed(self) -> bool:
+        """Anything holding the calls back: a rate in force, a Retry-After, an open breaker."""
+        return (
+            self.governed_rate is not None
+            or self.retry_after_until is not None
+            or self.breaker == "open"
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        def stamp(at: datetime | None) -> str | None:
+            return at.isoformat() if at is not None else None
+
+        def rounded(value: float | None, digits: int) -> float | None:
+            return round(value, digits) if value is not None else None
+
+        return {
+            "configured_rate": self.configured_rate,
+            "governed_rate": rounded(self.governed_rate, 2),
+            "learned_rate": rounded(self.learned_rate, 2),
+            "retry_after_until": stamp(self.retry_after_until),
+            "retry_after_s": round(self.retry_after_s, 1),
+            "breaker": self.breaker,
+            "probe_at": stamp(self.probe_at),
+            "probe_in_s": rounded(self.probe_in_s, 1),
+            "opened_at": stamp(self.opened_at),
+            "throttled_share": rounded(self.throttled_share, 4),
+            "calls_total": self.calls_total,
+            "throttled_total": self.throttled_total,
+            "governed": self.governed,
+        }
+
+
+def webhook_governors(conn: psycopg.Connection) -> dict[str, WebhookGovernor]:
+    """Every pool's webhook governor, by pool id (one small read: a row per pool)."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(query("webhook_governors")).fetchall()
+    return {row["pool_id"]: WebhookGovernor(**row) for row in rows}

@@ -1,12 +1,14 @@
 """`intake watch`: the live view of engine_metrics, drawn with rich.
 
 Everything on screen comes from engine_metrics (written every 5 s by
-pg_cron), the worker registry and the schedule; nothing here counts a live
-table. Where no pg_cron job collects, watch runs the collector itself.
+pg_cron), the worker registry, the schedule and the webhook governors (read
+live: a Retry-After or an open breaker lasts seconds); nothing here counts a
+live table. Where no pg_cron job collects, watch runs the collector itself.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,6 +45,12 @@ class Snapshot:
     pools: list[dict[str, Any]]
     velocity: list[float]
     workers: list[telemetry.WorkerView] = field(default_factory=list)
+    # pool id -> its webhook governor, read with the rows above.
+    webhooks: dict[str, telemetry.WebhookGovernor] = field(default_factory=dict)
+
+    def webhook(self, pool_id: str) -> dict[str, Any] | None:
+        found = self.webhooks.get(pool_id)
+        return found.as_json() if found is not None else None
 
     @property
     def age_s(self) -> float | None:
@@ -99,7 +107,10 @@ class Snapshot:
             "velocity": round(self.total_velocity, 1),
             "velocity_history": [round(v, 1) for v in self.velocity],
             "eta_s": None if self.eta_s is None else round(self.eta_s, 1),
-            "pools": [{k: p[k] for k in keep} for p in self.pools],
+            "pools": [
+                {**{k: p[k] for k in keep}, "webhook": self.webhook(p["pool_id"])}
+                for p in self.pools
+            ],
             "workers": [w.as_json() for w in self.workers],
         }
 
@@ -127,6 +138,7 @@ def read(conn: psycopg.Connection, *, fresh: bool = False, fill_gaps: bool = Fal
             conn, SPARK_POINTS * telemetry.INTERVAL_S + telemetry.INTERVAL_S
         ),
         workers=telemetry.workers(conn),
+        webhooks=telemetry.webhook_governors(conn),
     )
 
 
@@ -223,6 +235,52 @@ def _queue_lines(snap: Snapshot) -> Group:
     return Group(queue, velocity)
 
 
+def _rate(rate: float | None) -> str:
+    if rate is None:
+        return "no limit"
+    if rate == 0:
+        return "0/s"
+    return f"{rate:,.1f}/s" if rate < 10 else f"{rate:,.0f}/s"
+
+
+def webhook_line(pool_id: str, webhook: dict[str, Any]) -> Text:
+    """One pool's webhook governor in a line: the rate in force, the share of 429s,
+    a Retry-After still in force, and the breaker (open stands out).
+
+    Takes the governor's JSON (`status --json` and `watch --json` print the
+    same), so the status command can show the same line.
+    """
+    line = Text(no_wrap=True, overflow="ellipsis")
+    line.append("webhook ", style="bold")
+    line.append_text(cell(pool_id))
+    line.append(f": {_rate(webhook['governed_rate'])}")
+    share = webhook["throttled_share"]
+    line.append("  429s ")
+    line.append("—" if share is None else f"{share:.1%}", style="yellow" if share else "")
+    if webhook["retry_after_until"] is not None:
+        # Rounded up: a pause of 0.4 s still holds every call back.
+        left = math.ceil(webhook["retry_after_s"])
+        line.append(f"  Retry-After {_duration(left)}", style="bold yellow")
+    if webhook["breaker"] == "open":
+        line.append("  breaker OPEN", style="bold red")
+        if webhook["probe_in_s"] is not None:
+            probe = math.ceil(webhook["probe_in_s"])
+            line.append(f", probe in {_duration(probe)}", style="red")
+    else:
+        line.append("  breaker closed", style="grey50")
+    return line
+
+
+def _webhook_lines(snap: Snapshot) -> Group:
+    return Group(
+        *(
+            webhook_line(pool["pool_id"], found)
+            for pool in snap.pools[:MAX_POOLS]
+            if (found := snap.webhook(pool["pool_id"])) is not None
+        )
+    )
+
+
 def _workers_table(snap: Snapshot) -> RenderableType:
     if not snap.workers:
         return Text("workers: none registered (start `intake drain`)", style="yellow")
@@ -250,7 +308,13 @@ def _workers_table(snap: Snapshot) -> RenderableType:
 
 
 def frame(snap: Snapshot) -> RenderableType:
-    return Group(_header(snap), _pools_table(snap), _queue_lines(snap), _workers_table(snap))
+    return Group(
+        _header(snap),
+        _pools_table(snap),
+        _queue_lines(snap),
+        _webhook_lines(snap),
+        _workers_table(snap),
+    )
 
 
 # -- running ----------------------------------------------------------------------

@@ -4,15 +4,32 @@ A real HTTP server on loopback that answers like a payment provider would:
 approve, decline a deterministic share of idempotency keys, fail the first
 calls of every key (or the first call of a share of keys), answer slowly
 (every key, or a share of keys more slowly still), or refuse bad signatures.
+Like a real provider it can also meter its callers and go down: beyond
+`rate_limit` calls in a one-second window it answers 429 (with Retry-After in
+seconds, as an HTTP-date, or not at all), and an `outage` answers every call
+503, drops the connection without an answer, or never answers.
+
 Every call is recorded, and the behaviour can be changed while it runs,
 through a small control API under /_control/:
 
-    GET  /_control/calls[?limit=N]  {"calls": [...], "per_key": {...}, "total": n}
+    GET  /_control/calls[?limit=N]  {"calls": [...], "per_key": {...}, "total": n,
+                                     "by_status": {"200": n, "429": n, "0": n, ...},
+                                     "dropped": n, "hanging": n}
+                                    status 0: no answer (an outage's drop or hang);
+                                    dropped: calls fallen off the log; hanging:
+                                    calls held unanswered now
     GET  /_control/script           the behaviour in force
     POST /_control/script           {"decline_share", "fail_first", "fail_share",
-                                     "fail_status", "delay_ms", "slow_share", "slow_ms",
-                                     "decline_reason", "fail_reason"}
-    POST /_control/reset            forget recorded calls and per-key counters
+                                     "fail_keys", "fail_status", "delay_ms",
+                                     "slow_share", "slow_ms",
+                                     "decline_reason", "fail_reason", "rate_limit",
+                                     "retry_after": "seconds" | "date" | "none",
+                                     "outage": null | "503" | "drop" | "hang"}
+    POST /_control/reset            forget recorded calls and every counter
+
+A call refused by the rate limit or an outage is recorded (with
+"decided": false) but is no decision about its key: it is not counted in
+`per_key`, so a `fail_first` key still fails its next call that gets through.
 
 Nothing is logged per request: the server has to outrun the drain worker.
 """
@@ -21,15 +38,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import hashlib
 import itertools
 import json
+import math
 import os
 import signal
 import sys
 import time
 from collections import deque
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +67,32 @@ KEEP_CALLS = 200_000
 _APPROVED = b'{"status":"approved"}'
 _DECLINED = b'{"reason":"card declined"}'
 _FAILED = b'{"status":"unavailable"}'
+_RATE_LIMITED = b'{"reason":"rate limited"}'
+_OUTAGE = b'{"reason":"unavailable"}'
 _JSON = "application/json"
+
+# Always present in /_control/calls' by_status, so a reader can index them
+# without a default; 0 is a call that got no answer (an outage's drop or hang).
+_REPORTED_STATUSES = (200, 402, 429, 503, 0)
+# How often a hung call looks whether its client has given up: aiohttp does
+# not cancel a handler when its client goes, and a benchmark can hang many.
+_HANG_POLL_S = 0.2
+
+
+class RetryAfter(enum.StrEnum):
+    """How a 429 tells the caller when to come back."""
+
+    seconds = "seconds"
+    date = "date"
+    none = "none"
+
+
+class Outage(enum.StrEnum):
+    """How the webhook is down."""
+
+    unavailable = "503"
+    drop = "drop"
+    hang = "hang"
 
 
 @dataclass
@@ -64,6 +110,15 @@ class Script:
     # (None: the usual body); any text, hostile to a terminal included.
     decline_reason: str | None = None
     fail_reason: str | None = None
+    # Calls a second, counted in fixed one-second windows of the monotonic
+    # clock, as many providers meter (0: no limit).
+    rate_limit: int = 0
+    retry_after: str = RetryAfter.seconds.value
+    # None, or an Outage value: every call fails that way, before any limit.
+    outage: str | None = None
+    # Keys whose every call fails with fail_status: intents that fail for
+    # their own reasons while the provider answers the others.
+    fail_keys: list[str] = field(default_factory=list)
 
     def update(self, changes: Any) -> None:
         """Apply a /_control/script body; all or nothing."""
@@ -85,6 +140,10 @@ class Script:
         self.slow_ms = int(merged["slow_ms"])
         self.decline_reason = merged["decline_reason"]
         self.fail_reason = merged["fail_reason"]
+        self.rate_limit = int(merged["rate_limit"])
+        self.retry_after = merged["retry_after"]
+        self.outage = merged["outage"]
+        self.fail_keys = list(merged["fail_keys"])
 
     def delay_s(self, key: str) -> float:
         return (self.slow_ms if answers_slowly(key, self.slow_share) else self.delay_ms) / 1000
@@ -108,8 +167,14 @@ def _script_problems(
     slow_ms: Any,
     decline_reason: Any = None,
     fail_reason: Any = None,
+    rate_limit: Any = 0,
+    retry_after: Any = RetryAfter.seconds.value,
+    outage: Any = None,
+    fail_keys: Any = (),
 ) -> list[str]:
     problems = []
+    if not isinstance(fail_keys, list | tuple) or not all(isinstance(k, str) for k in fail_keys):
+        problems.append(f"fail_keys: expected a list of idempotency keys, got {fail_keys!r:.80}")
     shares = (("decline_share", decline_share), ("fail_share", fail_share))
     for name, share in (*shares, ("slow_share", slow_share)):
         if not _is_number(share) or not 0 <= share <= 1:
@@ -124,6 +189,14 @@ def _script_problems(
     for name, reason in (("decline_reason", decline_reason), ("fail_reason", fail_reason)):
         if reason is not None and not isinstance(reason, str):
             problems.append(f"{name}: expected a string or null, got {reason!r}")
+    if not _is_int(rate_limit) or rate_limit < 0:
+        problems.append(f"rate_limit: expected an integer >= 0 (0: no limit), got {rate_limit!r}")
+    forms = [form.value for form in RetryAfter]
+    if retry_after not in forms:
+        problems.append(f"retry_after: expected one of {', '.join(forms)}, got {retry_after!r}")
+    modes = [mode.value for mode in Outage]
+    if outage not in (None, *modes):
+        problems.append(f"outage: expected null or one of {', '.join(modes)}, got {outage!r}")
     return problems
 
 
@@ -154,19 +227,40 @@ def answers_slowly(key: str, share: float) -> bool:
 
 
 class TestWebhook:
-    """The server's state and handlers; one instance per process."""
+    """The server's state and handlers; one instance per process.
+
+    `clock` (monotonic seconds) places calls in rate-limit windows and `wall`
+    (epoch seconds) dates them; a test passes its own to cross a window
+    without sleeping.
+    """
 
     __test__ = False  # not a pytest test class, despite the name
 
-    def __init__(self, script: Script, secret: str | None, keep_calls: int = KEEP_CALLS) -> None:
+    def __init__(
+        self,
+        script: Script,
+        secret: str | None,
+        keep_calls: int = KEEP_CALLS,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
         self.script = script
         self.secret = secret
+        self.clock = clock
+        self.wall = wall
         # Tuples, not dicts: a long test run records hundreds of thousands.
-        self.calls: deque[tuple[str, str, int, bool | None, str | None, float]] = deque(
+        # (key, path, status, signature_ok, body's key, time, decided)
+        self.calls: deque[tuple[str, str, int, bool | None, str | None, float, bool]] = deque(
             maxlen=keep_calls
         )
         self.per_key: dict[str, int] = {}
+        self.by_status: dict[int, int] = {}
         self.total = 0
+        self.hanging = 0  # calls held unanswered by a "hang" outage right now
+        self._window = -1  # the current rate-limit window: whole seconds of `clock`
+        self._window_calls = 0
+        self._stopping = asyncio.Event()
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=1024 * 1024)
@@ -177,10 +271,45 @@ class TestWebhook:
         app.router.add_post("/_control/reset", self.reset)
         app.router.add_route("*", "/_control/{rest:.*}", self.no_control)
         app.router.add_post("/{path:.*}", self.validate)
+        self._stopping = asyncio.Event()
+        app.on_shutdown.append(self._shutting_down)
         return app
 
-    async def validate(self, request: web.Request) -> web.Response:
+    async def _shutting_down(self, app: web.Application) -> None:
+        # Hung calls end now rather than when aiohttp's shutdown timeout
+        # cancels them: a stopped webhook goes down at once.
+        self._stopping.set()
+
+    def _record(
+        self,
+        key: str,
+        path: str,
+        status: int,
+        signature_ok: bool | None,
+        body_key: str | None,
+        decided: bool,
+    ) -> None:
+        self.calls.append((key, path, status, signature_ok, body_key, self.wall(), decided))
+        self.by_status[status] = self.by_status.get(status, 0) + 1
+        self.total += 1
+
+    async def validate(self, request: web.Request) -> web.StreamResponse:
+        script = self.script
         key = request.headers.get("Idempotency-Key")
+        # A provider that is down or throttling answers before it looks at
+        # the call, and decides nothing about its key.
+        if script.outage is not None:
+            return await self._outage(request, key or "", script.outage)
+        if script.rate_limit:
+            now = self.clock()
+            if not self._admit(now, script.rate_limit):
+                self._record(key or "", request.path, 429, None, None, decided=False)
+                return web.Response(
+                    status=429,
+                    body=_RATE_LIMITED,
+                    content_type=_JSON,
+                    headers=self._retry_after(now, script.retry_after),
+                )
         if not key:
             return web.Response(
                 status=400, body=b'{"reason":"missing Idempotency-Key header"}', content_type=_JSON
@@ -195,12 +324,12 @@ class TestWebhook:
 
         count = self.per_key.get(key, 0) + 1
         self.per_key[key] = count
-        self.total += 1
-        script = self.script
         if signature_ok is False:
             status, answer = 401, b'{"reason":"bad signature"}'
-        elif count <= script.fail_first or (
-            count == 1 and fails_first_call(key, script.fail_share)
+        elif (
+            count <= script.fail_first
+            or (count == 1 and fails_first_call(key, script.fail_share))
+            or key in script.fail_keys
         ):
             status, answer = script.fail_status, _reason_body(script.fail_reason, _FAILED)
         elif declines(key, script.decline_share):
@@ -208,11 +337,49 @@ class TestWebhook:
         else:
             status, answer = 200, _APPROVED
         # Recorded on arrival, so a test can see calls that are still in flight.
-        self.calls.append((key, request.path, status, signature_ok, body_key, time.time()))
+        self._record(key, request.path, status, signature_ok, body_key, decided=True)
         delay_s = script.delay_s(key)
         if delay_s:
             await asyncio.sleep(delay_s)
         return web.Response(status=status, body=answer, content_type=_JSON)
+
+    def _admit(self, now: float, limit: int) -> bool:
+        """Count a call in its window, unless the window is full."""
+        window = math.floor(now)
+        if window != self._window:
+            self._window, self._window_calls = window, 0
+        if self._window_calls >= limit:
+            return False
+        self._window_calls += 1
+        return True
+
+    def _retry_after(self, now: float, form: str) -> dict[str, str] | None:
+        if form == RetryAfter.none:
+            return None
+        left_s = self._window + 1 - now
+        if form == RetryAfter.seconds:
+            # Whole seconds, and never 0: "come back now" would be a lie.
+            return {"Retry-After": str(max(1, math.ceil(left_s)))}
+        # An HTTP-date has whole seconds; rounded up, so it is never early.
+        return {"Retry-After": formatdate(math.ceil(self.wall() + left_s), usegmt=True)}
+
+    async def _outage(self, request: web.Request, key: str, mode: str) -> web.StreamResponse:
+        if mode == Outage.unavailable:
+            self._record(key, request.path, 503, None, None, decided=False)
+            return web.Response(status=503, body=_OUTAGE, content_type=_JSON)
+        self._record(key, request.path, 0, None, None, decided=False)
+        if mode == Outage.hang:
+            # Until the caller gives up (aiohttp would let the handler run on)
+            # or the server stops; switching the outage off does not answer
+            # a call already lost.
+            self.hanging += 1
+            try:
+                while not self._stopping.is_set() and _connected(request):
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stopping.wait(), _HANG_POLL_S)
+            finally:
+                self.hanging -= 1
+        return _drop(request)
 
     async def get_calls(self, request: web.Request) -> web.Response:
         limit_text = request.query.get("limit")
@@ -220,9 +387,10 @@ class TestWebhook:
             limit = len(self.calls) if limit_text is None else int(limit_text)
         except ValueError:
             return _error(400, f"limit: expected an integer, got {limit_text!r}")
-        # The most recent `limit` calls, oldest first.
-        skip = max(0, len(self.calls) - max(0, limit))
-        recent = list(itertools.islice(self.calls, skip, None))
+        # The most recent `limit` calls, oldest first; walked from the newest
+        # end, so ?limit=0 costs nothing however long the log.
+        recent = list(itertools.islice(reversed(self.calls), max(0, limit)))
+        recent.reverse()
         calls = [
             {
                 "key": key,
@@ -231,15 +399,20 @@ class TestWebhook:
                 "signature_ok": signature_ok,
                 "body_idempotency_key": body_key,
                 "time": at,
+                "decided": decided,
             }
-            for key, path, status, signature_ok, body_key, at in recent
+            for key, path, status, signature_ok, body_key, at, decided in recent
         ]
+        by_status = dict.fromkeys(map(str, _REPORTED_STATUSES), 0)
+        by_status.update((str(status), n) for status, n in sorted(self.by_status.items()))
         return web.json_response(
             {
                 "calls": calls,
                 "per_key": self.per_key,
                 "total": self.total,
+                "by_status": by_status,
                 "dropped": self.total - len(self.calls),
+                "hanging": self.hanging,
             }
         )
 
@@ -256,11 +429,27 @@ class TestWebhook:
     async def reset(self, request: web.Request) -> web.Response:
         self.calls.clear()
         self.per_key = {}
+        self.by_status = {}
         self.total = 0
+        # A fresh window too: a test that resets expects the whole limit.
+        self._window, self._window_calls = -1, 0
         return web.json_response({"reset": True})
 
     async def no_control(self, request: web.Request) -> web.Response:
         return _error(404, f"no control endpoint {request.method} {request.path}")
+
+
+def _connected(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is not None and not transport.is_closing()
+
+
+def _drop(request: web.Request) -> web.Response:
+    """Close the connection with no answer: the caller sees the server disconnect."""
+    if request.transport is not None:
+        request.transport.close()
+    # Never sent: aiohttp finds the connection closed and lets the call go.
+    return web.Response(status=503)
 
 
 def _error(status: int, reason: str) -> web.Response:
@@ -365,8 +554,33 @@ def webhook_server_command(
     fail_reason: str | None = typer.Option(
         None, "--fail-reason", help='Answer failing calls with {"reason": TEXT}.'
     ),
+    rate_limit: int = typer.Option(
+        0,
+        "--rate-limit",
+        min=0,
+        metavar="N",
+        help="Answer calls beyond N a second (fixed one-second windows) with 429; 0: no limit.",
+    ),
+    retry_after: RetryAfter = typer.Option(
+        RetryAfter.seconds.value,
+        "--retry-after",
+        help="How a 429 says when to come back: Retry-After in seconds, as an HTTP-date, "
+        "or no header at all.",
+    ),
+    outage: Outage | None = typer.Option(
+        None,
+        "--outage",
+        help="Be down: answer every call 503, drop its connection unanswered, "
+        "or never answer (until the caller gives up).",
+    ),
 ) -> None:
-    """Run a scriptable validation webhook on loopback, for tests and demos."""
+    """Run a scriptable validation webhook on loopback, for tests and demos.
+
+    It can also play a provider that meters its callers (--rate-limit,
+    --retry-after) or is down (--outage). While it runs, POST /_control/script
+    changes any setting (all or nothing, as JSON fields named like the
+    options) and GET /_control/calls counts the calls by status.
+    """
     secret = None
     if secret_env is not None:
         secret = os.environ.get(secret_env)
@@ -375,10 +589,19 @@ def webhook_server_command(
                 f"environment variable {secret_env} is not set", param_hint="--secret-env"
             )
     script = Script(
-        decline_share, fail_first, fail_status, delay_ms, fail_share, slow_share, slow_ms
+        decline_share=decline_share,
+        fail_first=fail_first,
+        fail_status=fail_status,
+        delay_ms=delay_ms,
+        fail_share=fail_share,
+        slow_share=slow_share,
+        slow_ms=slow_ms,
+        decline_reason=decline_reason,
+        fail_reason=fail_reason,
+        rate_limit=rate_limit,
+        retry_after=RetryAfter(retry_after).value,
+        outage=None if outage is None else Outage(outage).value,
     )
-    script.decline_reason = decline_reason
-    script.fail_reason = fail_reason
     asyncio.run(serve(TestWebhook(script, secret), host, port, ready_file))
 
 

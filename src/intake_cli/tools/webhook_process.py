@@ -47,6 +47,9 @@ class WebhookServer:
         slow_ms: int = 0,
         decline_reason: str | None = None,
         fail_reason: str | None = None,
+        rate_limit: int = 0,
+        retry_after: str = "seconds",
+        outage: str | None = None,
     ) -> None:
         self._options: dict[str, Any] = {
             "decline_share": decline_share,
@@ -58,6 +61,9 @@ class WebhookServer:
             "slow_ms": slow_ms,
             "decline_reason": decline_reason,
             "fail_reason": fail_reason,
+            "rate_limit": rate_limit,
+            "retry_after": retry_after,
+            "outage": outage,
         }
         self.secret = secret
         self.port: int | None = port
@@ -98,8 +104,10 @@ class WebhookServer:
             "--delay-ms", str(self._options["delay_ms"]),
             "--slow-share", str(self._options["slow_share"]),
             "--slow-ms", str(self._options["slow_ms"]),
+            "--rate-limit", str(self._options["rate_limit"]),
+            "--retry-after", str(self._options["retry_after"]),
         ]  # fmt: skip
-        for name in ("decline_reason", "fail_reason"):
+        for name in ("decline_reason", "fail_reason", "outage"):
             if self._options[name] is not None:
                 argv += [f"--{name.replace('_', '-')}", self._options[name]]
         env = dict(os.environ)
@@ -164,17 +172,28 @@ class WebhookServer:
         return response.json()
 
     def calls(self) -> dict[str, Any]:
-        """{"calls": [...], "per_key": {...}, "total": n}, including calls before a restart."""
+        """{"calls": [...], "per_key": {...}, "total": n, "by_status": {...}}, including
+        calls before a restart."""
         live = self._fetch()
         if not self._earlier:
             return live
         calls = self._earlier + live["calls"]
+        by_status = Counter(live["by_status"])
+        by_status.update(str(call["status"]) for call in self._earlier)
         return {
             **live,
             "calls": calls,
-            "per_key": dict(Counter(call["key"] for call in calls)),
+            # Calls refused by a rate limit or an outage decided nothing about their key.
+            "per_key": dict(Counter(call["key"] for call in calls if call["decided"])),
             "total": len(calls) + live["dropped"],
+            "by_status": dict(by_status),
         }
+
+    def by_status(self) -> dict[str, int]:
+        """How many calls got each status ("0": dropped or hung), however long the log."""
+        if self._earlier:
+            return self.calls()["by_status"]
+        return self._fetch(limit=0)["by_status"]
 
     def per_key(self) -> dict[str, int]:
         """How many calls each idempotency key received."""

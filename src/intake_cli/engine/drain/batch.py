@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -42,8 +43,14 @@ from intake_cli.engine.drain import ledger
 from intake_cli.engine.drain.context import DrainContext
 from intake_cli.engine.drain.intents import LOST, Intent, RawJson, Refusal, parse_message
 from intake_cli.engine.drain.retry import RetryPolicy
-from intake_cli.engine.drain.store import InventoryRebuildFailed, PoolRow, Retry, UnitCheck
-from intake_cli.engine.drain.webhook import Verdict
+from intake_cli.engine.drain.store import (
+    GovernorReport,
+    InventoryRebuildFailed,
+    PoolRow,
+    Retry,
+    UnitCheck,
+)
+from intake_cli.engine.drain.webhook import Verdict, WebhookResult
 from intake_cli.platform.errors import LedgerContractError, LedgerUnavailable
 from intake_cli.platform.logs import event
 
@@ -58,6 +65,17 @@ LOST_INVENTORY_DELAY_S = 2
 # are handed back for this long, not charged an attempt: "not yet" is not a
 # failure of their payment.
 FENCED_DELAY_S = 1
+# Intents whose commit found DB2 out of reach are handed back for this long,
+# not charged an attempt: DB2 being down is not a failure of their payment.
+DB2_UNAVAILABLE_DELAY_S = 2
+# A batch waits for its webhook's governor this long at most; a longer pause
+# (a Retry-After, an open breaker) hands the intents back until it ends.
+GOVERNOR_HOLD_S = 2.0
+# Intents that failed while the provider answered nobody wait this long (the
+# breaker's probe interval), not charged an attempt.
+OUTAGE_DELAY_S = 2
+# A throttled intent without a Retry-After is asked again after this.
+THROTTLED_DELAY_S = 1
 # The shortest interval between lease renewals (a third of the visibility timeout).
 LEASE_TICK_MIN_S = 0.2
 # A failed inventory rebuild is tried again after this, doubling up to the max.
@@ -78,6 +96,9 @@ class PoolRuntime:
     commit_rate_per_sec: int
     retry: RetryPolicy
     secret: str | None
+    # Calls to the webhook go through its governor (when not, none of its
+    # statements is spent).
+    webhook_governed: bool = False
 
     @classmethod
     def from_row(cls, row: PoolRow, secret: str | None) -> PoolRuntime:
@@ -95,6 +116,7 @@ class PoolRuntime:
                 max_retries=row["max_retries"],
             ),
             secret=secret,
+            webhook_governed=row["webhook_governed"],
         )
 
 
@@ -421,39 +443,137 @@ class Batch:
 
     async def _validate(self, intents: list[Intent]) -> list[Intent]:
         recorder = _Recorder(self._record)
-
-        async def ask(intent: Intent) -> None:
-            pool = self.pools[intent.pool_id]
-            payload = {**intent.message, "state": "queued", "attempt": intent.attempts + 1}
-            result = await self.ctx.webhook.validate(
-                pool.webhook_url, payload, intent.key, pool.secret
-            )
-            intent.webhook_calls += 1
-            intent.webhook_ms = round(result.elapsed_s * 1000, 1)
-            self._log(
-                intent,
-                "webhook",
-                level=logging.DEBUG,
-                status=result.status,
-                verdict=result.verdict.value,
-                duration_ms=round(result.elapsed_s * 1000, 1),
-            )
-            if result.verdict is Verdict.VALIDATED:
-                intent.state = "validated"
-                self.validated_now.append(intent)
-                await recorder.record(intent)
-            elif result.verdict is Verdict.REJECTED:
-                intent.error = result.reason
-                self.rejected.append(intent)
-                await recorder.record(intent)
-            else:
-                intent.error = f"webhook: {result.reason}"
-                self.failed.append(intent)
-
-        await asyncio.gather(*(ask(i) for i in intents))
+        by_pool: dict[str, list[Intent]] = {}
+        for intent in intents:
+            by_pool.setdefault(intent.pool_id, []).append(intent)
+        await asyncio.gather(
+            *(self._validate_pool(self.pools[p], group, recorder) for p, group in by_pool.items())
+        )
         if recorder.error is not None:
             raise recorder.error
         return self.validated_now
+
+    async def _validate_pool(
+        self, pool: PoolRuntime, intents: list[Intent], recorder: _Recorder
+    ) -> None:
+        """Ask the pool's webhook about each intent, as fast as its governor allows.
+
+        An ungoverned webhook (no rate set or learned, no pause, breaker
+        closed: the usual case) costs no statement; the first 429 or failure
+        reported makes the rest of the batch take its calls from the governor.
+        """
+        governed = pool.webhook_governed
+        pending = intents
+        while pending:
+            probe = False
+            if governed:
+                grant = await self.ctx.store.take_webhook_calls(pool.pool_id, len(pending))
+                if not grant.granted:
+                    if grant.wait_s > GOVERNOR_HOLD_S:
+                        await self._defer(pending, math.ceil(grant.wait_s), "webhook_governed")
+                        return
+                    await self.ctx.sleep(max(0.005, grant.wait_s))
+                    continue
+                now, pending, probe = (
+                    pending[: grant.granted],
+                    pending[grant.granted :],
+                    grant.probe,
+                )
+            else:
+                now, pending = pending, []
+            results = await asyncio.gather(*(self._ask(pool, i, recorder) for i in now))
+            throttled = [
+                i for i, r in zip(now, results, strict=True) if r.verdict is Verdict.THROTTLED
+            ]
+            failed = [i for i, r in zip(now, results, strict=True) if r.verdict is Verdict.RETRY]
+            waits = [r.retry_after_s for r in results if r.retry_after_s is not None]
+            answered = len(now) - len(throttled) - len(failed)
+            self.ctx.note_answers(pool.pool_id, answered)
+            if throttled:
+                delay = math.ceil(max(waits)) if waits else THROTTLED_DELAY_S
+                said = next(r.reason for r in results if r.verdict is Verdict.THROTTLED)
+                await self._defer(throttled, max(1, delay), "webhook_throttled", said)
+            if governed or throttled or failed:
+                report = await self.ctx.store.report_webhook_calls(
+                    pool.pool_id,
+                    answered,
+                    len(throttled),
+                    len(failed),
+                    max(waits) if waits else None,
+                    self.ctx.answer_rate(pool.pool_id),
+                )
+                self._say_governor(pool, report)
+                governed = True
+                if failed and (probe or not report.answering):
+                    # The provider answers nobody (a probe of the open
+                    # breaker included): its outage, not these intents'
+                    # failure. They keep their retries.
+                    self.failed = [i for i in self.failed if i not in failed]
+                    await self._defer(failed, OUTAGE_DELAY_S, "webhook_outage", failed[0].error)
+
+    async def _ask(self, pool: PoolRuntime, intent: Intent, recorder: _Recorder) -> WebhookResult:
+        payload = {**intent.message, "state": "queued", "attempt": intent.attempts + 1}
+        result = await self.ctx.webhook.validate(pool.webhook_url, payload, intent.key, pool.secret)
+        intent.webhook_calls += 1
+        intent.webhook_ms = round(result.elapsed_s * 1000, 1)
+        self._log(
+            intent,
+            "webhook",
+            level=logging.DEBUG,
+            status=result.status,
+            verdict=result.verdict.value,
+            duration_ms=round(result.elapsed_s * 1000, 1),
+        )
+        if result.verdict is Verdict.VALIDATED:
+            intent.state = "validated"
+            self.validated_now.append(intent)
+            await recorder.record(intent)
+        elif result.verdict is Verdict.REJECTED:
+            intent.error = result.reason
+            self.rejected.append(intent)
+            await recorder.record(intent)
+        elif result.verdict is Verdict.RETRY:
+            intent.error = f"webhook: {result.reason}"
+            self.failed.append(intent)
+        return result
+
+    def _say_governor(self, pool: PoolRuntime, report: GovernorReport) -> None:
+        """The worker whose report opened or closed the breaker says so, once."""
+        if not report.changed:
+            return
+        opened = report.breaker == "open"
+        event(
+            self.ctx.log,
+            logging.ERROR if opened else logging.WARNING,
+            "webhook_breaker_opened" if opened else "webhook_breaker_closed",
+            pool_id=pool.pool_id,
+            hint=(
+                "the payment provider is failing: calls stop but for a probe every 2 s; "
+                "intents keep their retries"
+                if opened
+                else "the provider answered a probe: calls ramp up again"
+            ),
+        )
+
+    async def _defer(
+        self, intents: list[Intent], delay_s: int, reason: str, error: str | None = None
+    ) -> None:
+        """Hand intents back for `delay_s` without charging them an attempt: being
+        told "not now" (a throttle, an outage, DB2 out of reach) is not a failure
+        of their payment."""
+        await self.ctx.store.hand_back([i.msg_id for i in intents], delay_s)
+        self.unfinished.difference_update(i.msg_id for i in intents)
+        self.counts["handed_back"] += len(intents)
+        self.counts["deferred"] += len(intents)
+        event(
+            self.ctx.log,
+            logging.WARNING,
+            "handed_back",
+            count=len(intents),
+            reason=reason,
+            retry_in_s=delay_s,
+            error=error,
+        )
 
     async def _record(self, answers: list[Intent]) -> None:
         """Write webhook answers to DB1: the yeses validated, the noes finished."""
@@ -495,8 +615,8 @@ class Batch:
             pool = self.pools[pool_id]
             try:
                 rpc = await self.ctx.store.resolve_rpc(pool.rpc)
-            except (LedgerUnavailable, PoolTimeout, psycopg.OperationalError) as exc:
-                self._fail_all(group, f"DB2 unavailable: {exc}")
+            except (LedgerUnavailable, PoolTimeout, psycopg.OperationalError):
+                await self._defer(group, DB2_UNAVAILABLE_DELAY_S, "db2_unavailable")
                 continue
             except LedgerContractError as exc:
                 # Changed live to an RPC DB2 lacks: fail the intents (they
@@ -557,8 +677,8 @@ class Batch:
         started = time.perf_counter()
         try:
             outcomes = await self.ctx.store.commit(rpc, payloads, self.ctx.commit_timeout_s)
-        except (LedgerUnavailable, PoolTimeout, psycopg.OperationalError) as exc:
-            self._fail_all(chunk, f"DB2 unavailable: {exc}".strip())
+        except (LedgerUnavailable, PoolTimeout, psycopg.OperationalError):
+            await self._defer(chunk, DB2_UNAVAILABLE_DELAY_S, "db2_unavailable")
             return
         self.ctx.phases.add("db2_commit", time.perf_counter() - started)
         elapsed_ms = round((time.perf_counter() - started) * 1000, 1)

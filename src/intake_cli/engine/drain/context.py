@@ -12,7 +12,7 @@ import asyncio
 import logging
 import random
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -40,6 +40,10 @@ class Validator(Protocol):
     ) -> WebhookResult: ...
 
 
+# How far back a worker counts its own webhook answers.
+ANSWER_WINDOW_S = 1.0
+
+
 @dataclass
 class DrainContext:
     """Built once by a worker or a ticker; every batch runs with it."""
@@ -60,6 +64,26 @@ class DrainContext:
     rebuild_retry: dict[str, tuple[float, float]] = field(default_factory=dict)
     # Webhook secrets come from the environment, not DB1: by pool id.
     secrets: dict[str, str | None] = field(init=False)
+    # pool id -> (monotonic time, answers) of this process's webhook answers
+    # over the last second: the governor's first estimate of a provider's
+    # limit, when nothing was reported before its first 429.
+    answers: dict[str, deque[tuple[float, int]]] = field(default_factory=dict)
+
+    def note_answers(self, pool_id: str, count: int) -> None:
+        now = self.monotonic()
+        seen = self.answers.setdefault(pool_id, deque())
+        seen.append((now, count))
+        while seen and seen[0][0] < now - ANSWER_WINDOW_S:
+            seen.popleft()
+
+    def answer_rate(self, pool_id: str) -> float:
+        """This process's webhook answers a second, over the last second."""
+        seen = self.answers.get(pool_id)
+        if not seen:
+            return 0.0
+        # Over the whole window even when this process is younger: a burst of
+        # answers at the start of a provider's window must not read as a rate.
+        return sum(count for _, count in seen) / ANSWER_WINDOW_S
 
     def __post_init__(self) -> None:
         self.secrets = {p.pool_id: p.webhook_secret for p in self.settings.pools}
@@ -92,6 +116,9 @@ class DrainStats:
                     "dead",
                     "refused",
                     "handed_back",
+                    # Handed back without an attempt charged: a throttle, an
+                    # outage, DB2 out of reach.
+                    "deferred",
                     "fenced",
                     "batches",
                 )

@@ -50,9 +50,12 @@ class PoolRow(TypedDict):
     commit_rate_per_sec: int
     retry_base_seconds: float
     retry_max_seconds: float
+    webhook_rate_per_sec: int
     # A DB1 crash emptied the pool's inventory: to rebuild before its intents
     # can be checked against their units.
     inventory_lost: bool
+    # Calls to the pool's webhook go through its governor now (sql/queries/drain.sql).
+    webhook_governed: bool
 
 
 class QueueRow(TypedDict):
@@ -88,6 +91,29 @@ class Retry(NamedTuple):
 
     intent: Intent
     delay_s: int
+
+
+class WebhookGrant(NamedTuple):
+    """Calls the webhook's governor allows now."""
+
+    granted: int
+    # When none is granted: seconds until one may be.
+    wait_s: float
+    # The one call an open breaker lets through to see whether the provider is back.
+    probe: bool
+
+
+class GovernorReport(NamedTuple):
+    """The webhook's governor after a worker reported what the provider answered."""
+
+    breaker: str  # closed | open
+    # This report opened or closed the breaker.
+    changed: bool
+    learned_rate: float | None
+    paused_until: datetime | None
+    # The provider answered some call of the fleet in the last second: a
+    # failure now is the intent's own, not an outage's.
+    answering: bool = True
 
 
 class InventoryRebuildFailed(Exception):
@@ -127,6 +153,21 @@ class DrainStore(Protocol):
 
     async def take_commit_tokens(self, pool_id: str, wanted: int) -> int:
         """Commits the pool's fleet-wide rate limit grants now (0: none yet)."""
+
+    async def take_webhook_calls(self, pool_id: str, wanted: int) -> WebhookGrant:
+        """Calls to the pool's webhook its fleet-wide governor grants now."""
+
+    async def report_webhook_calls(
+        self,
+        pool_id: str,
+        ok: int,
+        throttled: int,
+        failed: int,
+        retry_after_s: float | None,
+        own_ok_per_s: float = 0.0,
+    ) -> GovernorReport:
+        """What the provider answered, for the governor to learn from (with this
+        worker's own answers a second, for its first estimate of the limit)."""
 
     async def resolve_rpc(self, rpc: ledger.RpcName) -> ledger.RpcName:
         """The commit RPC as DB2's catalog says to call it (checked once, then remembered)."""
@@ -297,6 +338,38 @@ class PgStore:
             )
             row = await cur.fetchone()
         return int(row[0]) if row else 0
+
+    async def take_webhook_calls(self, pool_id: str, wanted: int) -> WebhookGrant:
+        async with self.db1.connection() as conn:
+            cur = await conn.execute(
+                drain_query("take_webhook_calls"), {"pool_id": pool_id, "wanted": wanted}
+            )
+            row = await cur.fetchone()
+        return WebhookGrant(*row) if row else WebhookGrant(wanted, 0.0, False)
+
+    async def report_webhook_calls(
+        self,
+        pool_id: str,
+        ok: int,
+        throttled: int,
+        failed: int,
+        retry_after_s: float | None,
+        own_ok_per_s: float = 0.0,
+    ) -> GovernorReport:
+        async with self.db1.connection() as conn:
+            cur = await conn.execute(
+                drain_query("report_webhook_calls"),
+                {
+                    "pool_id": pool_id,
+                    "ok": ok,
+                    "throttled": throttled,
+                    "failed": failed,
+                    "retry_after_s": retry_after_s,
+                    "own_ok_per_s": own_ok_per_s,
+                },
+            )
+            row = await cur.fetchone()
+        return GovernorReport(*row) if row else GovernorReport("closed", False, None, None, True)
 
     async def resolve_rpc(self, rpc: ledger.RpcName) -> ledger.RpcName:
         if rpc not in self.rpcs:

@@ -15,6 +15,7 @@ it sustains several times the request rate (see benchmarks/http_clients.py).
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import enum
 import errno
 import json
@@ -41,6 +42,10 @@ class Verdict(enum.Enum):
     VALIDATED = "validated"
     REJECTED = "rejected"
     RETRY = "retry"
+    # "Not now" (429, or 503 with Retry-After): the provider meters its
+    # callers. Not a failure of this payment: the intent is asked again later
+    # without being charged an attempt.
+    THROTTLED = "throttled"
 
 
 @dataclass(frozen=True)
@@ -49,10 +54,35 @@ class WebhookResult:
     status: int | None  # None when no response arrived
     reason: str
     elapsed_s: float
+    # Seconds the provider asked callers to wait (Retry-After), when it did.
+    retry_after_s: float | None = None
 
 
-def classify(status: int) -> Verdict:
-    """2xx validates, a definite decline rejects, anything else is retried.
+# A Retry-After longer than this is taken as this: an hour's pause is already
+# an outage an operator sees; a year's is a provider's bug.
+MAX_RETRY_AFTER_S = 3600.0
+
+
+def retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds a Retry-After header asks for (delay-seconds or an HTTP-date), or None."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isascii() and text.isdigit() and len(text) <= 10:
+        return min(float(text), MAX_RETRY_AFTER_S)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    wait = when.timestamp() - (time.time() if now is None else now)
+    return min(max(0.0, wait), MAX_RETRY_AFTER_S)
+
+
+def classify(status: int, retry_after_s: float | None = None) -> Verdict:
+    """2xx validates, a definite decline rejects, 429 (or a 503 that says when
+    to come back) throttles, anything else is retried.
 
     401, 403 and 404 are retried on purpose: they mean the webhook or its
     secret is misconfigured, which an operator can fix without losing intents.
@@ -61,6 +91,8 @@ def classify(status: int) -> Verdict:
         return Verdict.VALIDATED
     if status in DECLINE_STATUSES:
         return Verdict.REJECTED
+    if status == 429 or (status == 503 and retry_after_s is not None):
+        return Verdict.THROTTLED
     return Verdict.RETRY
 
 
@@ -204,6 +236,7 @@ class WebhookClient:
                 head = await self._read_head(r)
                 status = r.status
                 content_type = r.headers.get("Content-Type", "").lower()
+                wait_s = retry_after(r.headers.get("Retry-After")) if status >= 400 else None
         except TimeoutError:
             return retry(f"timeout after {self.timeout_s:g} s")
         except aiohttp.ClientConnectorError as exc:
@@ -221,7 +254,7 @@ class WebhookClient:
         # but not parsed, which the worker would pay for on every intent.
         said = "" if 200 <= status < 300 else _body_reason(head, content_type)
         reason = f"HTTP {status}: {said}" if said else f"HTTP {status}"
-        return WebhookResult(classify(status), status, reason, elapsed)
+        return WebhookResult(classify(status, wait_s), status, reason, elapsed, wait_s)
 
     @staticmethod
     async def _read_head(response: aiohttp.ClientResponse) -> bytes:

@@ -11,6 +11,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from intake_cli.engine import lifecycle, render
+from intake_cli.faces import watch
 from intake_cli.faces.cli.root import JsonOption, app, err, load_settings, out, print_json
 from intake_cli.platform import config
 from intake_cli.platform.display import cell, markup
@@ -154,6 +155,13 @@ def status(as_json: bool = JsonOption) -> None:
                 f"(by {markup(rebuilt['trigger'])}): {rebuilt['units']:,} units, "
                 f"{rebuilt['locked']:,} held, {rebuilt['consumed']:,} sold, "
                 f"{rebuilt['released']:,} back on sale, in {rebuilt['seconds']} s"
+            )
+    for pool in data["pools"]:
+        webhook = pool["webhook"]
+        if webhook is not None and webhook["governed"]:
+            # An open breaker is news an operator must not miss: on stderr.
+            (err if webhook["breaker"] == "open" else out).print(
+                watch.webhook_line(pool["pool_id"], webhook)
             )
     q, d = data["queue"], data["dlq"]
     age = f", oldest {q['oldest_age_s']} s" if q["oldest_age_s"] is not None else ""

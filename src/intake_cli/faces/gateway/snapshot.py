@@ -18,6 +18,12 @@ between a queued claim shows its last known position, which only overstates
 the wait. A buyer seen since the last such read, whose claim has no position
 yet, brings the next one forward (within NEWCOMERS_SHARE: every ~1.4 s at
 most). States, units and outcomes are refreshed every second.
+
+The outflow a buyer's ETA is reckoned from comes with the same statement:
+the drain's last measured velocity, held down to the webhook governor's rate
+in force (0 while its breaker is open), so a throttled payment provider
+lengthens the ETA at once rather than a collection or two later, at no
+extra statement.
 """
 
 from __future__ import annotations

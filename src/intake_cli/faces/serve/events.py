@@ -7,6 +7,12 @@ that changes does the hub read a snapshot, the same reading `intake watch
 --once --json` prints (`faces/watch.read`), serialise it once, and hand the
 same bytes to every subscriber. Ten browsers cost what one costs.
 
+The webhook governors are read apart, once a second: a Retry-After or an
+open breaker lasts seconds, less than a collection's interval. Their state
+goes out as a `webhook` event only when it differs from what the pages
+last received; while a pause or an open breaker is in force, once a second,
+so that a page opened then counts down from a fresh figure.
+
 No LISTEN: DB1 may sit behind a transaction-mode pooler, where a session
 does not survive the transaction. Where no pg_cron job collects, the hub
 collects while pages are open, exactly as `intake watch` does in a
@@ -46,6 +52,8 @@ RETRY_S = 2.0
 # A page that stops reading falls behind by at most this many messages;
 # older ones are dropped for it (never for the others).
 BACKLOG = 32
+# The countdowns a page shows are whole seconds: a fresher read would show nothing new.
+WEBHOOK_POLL_S = 1.0
 
 
 def sse(name: str, data: Any, event_id: int | None = None) -> bytes:
@@ -64,6 +72,25 @@ def payload(snap: watch.Snapshot) -> dict[str, Any]:
         "stale_after_s": telemetry.STALE_AFTER_S,
         "silent_after_s": telemetry.SILENT_AFTER_S,
     }
+
+
+def webhook_payload(governors: dict[str, telemetry.WebhookGovernor]) -> dict[str, Any]:
+    """A `webhook` event: every pool's governor, by pool id (the page updates its rows)."""
+    return {"pools": {pool_id: g.as_json() for pool_id, g in governors.items()}}
+
+
+def _webhook_key(payload: dict[str, Any]) -> str:
+    """What makes a `webhook` event worth sending: the state, without the countdowns,
+    unless one is running (then its whole second counts, so one goes out a second)."""
+    kept = {}
+    for pool_id, webhook in payload["pools"].items():
+        running = webhook["retry_after_until"] is not None or webhook["breaker"] == "open"
+        kept[pool_id] = {
+            **webhook,
+            "retry_after_s": int(webhook["retry_after_s"]) if running else None,
+            "probe_in_s": int(webhook["probe_in_s"] or 0) if running else None,
+        }
+    return json.dumps(kept, sort_keys=True)
 
 
 @dataclass(eq=False)
@@ -89,6 +116,10 @@ class Hub:
         self._tick_state = tick_state
         self._latest_tick: bytes | None = None
         self._tick_seen: tuple[Any, ...] | None = None
+        # The governors as the pages last received them (in a snapshot or a
+        # `webhook` event), and the event to give a page that opens now.
+        self._webhook_seen: str | None = None
+        self._latest_webhook: bytes | None = None
         self._subscribers: set[Subscriber] = set()
         self._wanted = asyncio.Event()
         self._latest: bytes | None = None
@@ -107,6 +138,8 @@ class Hub:
             sub.offer(self._latest)  # a new page draws at once, not at the next row
         if self._latest_tick is not None:
             sub.offer(self._latest_tick)
+        if self._latest_webhook is not None:
+            sub.offer(self._latest_webhook)  # newer than the snapshot's governors
         self._subscribers.add(sub)
         self._wanted.set()
         try:
@@ -119,6 +152,8 @@ class Hub:
                 self._latest = None
                 self._latest_tick = None
                 self._tick_seen = None
+                self._latest_webhook = None
+                self._webhook_seen = None
 
     def _publish(self, chunk: bytes, *, keep: bool = True) -> None:
         if keep:
@@ -147,6 +182,9 @@ class Hub:
         """The snapshot as an event, and the schedule mode it found."""
         snap = watch.read(conn)
         self._seq += 1
+        # The snapshot carries the governors: no `webhook` event until they change.
+        self._webhook_seen = _webhook_key(webhook_payload(snap.webhooks))
+        self._latest_webhook = None
         return snap.schedule.mode, sse("snapshot", payload(snap), self._seq)
 
     async def run(self) -> None:
@@ -176,6 +214,7 @@ class Hub:
             mode: str | None = None  # None: nothing read yet on this connection
             loop = asyncio.get_running_loop()
             collected_at = -float(telemetry.INTERVAL_S)
+            webhooks_read_at = loop.time()
             while self._subscribers and not self._closed:
                 newest, age = await asyncio.to_thread(telemetry.newest, conn)
                 # Where nothing is scheduled the open page is the collector, as
@@ -195,6 +234,9 @@ class Hub:
                         newest, _ = await asyncio.to_thread(telemetry.newest, conn)
                     seen = newest
                 await self._push_tick(conn)
+                if loop.time() - webhooks_read_at >= WEBHOOK_POLL_S:
+                    webhooks_read_at = loop.time()
+                    await self._push_webhooks(conn)
                 await asyncio.sleep(POLL_S)
         finally:
             await asyncio.to_thread(stack.close)
@@ -214,6 +256,19 @@ class Hub:
         self._seq += 1
         chunk = sse("tick", state, self._seq)
         self._latest_tick = chunk
+        for sub in self._subscribers:
+            sub.offer(chunk)
+
+    async def _push_webhooks(self, conn: psycopg.Connection) -> None:
+        """The governors, when they differ from what the pages last received."""
+        found = webhook_payload(await asyncio.to_thread(telemetry.webhook_governors, conn))
+        key = _webhook_key(found)
+        if key == self._webhook_seen:
+            return
+        self._webhook_seen = key
+        self._seq += 1
+        chunk = sse("webhook", found, self._seq)
+        self._latest_webhook = chunk
         for sub in self._subscribers:
             sub.offer(chunk)
 

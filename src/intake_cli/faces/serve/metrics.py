@@ -1,9 +1,9 @@
 """`GET /metrics`: Prometheus / OpenMetrics exposition of what `intake watch` shows.
 
-A collector built per scrape from the newest engine_metrics rows and the
-worker registry (read exactly as `watch` reads them: no COUNT on a live
-table), plus the ticks this process ran. Open on loopback; off loopback it
-needs the admin token (see auth.py).
+A collector built per scrape from the newest engine_metrics rows, the
+worker registry and the webhook governors (read exactly as `watch` reads
+them: no COUNT on a live table), plus the ticks this process ran. Open on
+loopback; off loopback it needs the admin token (see auth.py).
 """
 
 from __future__ import annotations
@@ -50,6 +50,39 @@ ENGINE_GAUGES = {
     "dlq_depth": ("intake_dlq_depth", "Messages in the dead-letter queue."),
     "oldest_msg_age_s": ("intake_queue_oldest_seconds", "Age of the oldest queued intent."),
 }
+# The webhook governor's figures (read live, not collected), one sample per pool.
+# Pools that share a webhook URL share its governor, and so its figures.
+WEBHOOK_GAUGES = {
+    "governed_rate": (
+        "intake_webhook_governed_rate",
+        "Webhook calls per second the governor allows now (absent: no limit; "
+        "0 while the breaker is open).",
+    ),
+    "learned_rate": (
+        "intake_webhook_learned_rate",
+        "Webhook calls per second learned from the provider's 429s (absent until the first).",
+    ),
+    "retry_after_s": (
+        "intake_webhook_retry_after_seconds",
+        "Seconds a Retry-After still holds every webhook call back (0: none).",
+    ),
+    "breaker_open": (
+        "intake_webhook_breaker_open",
+        "1 while the webhook's circuit breaker is open (one probe call every few seconds).",
+    ),
+    "throttled_share": (
+        "intake_webhook_throttled_share",
+        "Webhook calls answered 429 over all calls in the last full second (absent: no calls).",
+    ),
+}
+# Reset when a DB1 crash or promotion empties the (UNLOGGED) governors.
+WEBHOOK_COUNTERS = {
+    "calls_total": ("intake_webhook_calls", "Webhook calls the fleet reported to the governor."),
+    "throttled_total": (
+        "intake_webhook_throttled",
+        "Webhook calls the provider refused for now (429, or 503 with Retry-After).",
+    ),
+}
 WORKER_OUTCOMES = ("committed", "rejected", "retried", "dead_lettered")
 TICK_OUTCOMES = ("committed", "rejected", "retried", "dead", "refused", "handed_back", "read")
 
@@ -94,6 +127,26 @@ def tick_families(state: dict[str, Any]) -> list[Metric]:
     return out
 
 
+def webhook_families(pools: list[dict[str, Any]]) -> list[Metric]:
+    """The governors' gauges and counters; a figure that does not exist (no limit,
+    nothing learned, no calls) is left out rather than drawn as a number."""
+    governed = [(pool["pool_id"], pool["webhook"]) for pool in pools if pool.get("webhook")]
+    out: list[Metric] = []
+    for key, (name, doc) in WEBHOOK_GAUGES.items():
+        gauge = GaugeMetricFamily(name, doc, labels=["pool"])
+        for pool_id, webhook in governed:
+            value = webhook["breaker"] == "open" if key == "breaker_open" else webhook[key]
+            if value is not None:
+                gauge.add_metric([pool_id], float(value))
+        out.append(gauge)
+    for key, (name, doc) in WEBHOOK_COUNTERS.items():
+        counter = CounterMetricFamily(name, doc, labels=["pool"])
+        for pool_id, webhook in governed:
+            counter.add_metric([pool_id], float(webhook[key]))
+        out.append(counter)
+    return out
+
+
 def families(snap: dict[str, Any], ticks: dict[str, int]) -> list[Metric]:
     out: list[Metric] = []
     for column, (name, doc) in POOL_GAUGES.items():
@@ -103,6 +156,7 @@ def families(snap: dict[str, Any], ticks: dict[str, int]) -> list[Metric]:
             if value is not None:
                 gauge.add_metric([pool["pool_id"]], float(value))
         out.append(gauge)
+    out += webhook_families(snap["pools"])
     for key, (name, doc) in ENGINE_GAUGES.items():
         if snap[key] is not None:
             out.append(GaugeMetricFamily(name, doc, value=float(snap[key])))

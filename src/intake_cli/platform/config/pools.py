@@ -30,6 +30,7 @@ INTEGER_BOUNDS = {
     "visibility_timeout": (1, 43_200),
     "max_retries": (0, 1000),
     "commit_rate_per_sec": (0, 1_000_000),
+    "webhook_rate_per_sec": (0, 1_000_000),
 }
 SECONDS_BOUNDS = {"retry_base_seconds": 3600.0, "retry_max_seconds": 86400.0}
 
@@ -54,6 +55,7 @@ _POOL_KEYS = {
     "visibility_timeout",
     "max_retries",
     "commit_rate_per_sec",
+    "webhook_rate_per_sec",
     "retry_base_seconds",
     "retry_max_seconds",
     "webhook_secret",

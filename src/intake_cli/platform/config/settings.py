@@ -66,6 +66,9 @@ class PoolSettings:
     visibility_timeout: int = 45
     max_retries: int = 10
     commit_rate_per_sec: int = 0
+    # A fleet-wide ceiling on calls to the payment provider (0: only what the
+    # provider's own 429s and Retry-After ask for).
+    webhook_rate_per_sec: int = 0
     retry_base_seconds: float = 1.0
     retry_max_seconds: float = 60.0
     webhook_secret: str | None = field(default=None, repr=False)

@@ -1,6 +1,6 @@
 // The intake dashboard. Everything it shows comes from `/api/events` (a
 // snapshot per engine_metrics row, the JSON `intake watch --once --json`
-// prints) and the admin API. Text from the database is only ever set with
+// prints, and the webhook governors whenever they change) and the admin API. Text from the database is only ever set with
 // textContent / createTextNode: a pool id or a webhook's error reason is
 // data, never markup.
 (function () {
@@ -195,6 +195,13 @@
     if (name === "snapshot") {
       $("problem").hidden = true;
       render(message);
+    } else if (name === "webhook") {
+      // Newer than the last snapshot's governors: a pause or a breaker lasts seconds.
+      const receivedAt = Date.now();
+      for (const [poolId, webhook] of Object.entries(message.pools || {})) {
+        webhooks.set(poolId, { webhook, receivedAt });
+      }
+      drawWebhooks();
     } else if (name === "tick") {
       tickState = { state: message, receivedAt: Date.now() };
       drawTick();
@@ -269,6 +276,7 @@
   }
 
   const poolRows = new Map(); // pool id → { row, cells, button }
+  const webhooks = new Map(); // pool id → { webhook, receivedAt }: its governor, as last received
 
   function renderPools(pools) {
     const body = $("pools").tBodies[0];
@@ -297,11 +305,59 @@
         entry.button.textContent = pool.paused ? "Resume" : "Pause";
       }
       entry.row.dataset.index = String(index);
+      if (pool.webhook) webhooks.set(pool.pool_id, { webhook: pool.webhook, receivedAt: latest.receivedAt });
     });
     for (const [poolId, entry] of poolRows) {
       if (!present.has(poolId)) {
         entry.row.remove();
         poolRows.delete(poolId);
+      }
+    }
+    drawWebhooks();
+  }
+
+  function rate(value) {
+    if (value === null || value === undefined) return "no limit";
+    return (value > 0 && value < 10 ? value.toFixed(1) : count(Math.round(value))) + " /s";
+  }
+
+  // The countdowns run on in the browser between events, from when each arrived.
+  function drawWebhooks() {
+    for (const [poolId, entry] of poolRows) {
+      const found = webhooks.get(poolId);
+      const cells = entry.cells;
+      if (!found) {
+        entry.row.dataset.breaker = "";
+        for (const field of ["governed_rate", "throttled_share", "retry_after_s", "breaker"]) {
+          cells[field].dataset.value = "";
+          cells[field].textContent = "—";
+        }
+        continue;
+      }
+      const { webhook, receivedAt } = found;
+      const elapsed = (Date.now() - receivedAt) / 1000;
+      cells.governed_rate.dataset.value = webhook.governed_rate === null ? "" : String(webhook.governed_rate);
+      cells.governed_rate.textContent = rate(webhook.governed_rate);
+      const limits = [];
+      if (webhook.configured_rate > 0) limits.push("configured " + count(webhook.configured_rate) + " /s");
+      if (webhook.learned_rate !== null) limits.push("learned from 429s " + rate(webhook.learned_rate));
+      cells.governed_rate.title = limits.join("; ");
+      cells.throttled_share.dataset.value = webhook.throttled_share === null ? "" : String(webhook.throttled_share);
+      cells.throttled_share.textContent = percent(webhook.throttled_share);
+      cells.throttled_share.title = count(webhook.throttled_total) + " of " + count(webhook.calls_total) + " calls refused for now";
+      const left = webhook.retry_after_until === null ? 0 : Math.max(0, webhook.retry_after_s - elapsed);
+      cells.retry_after_s.dataset.value = left > 0 ? left.toFixed(1) : "";
+      cells.retry_after_s.dataset.paused = String(left > 0);
+      cells.retry_after_s.textContent = left > 0 ? "Retry-After " + duration(Math.ceil(left)) : "—";
+      const open = webhook.breaker === "open";
+      entry.row.dataset.breaker = open ? "open" : "closed";
+      cells.breaker.dataset.value = text(webhook.breaker);
+      cells.breaker.dataset.state = open ? "open" : "closed";
+      if (open && webhook.probe_in_s !== null) {
+        const probe = Math.max(0, webhook.probe_in_s - elapsed);
+        cells.breaker.textContent = "OPEN · probe in " + duration(Math.ceil(probe));
+      } else {
+        cells.breaker.textContent = open ? "OPEN" : text(webhook.breaker);
       }
     }
   }
@@ -319,6 +375,11 @@
       cells[field] = el("td", { className: "num", data: { field } });
       row.appendChild(cells[field]);
     }
+    cells.governed_rate = el("td", { className: "num", data: { field: "governed_rate" } });
+    cells.throttled_share = el("td", { className: "num", data: { field: "throttled_share" } });
+    cells.retry_after_s = el("td", { className: "pause", data: { field: "retry_after_s" } });
+    cells.breaker = el("td", { className: "breaker", data: { field: "breaker" } });
+    row.append(cells.governed_rate, cells.throttled_share, cells.retry_after_s, cells.breaker);
     const button = el("button", { type: "button", className: "pool-action" }, ["Pause"]);
     button.addEventListener("click", () => poolAction(poolId, button));
     row.appendChild(el("td", {}, [button]));
@@ -420,6 +481,7 @@
     tick();
     drawTick();
     renderWorkers();
+    drawWebhooks();
   }, 1000);
 
   // -- charts --------------------------------------------------------------------
