@@ -615,8 +615,10 @@ class Batch:
             pool = self.pools[pool_id]
             try:
                 rpc = await self.ctx.store.resolve_rpc(pool.rpc)
-            except (LedgerUnavailable, PoolTimeout, psycopg.OperationalError):
-                await self._defer(group, DB2_UNAVAILABLE_DELAY_S, "db2_unavailable")
+            except (LedgerUnavailable, PoolTimeout, psycopg.OperationalError) as exc:
+                await self._defer(
+                    group, DB2_UNAVAILABLE_DELAY_S, "db2_unavailable", f"DB2 unavailable: {exc}"
+                )
                 continue
             except LedgerContractError as exc:
                 # Changed live to an RPC DB2 lacks: fail the intents (they
@@ -677,8 +679,10 @@ class Batch:
         started = time.perf_counter()
         try:
             outcomes = await self.ctx.store.commit(rpc, payloads, self.ctx.commit_timeout_s)
-        except (LedgerUnavailable, PoolTimeout, psycopg.OperationalError):
-            await self._defer(chunk, DB2_UNAVAILABLE_DELAY_S, "db2_unavailable")
+        except (LedgerUnavailable, PoolTimeout, psycopg.OperationalError) as exc:
+            await self._defer(
+                chunk, DB2_UNAVAILABLE_DELAY_S, "db2_unavailable", f"DB2 unavailable: {exc}".strip()
+            )
             return
         self.ctx.phases.add("db2_commit", time.perf_counter() - started)
         elapsed_ms = round((time.perf_counter() - started) * 1000, 1)
