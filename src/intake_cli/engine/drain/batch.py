@@ -508,7 +508,8 @@ class Batch:
                     # The provider answers nobody (a probe of the open
                     # breaker included): its outage, not these intents'
                     # failure. They keep their retries.
-                    self.failed = [i for i in self.failed if i not in failed]
+                    outage = {id(i) for i in failed}
+                    self.failed = [i for i in self.failed if id(i) not in outage]
                     await self._defer(failed, OUTAGE_DELAY_S, "webhook_outage", failed[0].error)
 
     async def _ask(self, pool: PoolRuntime, intent: Intent, recorder: _Recorder) -> WebhookResult:
