@@ -9,7 +9,7 @@ PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-if ! .venv/bin/python -c 'import intake_cli, pytest, xdist, matplotlib' 2>/dev/null \
+if ! .venv/bin/python -c 'import intake_cli, pytest, xdist, mypy, matplotlib' 2>/dev/null \
    || [ pyproject.toml -nt .venv/.intake-installed ]; then
   # bench: matplotlib, for the benchmark's chart (optional for users, here
   # so that the benchmark runs as documented).

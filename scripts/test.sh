@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test suite, on a fresh machine: bootstrap, the tests' own prerequisites
-# (pgbouncer, chromium, ...), lint, then pytest.
+# (pgbouncer, chromium, ...), lint, type check (mypy), then pytest.
 #
 #   scripts/test.sh           everything, as CI runs it (.ci/run)
 #   scripts/test.sh --fast    the ring to run on every change: all but the
@@ -23,6 +23,7 @@ fi
 bash scripts/bootstrap.sh
 bash scripts/test-deps.sh
 .venv/bin/ruff check src tests
+.venv/bin/mypy
 
 if [ "$fast" = 1 ]; then
   marks="not slow and "

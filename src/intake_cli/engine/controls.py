@@ -95,8 +95,8 @@ def set_settings(
         if row is None:
             raise UnknownPool(f"pool {pool_id!r} is not provisioned in DB1")
         # The pair as it will be after the change (the row is locked until commit).
-        base = changes.get("retry_base_seconds", row["retry_base_seconds"])
-        ceiling = changes.get("retry_max_seconds", row["retry_max_seconds"])
+        after = row | changes
+        base, ceiling = after["retry_base_seconds"], after["retry_max_seconds"]
         if reason := config.check_retry_pair(float(base), float(ceiling)):
             raise UsageError(f"pool {pool_id}: {reason} (after this change)")
         assignments = sql.SQL(", ").join(

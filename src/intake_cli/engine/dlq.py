@@ -172,7 +172,7 @@ def list_letters(
     conn: psycopg.Connection, dlq: str, limit: int | None = None, after: int | None = None
 ) -> list[DeadLetter]:
     """Dead letters in id order; `after` pages on from the last id of the previous page."""
-    where = sql.SQL("")
+    where: sql.Composable = sql.SQL("")
     if after is not None:
         where = sql.SQL("where msg_id > {}").format(sql.Literal(after))
     query = _select(dlq, where)

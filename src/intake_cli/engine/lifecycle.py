@@ -16,6 +16,7 @@ from psycopg import sql
 
 from intake_cli.engine import pools, queue, recovery, schema, telemetry
 from intake_cli.engine.drain import ledger
+from intake_cli.engine.pools import PoolChange, SeedResult
 from intake_cli.platform import inventory, standby
 from intake_cli.platform.config import PoolSettings, Settings
 from intake_cli.platform.db import Endpoints, connect, endpoints, first_line
@@ -35,8 +36,9 @@ from intake_cli.platform.sqlfiles import queries
 class UpReport:
     endpoints: Endpoints
     schema: schema.SchemaReport
-    pools: list[pools.PoolChange]
-    seeds: list[pools.SeedResult] = field(default_factory=list)
+    # The types by their own names: inside the class, `pools` is the field.
+    pools: list[PoolChange]
+    seeds: list[SeedResult] = field(default_factory=list)
     recovered: dict[str, int] = field(default_factory=dict)
     ledger_installed: bool = False
 

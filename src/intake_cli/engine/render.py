@@ -402,9 +402,9 @@ def _commit(survey: _Survey, wanted: dict[str, bytes], stale: list[str]) -> None
         for fd, temp, _ in temps:
             with contextlib.suppress(OSError):
                 os.unlink(temp, dir_fd=fd)
-        for fd, name in reversed(created):
+        for parent_fd, name in reversed(created):
             with contextlib.suppress(OSError):  # not empty: something stands in it
-                os.rmdir(name, dir_fd=fd)
+                os.rmdir(name, dir_fd=parent_fd)
 
     try:
         if survey.out_fd is None:

@@ -35,7 +35,7 @@ def _environment() -> jinja2.Environment:
     )
 
 
-def render(template: str, **context: str) -> str:
+def render(template: str, **context: object) -> str:
     """Render a template under sql/templates/ (plain .sql files render as they are)."""
     return _environment().get_template(template).render(**context)
 

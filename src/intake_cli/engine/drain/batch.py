@@ -321,7 +321,8 @@ class Batch:
 
     def _sort(self) -> tuple[list[Intent], list[Intent]]:
         """Each intent to its path: (to ask the webhook, to commit); the rest aside."""
-        to_validate, to_commit = [], []
+        to_validate: list[Intent] = []
+        to_commit: list[Intent] = []
         for intent in self.intents:
             pool = self.pools.get(intent.pool_id)
             if pool is None:

@@ -252,7 +252,7 @@ def _found(conn: psycopg.Connection, name: str) -> bool:
     return bool(rows and rows[0][0])
 
 
-def _lookup_sql(name: str) -> sql.Composable:
+def _lookup_sql(name: str) -> sql.Composed:
     """A catalog lookup, led by its statement timeout (see _commit_sql for the form)."""
     return sql.SQL("{}; {}").format(_timeout_sql(round(LOOKUP_TIMEOUT_S * 1000)), sql.SQL(_q(name)))
 
@@ -334,7 +334,7 @@ def _judge(rpc: RpcName, rows: Iterable[tuple[Any, ...]]) -> RpcName:
             f"{PROOF_SHAPE}. DB2 has: {have}"
         )
     # jsonb first: it is what the payloads are sent as, so no cast is needed.
-    best = min(callable_, key=lambda o: _ARG_TYPES.index(o.first_arg_type))  # type: ignore[arg-type]
+    best = min(callable_, key=lambda o: _ARG_TYPES.index(o.first_arg_type))
     if best.outdated_example:
         raise LedgerContractError(
             f"DB2's {best.signature} is intake's example ledger from before its answer "
@@ -429,7 +429,7 @@ def _connection_lost(conn: psycopg.AsyncConnection) -> bool:
     return conn.closed or conn.broken
 
 
-def _commit_sql(name: str, rpc: RpcName, timeout_ms: int | None) -> sql.Composable:
+def _commit_sql(name: str, rpc: RpcName, timeout_ms: int | None) -> sql.Composed:
     """The commit statement, led by its statement timeout when there is one.
 
     `SET LOCAL` in the same query string as the call: the string runs as one
@@ -445,12 +445,12 @@ def _commit_sql(name: str, rpc: RpcName, timeout_ms: int | None) -> sql.Composab
     return sql.SQL("{}; {}").format(_timeout_sql(timeout_ms), call)
 
 
-def _timeout_sql(timeout_ms: int) -> sql.Composable:
+def _timeout_sql(timeout_ms: int) -> sql.Composed:
     return sql.SQL("set local statement_timeout = {}").format(sql.Literal(timeout_ms))
 
 
 async def _fetch(
-    conn: psycopg.AsyncConnection, query: sql.Composable, params: dict[str, Any]
+    conn: psycopg.AsyncConnection, query: sql.Composed, params: dict[str, Any]
 ) -> list[tuple[Any, ...]]:
     # Bound on the client and sent as one simple query: several statements
     # in one round trip, and never a prepared statement (a transaction-mode
@@ -531,7 +531,9 @@ def _outcome(payload: dict[str, Any], raw: bytes | None, encoding: str) -> Commi
     if unreadable:
         # Proves nothing: the intent is retried, then dead-lettered, as for
         # any answer without the proof; the other payloads are not touched.
-        problem = f"the answer does not prove the commit: it cannot be read ({unreadable})"
+        problem: str | None = (
+            f"the answer does not prove the commit: it cannot be read ({unreadable})"
+        )
         return CommitOutcome(False, problem, None)
     problem = _proof(payload, answer)
     return CommitOutcome(problem is None, problem, answer)

@@ -272,8 +272,11 @@ class Worker:
             delay = backoff(state)
             if limit is None:
                 return delay
+            # Set: tenacity asks for a wait only once an attempt has its outcome.
+            waited = state.seconds_since_start
+            assert waited is not None
             # The last try comes at the limit, not a backoff past it.
-            return min(delay, max(0.0, limit - state.seconds_since_start))
+            return min(delay, max(0.0, limit - waited))
 
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(DatabaseUnreachable),
@@ -294,13 +297,14 @@ class Worker:
     def _log_waiting(self, state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
         label = error.label if isinstance(error, DatabaseUnreachable) else "db"
+        waited = state.seconds_since_start
         event(
             self.log,
             logging.WARNING,
             f"waiting_for_{label.lower()}",
             error=str(error),
             retry_in_s=round(state.next_action.sleep, 1) if state.next_action else None,
-            waited_s=round(state.seconds_since_start, 1),
+            waited_s=round(waited, 1) if waited is not None else None,
         )
 
     async def _check_databases(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import typer
 
@@ -72,7 +73,7 @@ def burst(
     buyers = [f"buyer-{run}-{n}" for n in range(users)]
     report = asyncio.run(claims.burst(db1, pool_id, buyers, concurrency))
     outcomes = report.outcomes
-    data = {
+    data: dict[str, Any] = {
         "pool_id": pool_id,
         "users": users,
         "concurrency": concurrency,

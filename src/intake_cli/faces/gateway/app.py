@@ -67,7 +67,6 @@ STATUS = {
 # Seconds a buyer is told to wait before asking again.
 RETRY_AFTER = {"paused": "5", "recovering": "2", "not_open": "1", "opening": "1"}
 
-GATEWAY = web.AppKey("gateway", "Gateway")
 # Late arrivals wait this long for an opening under way, then are told to retry.
 OPENING_WAIT_S = 30.0
 
@@ -104,6 +103,9 @@ class Gateway:
     def __post_init__(self) -> None:
         self.per_ip = TokenBuckets(self.settings.per_ip_rate, self.settings.per_ip_burst)
         self.per_buyer = TokenBuckets(self.settings.per_buyer_rate, self.settings.per_buyer_burst)
+
+
+GATEWAY = web.AppKey("gateway", Gateway)
 
 
 def _json(data: dict[str, Any], status: int = 200, **headers: str) -> web.Response:
@@ -401,7 +403,7 @@ async def _follow_db1_openings(gateway: Gateway, pool: AsyncConnectionPool) -> N
         cur = await conn.execute(
             queries("gateway")["opens_at"], {"pool_ids": sorted(gateway.pools)}
         )
-        in_db1 = dict(await cur.fetchall())
+        in_db1: dict[str, datetime | None] = dict(await cur.fetchall())
     openings = gateway.openings if gateway.openings is not None else {}
     for pool_id, opens_at in in_db1.items():
         found = openings.get(pool_id)

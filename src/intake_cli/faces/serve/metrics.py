@@ -99,7 +99,7 @@ class Frozen(Collector):
 
 def tick_families(state: dict[str, Any]) -> list[Metric]:
     """Whether the drain's HTTP ticks still arrive (pg_net never says when they do not)."""
-    out = [
+    out: list[Metric] = [
         GaugeMetricFamily(
             "intake_drain_tick_expected",
             "1 when ticks are expected (DB1 schedules the tick job, a tick arrived, or told so).",

@@ -40,17 +40,17 @@ def _gateway(problems: _Problems, raw: Any) -> GatewaySettings:
     for key, (low, high) in _GATEWAY_INTEGERS.items():
         if key in data:
             values[key] = _integer(problems, f"gateway.{key}", data[key], low, high)
-    for key, high in _GATEWAY_NUMBERS.items():
+    for key, ceiling in _GATEWAY_NUMBERS.items():
         if key in data:
             number = data[key]
             if (
                 isinstance(number, bool)
                 or not isinstance(number, int | float)
-                or not (0 < number <= high)
+                or not (0 < number <= ceiling)
             ):
                 problems.add(
                     f"gateway.{key}",
-                    f"expected a number above 0 and at most {high:g}, got {_show(number)}",
+                    f"expected a number above 0 and at most {ceiling:g}, got {_show(number)}",
                 )
                 values[key] = None
             else:

@@ -119,7 +119,7 @@ def _pool(problems: _Problems, path: str, raw: Any, base: Path) -> PoolSettings 
     if "inventory" in raw:
         declared = _integer(problems, f"{path}.inventory", raw["inventory"], 1, MAX_INVENTORY)
         values["inventory"] = declared
-        if declared is not None and listed is not None and declared != listed:
+        if declared is not None and listed is not None and file is not None and declared != listed:
             problems.add(
                 f"{path}.inventory",
                 f"{declared:,} does not match {file}, which lists {listed:,} ids"
@@ -151,9 +151,9 @@ def _pool(problems: _Problems, path: str, raw: Any, base: Path) -> PoolSettings 
     for key, (low, high) in INTEGER_BOUNDS.items():
         if key in raw:
             values[key] = _integer(problems, f"{path}.{key}", raw[key], low, high)
-    for key, high in SECONDS_BOUNDS.items():
+    for key, ceiling in SECONDS_BOUNDS.items():
         if key in raw:
-            values[key] = _seconds(problems, f"{path}.{key}", raw[key], high)
+            values[key] = _seconds(problems, f"{path}.{key}", raw[key], ceiling)
     if raw.get("opens_at") is not None:
         values["opens_at"] = _instant(problems, f"{path}.opens_at", raw["opens_at"])
     if "admit_per_second" in raw:

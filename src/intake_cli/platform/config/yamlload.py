@@ -49,7 +49,7 @@ class _Loader(yaml.SafeLoader):
         # its anchor's whole size again, counted without building anything.
         self._sizes: dict[int, int] = {}
 
-    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
         mark = self.peek_event().start_mark
         alias = self.check_event(yaml.AliasEvent)
         self._depth += 1
@@ -77,7 +77,7 @@ class _Loader(yaml.SafeLoader):
         self._sizes[id(node)] = size
         return node
 
-    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         if isinstance(node, yaml.MappingNode):
             first: dict[Any, yaml.Mark] = {}
             for key_node, _ in node.value:
@@ -152,6 +152,7 @@ def _document(text: str, path: Path) -> Any:
         return loader.get_single_data()
     except _Refused as exc:
         mark = exc.problem_mark
+        assert mark is not None  # _Refused is always raised with its mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: "
         raise ConfigError(f"{where}{exc.problem}", str(path)) from None
     except yaml.reader.ReaderError as exc:

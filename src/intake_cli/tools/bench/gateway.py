@@ -707,19 +707,24 @@ def measure(plan: Plan, workdir: Path) -> dict[str, Any]:
             with running_gateway(
                 workdir, db1.cluster.dsn, secret, workers, max_batch, max_wait_ms, plan.buyers
             ) as gateway:
-                run = herd(db1, gateway, files["herd"], plan, threads)
-            run.update(workers=workers, max_batch=max_batch, max_wait_ms=max_wait_ms)
-            run["vs_single_claim"] = round(run["claims_per_s"] / single, 3) if single else None
+                herd_run = herd(db1, gateway, files["herd"], plan, threads)
+            herd_run.update(workers=workers, max_batch=max_batch, max_wait_ms=max_wait_ms)
+            herd_run["vs_single_claim"] = (
+                round(herd_run["claims_per_s"] / single, 3) if single else None
+            )
             # Claims per CPU-second against the single claim's: what the rate
             # ratio tends to where the cores, all busy, are the limit.
-            mine, theirs = run["cpu_us_per_claim"], best_single["cpu_us_per_claim"]
-            run["vs_single_claim_per_cpu"] = round(theirs / mine, 3) if mine and theirs else None
-            say(
-                f"    {run['claims_per_s']:,.0f} claims/s ({run['vs_single_claim']}x single), "
-                f"p99 {run['p99_ms']} ms, avg batch {run['avg_batch']}"
-                + (" (buyers reused: raise --buyers)" if run["buyers_reused"] else "")
+            mine, theirs = herd_run["cpu_us_per_claim"], best_single["cpu_us_per_claim"]
+            herd_run["vs_single_claim_per_cpu"] = (
+                round(theirs / mine, 3) if mine and theirs else None
             )
-            document["herd"].append(run)
+            say(
+                f"    {herd_run['claims_per_s']:,.0f} claims/s "
+                f"({herd_run['vs_single_claim']}x single), "
+                f"p99 {herd_run['p99_ms']} ms, avg batch {herd_run['avg_batch']}"
+                + (" (buyers reused: raise --buyers)" if herd_run["buyers_reused"] else "")
+            )
+            document["herd"].append(herd_run)
         if plan.lookups:
             step += 1
             best = max(document["herd"], key=lambda r: r["claims_per_s"])

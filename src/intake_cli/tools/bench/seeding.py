@@ -37,7 +37,7 @@ class SeedRun:
     seconds: float
     # Units/s within each committed chunk of pools.SEED_CHUNK units: a seed
     # that slows as the inventory grows shows it here.
-    chunks_per_s: list[float]
+    chunks_per_s: list[int]
     floor_seconds: float
 
     @property
