@@ -24,6 +24,7 @@ def test_up_twice_changes_nothing(workdir, empty_db_dsn, db2_dsn):
         "0007_logged_unit_sequences",
         "0008_opening_in_db1",
         "0009_webhook_governor",
+        "0010_governor_pause_and_ramp",
     ]
     assert [s["added"] for s in report["seeded"]] == [500, 20]
     before = snapshot(empty_db_dsn)
@@ -59,8 +60,9 @@ def test_up_upgrades_a_db1_left_at_an_older_schema_version(workdir, empty_db_dsn
         "0007_logged_unit_sequences",
         "0008_opening_in_db1",
         "0009_webhook_governor",
+        "0010_governor_pause_and_ramp",
     ]
-    assert report["schema_version"] == schema.latest_version() == 9
+    assert report["schema_version"] == schema.latest_version() == 10
 
 
 def test_up_applies_an_edited_config_and_grows_inventory(workdir, empty_db_dsn, db2_dsn):

@@ -1,14 +1,26 @@
--- The webhook governor (0009): the fleet's calls to a payment provider, metered
+-- The webhook governor (0009, 0010): the fleet's calls to a payment provider, metered
 -- in DB1 so that every worker obeys the same limits. Workers take calls
 -- before making them (take_webhook_calls) and report what the provider
 -- answered (report_webhook_calls); both lock the webhook's one row.
 --
 -- Policy, in one place:
 --   * a Retry-After pauses every call until then;
---   * the first 429s teach a rate: 95 % of what the provider accepted over
---     the last second, held for 5 s, then rising 3 % a second until the
---     next 429 (at most one decrease a second; none from a second a pause
---     cut short);
+--   * the first 429 starts a ramp: from half a first guess (20 calls a
+--     second at least), doubling each second, until the next 429;
+--   * every later 429 (at most one a second) teaches a rate: 95 % of what
+--     the provider accepted a second over the last one to two seconds,
+--     less any pause in them, and never below half the rate refused nor
+--     above 95 % of it. When under a second of calls is left outside a
+--     pause, or the windows read the very rate refused (a fixed-window
+--     provider lets a burst through at twice its rate across a window's
+--     edge), the rate goes down 15 % from a ramp, 5 % from a learned rate;
+--   * a learned rate holds (30 s when the provider sends Retry-After: each
+--     of its 429s pauses the fleet; 3 s when it does not: a 429 costs one
+--     call), then rises as a cube (+4 % 5 s later, +30 % after 10 s,
+--     doubled after 15 s): a plateau just under the limit, and a quick
+--     climb when the limit itself has risen;
+--   * the bucket holds a fiftieth of a second of calls, so that no
+--     provider's one-second window gets more than the rate and a little;
 --   * webhook_rate_per_sec, when set, is a ceiling on top;
 --   * failures (connection errors, timeouts, 5xx) with no answer between
 --     them for 2 s (5 at least), or 200 of them, open the breaker: one probe
@@ -19,9 +31,12 @@
 --     an outage while the provider answers the others.
 
 -- The calls per second in force for one webhook, or null for no limit.
+drop function if exists intake.governed_rate(integer, double precision, timestamptz,
+                                             timestamptz, timestamptz);
 create or replace function intake.governed_rate(
     configured integer, learned_rate double precision, learned_at timestamptz,
-    ramp_started_at timestamptz, at timestamptz)
+    ramp_started_at timestamptz, ramp_from double precision, hold_s double precision,
+    at timestamptz)
 returns double precision
 language sql
 immutable
@@ -29,9 +44,10 @@ set search_path = pg_catalog, pg_temp
 as $rate$
     select nullif(least(
         case when configured > 0 then configured::double precision end,
-        learned_rate * power(1.03, greatest(0, extract(epoch from at - learned_at) - 5)),
+        learned_rate * (1 + power(greatest(0, extract(epoch from at - learned_at) - hold_s) / 15, 3)),
         case when ramp_started_at is not null
-             then 5 * power(2, least(40, extract(epoch from at - ramp_started_at))) end,
+             then ramp_from * power(2, least(40, greatest(0,
+                      extract(epoch from at - ramp_started_at)))) end,
         'infinity'::double precision), 'infinity'::double precision);
 $rate$;
 
@@ -80,14 +96,18 @@ begin
         return;
     end if;
     rate := intake.governed_rate(configured, g.learned_rate, g.learned_at,
-                                 g.ramp_started_at, now_ts);
+                                 g.ramp_started_at, g.ramp_from,
+                                 g.learned_hold_s, now_ts);
     if rate is null then
         return query select wanted, 0::double precision, false;
         return;
     end if;
-    -- A fifth of a second of calls at most, so a fleet's first second stays
-    -- near the rate (as the commit bucket does).
-    available := least(greatest(rate * 0.2, 1),
+    -- A fiftieth of a second of calls at most: a provider that counts its
+    -- calls in fixed one-second windows refuses any window that gets more
+    -- than its limit, and a window can get a second of the bucket's calls
+    -- plus its burst (a fifth of a second of burst took the learned rate
+    -- down to 85 % of the limit).
+    available := least(greatest(rate * 0.02, 1),
                        g.tokens + rate * extract(epoch from now_ts - g.refreshed_at));
     given := least(wanted, floor(available)::integer);
     update intake.webhook_governors w
@@ -128,11 +148,10 @@ declare
     g          intake.webhook_governors;
     now_ts     timestamptz;
     elapsed    double precision;
-    accepted   double precision;
+    span       double precision;
     rate       double precision;
     was        text;
     answered   boolean;
-    paused_lately boolean;
 begin
     select c.validation_webhook_url, c.webhook_rate_per_sec into url, configured
       from intake.engine_config c where c.pool_id = report_webhook_calls.pool_id;
@@ -169,33 +188,67 @@ begin
     g.throttled_total := g.throttled_total + throttled;
 
     if throttled > 0 then
-        -- A pause in the last second leaves its windows short of answers:
-        -- no estimate from them (the pause itself is the slowdown).
-        paused_lately := g.paused_until > now_ts - interval '1 second';
-        if retry_after_s is not null then
-            g.paused_until := greatest(g.paused_until,
-                                       now_ts + make_interval(secs => least(retry_after_s, 3600)));
-        end if;
-        if (g.learned_at is null or now_ts - g.learned_at >= interval '1 second')
-           and not coalesce(paused_lately, false) then
-            -- What the provider accepted over the last second: its limit, as
-            -- near as the fleet can tell.
-            accepted := g.ok_prev * (1 - least(elapsed, 1)) + g.ok_now;
-            if g.learned_rate is null then
+        rate := intake.governed_rate(configured, g.learned_rate, g.learned_at,
+                                     g.ramp_started_at, g.ramp_from,
+                                     g.learned_hold_s, now_ts);
+        if g.learned_at is null or now_ts - g.learned_at >= interval '1 second' then
+            -- The seconds the windows span, less the pause in force in them.
+            -- (least and greatest skip nulls: no pause yet, no overlap.)
+            span := 1 + least(elapsed, 1);
+            if g.paused_at is not null then
+                span := span - greatest(0, extract(epoch from
+                            least(g.paused_until, now_ts)
+                            - greatest(g.paused_at, g.window_start - interval '1 second')));
+            end if;
+            if g.learned_rate is null and g.ramp_started_at is null then
                 -- The first 429: until now no worker reported its answers
                 -- (an unmetered webhook costs no statement), so the windows
-                -- are nearly empty. The reporter's own answer rate, times
-                -- the workers alive, is the fleet's.
-                accepted := greatest(accepted, own_ok_per_s * (
-                    select greatest(1, count(*)) from intake.workers w
-                     where w.stopped_at is null
-                       and w.heartbeat_at > now_ts - interval '15 seconds'));
+                -- are empty unless something else governed the webhook. The
+                -- windows or the reporter's own answer rate, times the
+                -- workers alive, are a first guess, no more (0 when all of
+                -- this worker's calls came after the window filled, twice
+                -- the limit when a burst straddled a window's edge): the
+                -- fleet ramps up from half of it, 20 at least, doubling
+                -- each second, until the next 429, which the windows,
+                -- reported from now on, can read.
+                g.ramp_from := greatest(20, 0.5 * greatest(
+                    (g.ok_prev + g.ok_now) / span,
+                    own_ok_per_s * (
+                        select greatest(1, count(*)) from intake.workers w
+                         where w.stopped_at is null
+                           and w.heartbeat_at > now_ts - interval '15 seconds')));
+                -- From the end of the pause this 429 brings, if any.
+                g.ramp_started_at := now_ts + case when retry_after_s is null then interval '0'
+                    else make_interval(secs => least(retry_after_s, 3600)) end;
+            elsif span >= 1 and (rate is null or g.ok_prev + g.ok_now < rate * span) then
+                -- What the provider accepted a second over the windows' span
+                -- (a second at least: a fixed-window provider lets a burst
+                -- through at twice its rate across a window's edge), never
+                -- below half the rate refused (idle workers leave the
+                -- windows empty).
+                g.learned_rate := greatest(1, 0.95 * (g.ok_prev + g.ok_now) / span,
+                                           0.5 * rate);
+                g.ramp_started_at := null;
+            elsif rate is not null then
+                -- The windows cannot tell: too little of them outside a
+                -- pause, or they read the very rate refused (a window's edge
+                -- after each pause lets a burst through). Down 15 % from a
+                -- ramp, which doubles past the limit; 5 % from a learned
+                -- rate, which rises past it slowly.
+                g.learned_rate := rate * case when g.ramp_started_at is not null
+                                              then 0.85 else 0.95 end;
+                g.ramp_started_at := null;
             end if;
-            rate := intake.governed_rate(configured, g.learned_rate, g.learned_at,
-                                         g.ramp_started_at, now_ts);
-            g.learned_rate := greatest(1, accepted * 0.95);
+            g.learned_hold_s := case when retry_after_s is not null then 30 else 3 end;
             g.learned_at := now_ts;
             g.tokens := least(g.tokens, 0);
+        end if;
+        if retry_after_s is not null then
+            if not coalesce(g.paused_until > now_ts, false) then
+                g.paused_at := now_ts;
+            end if;
+            g.paused_until := greatest(g.paused_until,
+                                       now_ts + make_interval(secs => least(retry_after_s, 3600)));
         end if;
     end if;
 
@@ -212,6 +265,7 @@ begin
         if g.breaker = 'open' then
             g.breaker := 'closed';
             g.ramp_started_at := now_ts;
+            g.ramp_from := 5;
             g.tokens := 0;
         end if;
     elsif failed > 0 then
@@ -232,14 +286,15 @@ begin
 
     update intake.webhook_governors w
        set learned_rate = g.learned_rate, learned_at = g.learned_at,
-           paused_until = g.paused_until, tokens = g.tokens,
+           learned_hold_s = g.learned_hold_s,
+           paused_until = g.paused_until, paused_at = g.paused_at, tokens = g.tokens,
            window_start = g.window_start,
            ok_now = g.ok_now, throttled_now = g.throttled_now, failed_now = g.failed_now,
            ok_prev = g.ok_prev, throttled_prev = g.throttled_prev, failed_prev = g.failed_prev,
            breaker = g.breaker, failures_in_row = g.failures_in_row,
            failing_since = g.failing_since, last_ok_at = g.last_ok_at,
            last_failure_at = g.last_failure_at,
-           opened_at = g.opened_at, probe_at = g.probe_at, ramp_started_at = g.ramp_started_at,
+           opened_at = g.opened_at, probe_at = g.probe_at, ramp_started_at = g.ramp_started_at, ramp_from = g.ramp_from,
            calls_total = g.calls_total, throttled_total = g.throttled_total
      where w.webhook_url = url;
     return query
@@ -262,7 +317,8 @@ as $state$
     select c.pool_id, c.webhook_rate_per_sec,
            case when g.breaker = 'open' then 0
                 else intake.governed_rate(c.webhook_rate_per_sec, g.learned_rate, g.learned_at,
-                                          g.ramp_started_at, clock_timestamp()) end,
+                                          g.ramp_started_at, g.ramp_from,
+                                          g.learned_hold_s, clock_timestamp()) end,
            g.learned_rate,
            case when g.paused_until > clock_timestamp() then g.paused_until end,
            coalesce(g.breaker, 'closed'),
