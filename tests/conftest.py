@@ -17,6 +17,7 @@ import tempfile
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -50,11 +51,56 @@ def _stop_signals_restored() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+# Room a run's clusters need in memory: each test's databases are dropped
+# after it, WAL is kept short (cluster below) and an event's clusters go with
+# its test.
+_SCRATCH_NEEDS = 4 << 30
+
+
+def _scratch() -> str | None:
+    """Where the tests' clusters live: in memory (/dev/shm) where it has room,
+    else the temp dir. Throwaway clusters gain nothing from a disk but its
+    writes (every test's database is 9 MB, every initdb 40). INTAKE_TEST_TMPDIR
+    names another place."""
+    chosen = os.environ.get("INTAKE_TEST_TMPDIR")
+    if chosen:
+        return chosen
+    shm = Path("/dev/shm")
+    try:
+        if (
+            shm.is_dir()
+            and os.access(shm, os.W_OK)
+            and shutil.disk_usage(shm).free > _SCRATCH_NEEDS
+        ):
+            return str(shm)
+    except OSError:
+        pass
+    return None
+
+
+def scratch_env() -> dict[str, str]:
+    """TMPDIR for a subprocess that makes its own clusters (`intake bench`):
+    the same place as the tests' own (_scratch)."""
+    scratch = _scratch()
+    return {"TMPDIR": scratch} if scratch else {}
+
+
+@contextlib.contextmanager
+def scratch_tempdir() -> Iterator[None]:
+    """scratch_env for a benchmark run in this process: tempfile's directory."""
+    saved = tempfile.tempdir
+    tempfile.tempdir = _scratch() or saved
+    try:
+        yield
+    finally:
+        tempfile.tempdir = saved
+
+
 @pytest.fixture(scope="session")
 def workdir() -> Iterator[Path]:
     # Not pytest's tmp_path: under root that lives in a 0700 directory the
     # unprivileged server user cannot enter.
-    path = Path(tempfile.mkdtemp(prefix="intake-tests-"))
+    path = Path(tempfile.mkdtemp(prefix="intake-tests-", dir=_scratch()))
     path.chmod(0o755)
     yield path
     shutil.rmtree(path, ignore_errors=True)
@@ -73,6 +119,9 @@ def cluster(workdir: Path) -> Iterator[Cluster]:
         # the shutdown checkpoint over hundreds of databases write, not wait.
         with psycopg.connect(_dsn(server, "postgres"), autocommit=True) as conn:
             conn.execute("alter system set fsync = off")
+            # In memory (workdir): WAL recycled by a checkpoint every 256 MB
+            # rather than 1 GB.
+            conn.execute("alter system set max_wal_size = '256MB'")
             conn.execute("select pg_reload_conf()")
     yield started["db1"]
     clusters.stop()
@@ -99,21 +148,43 @@ def new_database(cluster: Cluster, template: str = "template0") -> str:
     return _dsn(cluster, name)
 
 
+def drop_database(cluster: Cluster, dsn: str) -> None:
+    """Drop a database new_database made, whoever is still connected to it.
+
+    A worker's cluster would otherwise hold every test's databases (9 MB each
+    for DB1) until the session ends: gigabytes written to disk, and seconds
+    to remove them at the end of the run.
+    """
+    name = psycopg.conninfo.conninfo_to_dict(dsn)["dbname"]
+    # A test that crashed or stopped the cluster leaves nothing to drop.
+    with (
+        contextlib.suppress(psycopg.Error),
+        psycopg.connect(_dsn(cluster, "postgres"), autocommit=True, connect_timeout=5) as conn,
+    ):
+        conn.execute(f"drop database if exists {name} with (force)")
+
+
 @pytest.fixture
-def db1_dsn(cluster: Cluster, template_db: str) -> str:
+def db1_dsn(cluster: Cluster, template_db: str) -> Iterator[str]:
     """A fresh DB1 with the intake schema and pgmq, no pools yet."""
-    return new_database(cluster, template_db)
+    dsn = new_database(cluster, template_db)
+    yield dsn
+    drop_database(cluster, dsn)
 
 
 @pytest.fixture
-def empty_db_dsn(cluster: Cluster) -> str:
+def empty_db_dsn(cluster: Cluster) -> Iterator[str]:
     """A fresh, empty database (pgmq not installed)."""
-    return new_database(cluster)
+    dsn = new_database(cluster)
+    yield dsn
+    drop_database(cluster, dsn)
 
 
 @pytest.fixture
-def db2_dsn(db2_cluster: Cluster) -> str:
-    return new_database(db2_cluster)
+def db2_dsn(db2_cluster: Cluster) -> Iterator[str]:
+    dsn = new_database(db2_cluster)
+    yield dsn
+    drop_database(db2_cluster, dsn)
 
 
 def pool_spec(pool_id: str = "p1", inventory: int = 100, **extra: object) -> dict:
@@ -170,6 +241,23 @@ def _environment(env: dict[str, str]) -> Iterator[None]:
                 os.environ[name] = value
 
 
+@contextlib.contextmanager
+def _console_sizes_from_environment(*consoles: Any) -> Iterator[None]:
+    """Rich reads COLUMNS and LINES when a console is made, and intake makes its
+    consoles at import: size them as a process started now, in this
+    environment, would (xdist's workers run with COLUMNS=80 and LINES=24)."""
+    saved = [(console._width, console._height) for console in consoles]
+    columns, lines = os.environ.get("COLUMNS", ""), os.environ.get("LINES", "")
+    for console in consoles:
+        console._width = int(columns) if columns.isdigit() else None
+        console._height = int(lines) if lines.isdigit() else None
+    try:
+        yield
+    finally:
+        for console, (width, height) in zip(consoles, saved, strict=True):
+            console._width, console._height = width, height
+
+
 def intake(
     *args: str, config: Path | None = None, check: bool = False, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
@@ -182,6 +270,8 @@ def intake(
     """
     # Imported here: a unit test run alone should not pay for the whole CLI.
     from intake_cli.faces.cli import app
+    from intake_cli.faces.cli.root import err as err_console
+    from intake_cli.faces.cli.root import out as out_console
     from intake_cli.faces.cli.root import reporting_errors
 
     argv = [*(["-c", str(config)] if config else []), *args]
@@ -194,6 +284,7 @@ def intake(
     try:
         with (
             _environment(env or {}),
+            _console_sizes_from_environment(out_console, err_console),
             contextlib.chdir(ROOT),
             contextlib.redirect_stdout(out),
             contextlib.redirect_stderr(err),

@@ -93,16 +93,18 @@ def running_gateway(
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log.seek(0)
-                raise AssertionError(f"gateway did not start: {log.read()}")
-            time.sleep(0.1)
+        # One client for the polls: httpx.get builds one, TLS context and all, per call.
+        with httpx.Client(timeout=1) as poll:
+            while True:
+                try:
+                    if poll.get(f"{url}/healthz").status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    raise AssertionError(f"gateway did not start: {log.read()}")
+                time.sleep(0.1)
         yield Gateway(url, config, db1, db2, "drop", proc)
     finally:
         proc.terminate()

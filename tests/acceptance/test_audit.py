@@ -17,14 +17,14 @@ import yaml
 
 from intake_cli.tools.webhook_process import WebhookServer
 from tests.acceptance.drain_support import Event, drain_all, make_event
-from tests.conftest import run_intake, snapshot
+from tests.conftest import intake, snapshot
 
 HOSTILE = "\x1b]0;owned\x07[red]x[/]\u202eevil"
 RAW = ("\x1b", "\x07", "\u202e")
 
 
 def _audit(event: Event, *args: str, expect: int, config=None) -> str:
-    proc = run_intake("audit", *args, config=config or event.config, env={"COLUMNS": "1000"})
+    proc = intake("audit", *args, config=config or event.config, env={"COLUMNS": "1000"})
     shown = proc.stdout + proc.stderr
     assert proc.returncode == expect, f"audit {args} exited {proc.returncode}: {shown[-3000:]}"
     assert not [c for c in RAW if c in shown], repr(shown[-3000:])
@@ -197,7 +197,7 @@ def test_a_configured_sold_query_a_view_or_a_function(workdir, db1_dsn, db2_dsn)
         ("shop.no_pool", "must return idempotency_key, resource_id and pool_id"),
         ("shop.nothing_here", "DB2 has no view, table or function shop.nothing_here"),
     ):
-        proc = run_intake("audit", config=_with_db2(event, sold_query=name))
+        proc = intake("audit", config=_with_db2(event, sold_query=name))
         assert proc.returncode == 2, proc.stderr
         assert expected in proc.stderr and "Traceback" not in proc.stderr
 
@@ -207,13 +207,13 @@ def test_without_a_sold_query_only_the_example_ledger_is_read(workdir, db1_dsn, 
     assert _report(event, expect=0)["sold_query"] == "public.tickets"
     # A pool committing through another RPC sells into tables intake cannot guess.
     event.set(commit_rpc_name="shop.commit")
-    proc = run_intake("audit", config=event.config)
+    proc = intake("audit", config=event.config)
     assert proc.returncode == 2
     assert "drop (shop.commit)" in proc.stderr and "set db2.sold_query" in proc.stderr
     # A DB2 without the example ledger.
     _db(db2_dsn, "drop table public.tickets")
     event.set(commit_rpc_name="public.finalize_transaction")
-    proc = run_intake("audit", config=event.config)
+    proc = intake("audit", config=event.config)
     assert proc.returncode == 2 and "is not intake's example ledger" in proc.stderr
 
 
@@ -230,11 +230,11 @@ def test_bad_input_and_unreachable_databases(workdir, db1_dsn, db2_dsn):
         42,
         ["public.tickets"],
     ):
-        proc = run_intake("audit", config=_with_db2(event, sold_query=value))
+        proc = intake("audit", config=_with_db2(event, sold_query=value))
         assert proc.returncode == 2, (value, proc.stderr)
         assert "db2.sold_query" in proc.stderr and "Traceback" not in proc.stderr
     for pool, expected in (("nope", "not provisioned"), ("BAD id", "pool id")):
-        proc = run_intake("audit", "--pool", pool, config=event.config)
+        proc = intake("audit", "--pool", pool, config=event.config)
         assert proc.returncode == 2 and expected in proc.stderr, proc.stderr
 
     # A database that cannot be reached: exit 3, one line naming it.
@@ -244,9 +244,9 @@ def test_bad_input_and_unreachable_databases(workdir, db1_dsn, db2_dsn):
         data[database]["dsn"] = closed
         path = event.config.with_name(f"{event.config.stem}-{database}-closed.yaml")
         path.write_text(yaml.safe_dump(data, sort_keys=False))
-        proc = run_intake("audit", config=path)
+        proc = intake("audit", config=path)
         assert proc.returncode == 3, proc.stderr
         assert f"cannot connect to {label}" in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
     assert snapshot(db1_dsn) == before
-    assert run_intake("audit", config=event.config).returncode == 0
+    assert intake("audit", config=event.config).returncode == 0

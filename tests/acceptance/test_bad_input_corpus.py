@@ -7,6 +7,10 @@
   --json` on a real event.
 - Bad configuration and bad live settings leave DB1, DB2 and the files as they
   were (compared before and after).
+
+Only the first runs each case in a Python of its own; the others call the
+CLI's entry point in this process (tests.conftest.intake): exit code, stdout
+and stderr as a subprocess shows them, without an interpreter's start-up each.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import yaml
 from intake_cli.engine import claims
 from intake_cli.tools.webhook_process import WebhookServer
 from tests.acceptance.drain_support import Event, make_event
-from tests.conftest import INTAKE, ROOT, new_database, run_intake, snapshot
+from tests.conftest import INTAKE, ROOT, intake, new_database, snapshot
 from tests.corpus import cases
 from tests.corpus.harness import ScriptedWebhook, arguments, config_path, flat, tree
 
@@ -136,9 +140,7 @@ def _claim_one(event: Event, user: str) -> str:
 
 
 def _drain_once(event: Event, *args: str) -> tuple[subprocess.CompletedProcess[str], dict]:
-    proc = run_intake(
-        "drain", "--once", "--json", "--log-level", "info", *args, config=event.config
-    )
+    proc = intake("drain", "--once", "--json", "--log-level", "info", *args, config=event.config)
     assert "Traceback" not in proc.stderr
     stats = json.loads(proc.stdout) if proc.returncode == 0 else {}
     return proc, stats
@@ -292,7 +294,7 @@ def test_bad_configuration_changes_nothing(event: Event, name: str):
     bad.write_bytes(_variant(event, name))
     try:
         before = _everything(event)
-        proc = run_intake("up", config=bad, env={"CORPUS_SECRET": "whsec_not base64!"})
+        proc = intake("up", config=bad, env={"CORPUS_SECRET": "whsec_not base64!"})
         assert proc.returncode == 2, proc.stderr
         assert "Traceback" not in proc.stderr and "hunter2" not in proc.stderr
         assert "aHVudGVyMg" not in proc.stderr and bad.name in proc.stderr
@@ -312,7 +314,7 @@ def test_bad_configuration_changes_nothing(event: Event, name: str):
 )
 def test_bad_live_setting_changes_nothing(event: Event, assignment: str, fragment: str):
     before = _everything(event)
-    proc = run_intake("config", "set", event.pool_id, assignment, config=event.config)
+    proc = intake("config", "set", event.pool_id, assignment, config=event.config)
     output = proc.stderr + proc.stdout
     assert proc.returncode == 2, output
     assert fragment in flat(output) and "hunter2" not in output
@@ -327,7 +329,7 @@ def test_a_bad_drain_option_changes_nothing(event: Event, webhook: WebhookServer
     _claim_one(event, "timeout-inf")
     for value in ("inf", "nan", "-1", "1e308"):
         before = _everything(event)
-        proc = run_intake("drain", "--once", "--webhook-timeout", value, config=event.config)
+        proc = intake("drain", "--once", "--webhook-timeout", value, config=event.config)
         assert proc.returncode == 2, proc.stderr
         assert "--webhook-timeout" in flat(proc.stderr) and "Traceback" not in proc.stderr
         assert _everything(event) == before

@@ -4,13 +4,13 @@ import json
 
 import pytest
 
-from tests.conftest import run_intake
+from tests.conftest import run_intake, scratch_env
 
 pytestmark = pytest.mark.slow
 
 
 def test_bench_drain_quick_reports_its_scenario():
-    proc = run_intake("bench", "drain", "--quick", "--json", check=True)
+    proc = run_intake("bench", "drain", "--quick", "--json", check=True, env=scratch_env())
     report = json.loads(proc.stdout)
     bare, result = report["results"]
     # The bare Python drain ran first on the same shape, and is the reference

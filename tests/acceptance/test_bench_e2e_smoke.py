@@ -4,13 +4,15 @@ import json
 
 import pytest
 
-from tests.conftest import run_intake
+from tests.conftest import run_intake, scratch_env
 
 pytestmark = pytest.mark.slow
 
 
 def test_bench_e2e_quick_commits_every_unit_once():
-    result = json.loads(run_intake("bench", "e2e", "--quick", "--json", check=True).stdout)
+    result = json.loads(
+        run_intake("bench", "e2e", "--quick", "--json", check=True, env=scratch_env()).stdout
+    )
     assert (result["buyers"], result["units"]) == (2000, 200)
     assert result["committed"] == 200
     assert result["oversold"] == 0 and result["duplicates_in_db2"] == 0

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from tests.conftest import run_intake
+from tests.conftest import run_intake, scratch_env
 
 pytestmark = [
     pytest.mark.slow,
@@ -15,7 +15,9 @@ pytestmark = [
 
 
 def test_bench_gateway_quick_claims_through_the_gateway_into_db1():
-    result = json.loads(run_intake("bench", "gateway", "--quick", "--json", check=True).stdout)
+    result = json.loads(
+        run_intake("bench", "gateway", "--quick", "--json", check=True, env=scratch_env()).stdout
+    )
     settings = result["settings"]
     assert settings["synchronous_commit"] is True and settings["keep_alive"] is True
 

@@ -2,11 +2,13 @@
 
 import json
 
-from tests.conftest import run_intake
+from tests.conftest import run_intake, scratch_env
 
 
 def test_bench_metrics_quick_reports_each_state_beside_its_baseline():
-    report = json.loads(run_intake("bench", "metrics", "--quick", "--json", check=True).stdout)
+    report = json.loads(
+        run_intake("bench", "metrics", "--quick", "--json", check=True, env=scratch_env()).stdout
+    )
     assert [s["queue_depth"] for s in report["states"]] == [0, 1000, 1000]
     for state in report["states"]:
         assert state["collect"]["median_ms"] > 0

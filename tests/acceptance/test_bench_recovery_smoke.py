@@ -4,13 +4,15 @@ import json
 
 import pytest
 
-from tests.conftest import run_intake
+from tests.conftest import run_intake, scratch_env
 
 pytestmark = pytest.mark.slow
 
 
 def test_bench_recovery_quick_rebuilds_exactly_and_reports_beside_its_baseline():
-    report = json.loads(run_intake("bench", "recovery", "--quick", "--json", check=True).stdout)
+    report = json.loads(
+        run_intake("bench", "recovery", "--quick", "--json", check=True, env=scratch_env()).stdout
+    )
     assert report["verified"] is True and report["problems"] == []
     assert report["units"] == 20_000 and report["synchronous_commit"] == "on"
     assert (report["in_flight"], report["archived"], report["rejected"]) == (2_000, 2_000, 200)

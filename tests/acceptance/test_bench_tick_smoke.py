@@ -4,13 +4,15 @@ import json
 
 import pytest
 
-from tests.conftest import run_intake
+from tests.conftest import run_intake, scratch_env
 
 pytestmark = pytest.mark.slow
 
 
 def test_bench_tick_quick_reports_its_ratio():
-    proc = run_intake("bench", "tick", "--quick", "--interval", "0.2", "--json", check=True)
+    proc = run_intake(
+        "bench", "tick", "--quick", "--interval", "0.2", "--json", check=True, env=scratch_env()
+    )
     report = json.loads(proc.stdout)
     [result] = report["results"]
     assert (result["webhook_delay_ms"], result["intents"]) == (0, 1000)

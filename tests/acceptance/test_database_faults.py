@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import psycopg
 
-from tests.conftest import pool_spec, run_intake, write_config
+from tests.conftest import intake, pool_spec, write_config
 from tests.integration.test_claims import provision
 
 
@@ -16,7 +16,7 @@ def test_a_database_failing_mid_command_is_reported_not_traced(workdir, db1_dsn,
         dbname = conn.info.dbname
         # Reads still work (the pool is found); every claim is then refused.
         conn.execute(f'alter database "{dbname}" set default_transaction_read_only = on')
-    burst = run_intake("burst", "drop", "--users", "20", "--concurrency", "2", config=config)
+    burst = intake("burst", "drop", "--users", "20", "--concurrency", "2", config=config)
     assert burst.returncode == 3, burst
     assert "Traceback" not in burst.stderr
     last = burst.stderr.strip().splitlines()[-1]

@@ -28,7 +28,7 @@ import yaml
 from intake_cli.platform import standby
 from intake_cli.platform.embedded import EmbeddedClusters, db1_dsn
 from intake_cli.tools.webhook_process import WebhookServer
-from tests.acceptance.crash_support import Herd, assert_exact_sale, crash_event
+from tests.acceptance.crash_support import CrashEvent, Herd, assert_exact_sale, crash_event
 from tests.acceptance.drain_support import Event, draining, wait_for
 from tests.conftest import intake
 
@@ -78,28 +78,24 @@ def test_losing_db1s_host_mid_herd_sells_each_unit_once_and_resumes_within_secon
         assert status[0][0] >= 1
 
 
-def test_a_dsn_that_reaches_only_the_standby_is_refused_saying_so(workdir):
+def _a_dsn_that_reaches_only_the_standby_is_refused_saying_so(event: CrashEvent) -> None:
     """Without target_session_attrs, a standby accepts the connection and fails the
     first write with "cannot access temporary or unlogged relations during
     recovery". intake says what is wrong instead, and changes nothing."""
-    with (
-        WebhookServer() as webhook,
-        crash_event(workdir, "standby-dsn", webhook.url, 10, embedded={"standby": True}) as event,
-    ):
-        node = EmbeddedClusters(event.state_dir).load()[standby.STANDBY]
-        document = yaml.safe_load(event.config.read_text())
-        document["db1"] = {"dsn": node.dsn}
-        config = event.config.parent / "standby-only.yaml"
-        config.write_text(yaml.safe_dump(document))
-        before = event.units()
-        commands = [("status",), ("claim", "drop", "buyer-1"), ("drain", "--connect-timeout", "1")]
-        for args in commands:
-            proc = intake(*args, config=config)
-            assert proc.returncode == 3, (args, proc.stdout, proc.stderr)
-            assert "is a standby in recovery" in proc.stderr, (args, proc.stderr)
-            assert "target_session_attrs=read-write" in proc.stderr
-            assert "Traceback" not in proc.stderr
-        assert event.units() == before
+    node = EmbeddedClusters(event.state_dir).load()[standby.STANDBY]
+    document = yaml.safe_load(event.config.read_text())
+    document["db1"] = {"dsn": node.dsn}
+    config = event.config.parent / "standby-only.yaml"
+    config.write_text(yaml.safe_dump(document))
+    before = event.units()
+    commands = [("status",), ("claim", "drop", "buyer-1"), ("drain", "--connect-timeout", "1")]
+    for args in commands:
+        proc = intake(*args, config=config)
+        assert proc.returncode == 3, (args, proc.stdout, proc.stderr)
+        assert "is a standby in recovery" in proc.stderr, (args, proc.stderr)
+        assert "target_session_attrs=read-write" in proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert event.units() == before
 
 
 def test_intake_failover_and_status_show_the_standby_before_and_after(workdir):
@@ -107,6 +103,9 @@ def test_intake_failover_and_status_show_the_standby_before_and_after(workdir):
         WebhookServer() as webhook,
         crash_event(workdir, "failover-cli", webhook.url, 20, embedded={"standby": True}) as event,
     ):
+        # Before the failover, on the same event (a standby costs a cluster):
+        # the standby's own DSN is refused, and nothing changes.
+        _a_dsn_that_reaches_only_the_standby_is_refused_saying_so(event)
 
         def status() -> dict:
             proc = intake("status", "--json", config=event.config, check=True)

@@ -6,17 +6,19 @@ import json
 
 import pytest
 
-from tests.conftest import run_intake
+from tests.conftest import intake
 
 pytestmark = pytest.mark.slow
 
 
 def test_a_small_demo_sells_every_unit_once_and_accounts_for_every_claim(workdir):
     directory = workdir / "demo"
-    proc = run_intake(
+    # 1,500 buyers on 250 units: at a 5 % share each, declines and transient
+    # failures both occur (none of either in ~270 calls: odds of about 1e-6).
+    proc = intake(
         "demo",
-        "--buyers", "3000",
-        "--units", "500",
+        "--buyers", "1500",
+        "--units", "250",
         "--decline-share", "0.05",
         "--fail-share", "0.05",
         "--dir", str(directory),
@@ -31,7 +33,7 @@ def test_a_small_demo_sells_every_unit_once_and_accounts_for_every_claim(workdir
     assert counts["committed"] == counts["claimed"] - counts["rejected"]
     # Declined units went back on sale and later buyers took most of them
     # (a unit declined after the herd has gone stays unsold).
-    assert 500 - counts["rejected"] <= counts["committed"] <= 500
+    assert 250 - counts["rejected"] <= counts["committed"] <= 250
     assert counts["rejected"] > 0 and counts["webhook_transient_failures"] > 0
     # One call per intent, plus one retry for each transient failure.
     assert counts["webhook_calls"] == counts["claimed"] + counts["webhook_transient_failures"]

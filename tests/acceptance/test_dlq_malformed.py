@@ -20,10 +20,10 @@ import psycopg
 import pytest
 
 from intake_cli.tools.webhook_process import WebhookServer
-from tests.acceptance.drain_support import Event, _rows, drain_all, make_event, wait_for
+from tests.acceptance.drain_support import Event, _rows, make_event, wait_for
 from tests.acceptance.serve_support import serving
 from tests.acceptance.test_terminal_escapes import HOSTILE, RAW
-from tests.conftest import run_intake
+from tests.conftest import intake as cli
 
 DEEP = "[" * 2000 + "]" * 2000
 HUGE_INT = "9" * 5000
@@ -132,7 +132,9 @@ def stored(event: Event, queue: str) -> dict[int, str]:
 
 
 def intake(*args: str, event: Event, expect: int = 0) -> str:
-    proc = run_intake(*args, config=event.config, env=WIDE)
+    """The CLI in this process (tests.conftest.intake, here `cli`), its exit code
+    and its output checked; returns stdout."""
+    proc = cli(*args, config=event.config, env=WIDE)
     shown = proc.stdout + proc.stderr
     assert proc.returncode == expect, f"{args} exited {proc.returncode}: {shown[-3000:]}"
     assert "Traceback" not in shown
@@ -147,7 +149,8 @@ def event(workdir, db1_dsn, db2_dsn):
     with WebhookServer(fail_first=1000) as webhook:
         made = make_event(workdir, db1_dsn, db2_dsn, webhook.url, 10, max_retries=0)
         made.claim(3)
-        drain_all(made, 0, "--once")
+        # One batch, in this process: the three fail and, with no retries, die.
+        cli("drain", "--once", config=made.config)
         wait_for(lambda: made.queue_depth("intents_dlq") == 3, 30, "3 dead letters")
     return made
 
@@ -200,14 +203,14 @@ def test_malformed_dead_letters_are_marked_and_never_hide_the_others(event):
 
     # Replay: an unreadable one alone is refused and nothing changes.
     bad = bad_ids["attempts-word"]
-    err = run_intake("dlq", "replay", str(bad), config=event.config)
+    err = cli("dlq", "replay", str(bad), config=event.config)
     assert err.returncode == 2, err.stderr
     assert f"dead letter {bad} cannot be read as an intent intake wrote" in err.stderr
     assert 'attempts: "many" is not a count of attempts' in err.stderr
     assert stored(event, "intents_dlq") == texts and event.queue_depth() == 0
 
     # With a readable one: that one goes, the other stays, exit 1 naming it.
-    proc = run_intake("dlq", "replay", str(genuine[0]), str(bad), config=event.config, env=WIDE)
+    proc = cli("dlq", "replay", str(genuine[0]), str(bad), config=event.config, env=WIDE)
     assert proc.returncode == 1, proc.stderr
     assert "replayed 1 intents" in proc.stdout
     assert "not replayed: 1 unreadable dead letters" in proc.stdout

@@ -90,11 +90,14 @@ def test_transient_5xx_is_retried_and_each_key_called_at_most_twice(workdir, db1
 
 @pytest.mark.slow
 def test_sigkill_mid_batch_then_restart_commits_exactly_once(workdir, db1_dsn, db2_dsn):
+    # 600 intents: four kills take at most a few hundred of them (each comes
+    # 20 commits and under 0.3 s after its worker started committing), and
+    # the assertion below checks that every kill landed mid-drain.
     with WebhookServer(delay_ms=200) as webhook:
         event = make_event(
-            workdir, db1_dsn, db2_dsn, webhook.url, 1500, visibility_timeout=2, batch_size=25
+            workdir, db1_dsn, db2_dsn, webhook.url, 600, visibility_timeout=2, batch_size=25
         )
-        keys = event.claim(1500)
+        keys = event.claim(600)
         rng = random.Random(3)
         for round_ in range(4):
             done = len(event.tickets())
@@ -104,28 +107,30 @@ def test_sigkill_mid_batch_then_restart_commits_exactly_once(workdir, db1_dsn, d
             time.sleep(rng.uniform(0.0, 0.3))
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-            assert len(event.tickets()) < 1500, f"drained before kill {round_ + 1}"
-        drain_all(event, 1500, "--concurrency", "2")
+            assert len(event.tickets()) < 600, f"drained before kill {round_ + 1}"
+        drain_all(event, 600, "--concurrency", "2")
     tickets = event.tickets()
     assert tickets == {key: 1 for key in keys}
     with psycopg.connect(db2_dsn) as conn:
         orders = conn.execute("select count(*) from public.legacy_orders").fetchone()[0]
-    assert orders == 1500
-    assert event.units() == {"consumed": 1500}
+    assert orders == 600
+    assert event.units() == {"consumed": 600}
     assert event.queue_depth() == 0
 
 
 @pytest.mark.slow
 def test_two_and_four_workers_never_process_an_intent_twice(workdir, db1_dsn, db2_dsn):
+    # 1,000 intents a round: 20 batches of 50, so every worker's slots race
+    # for batches many times over.
     with WebhookServer(delay_ms=5) as webhook:
-        event = make_event(workdir, db1_dsn, db2_dsn, webhook.url, 4000, batch_size=50)
-        first = event.claim(2000, prefix="two")
-        drain_all(event, 2000, "--concurrency", "2", workers=2)
+        event = make_event(workdir, db1_dsn, db2_dsn, webhook.url, 2000, batch_size=50)
+        first = event.claim(1000, prefix="two")
+        drain_all(event, 1000, "--concurrency", "2", workers=2)
         assert webhook.per_key() == {key: 1 for key in first}
 
         webhook.reset()
-        second = event.claim(2000, prefix="four")
-        drain_all(event, 4000, "--concurrency", "2", workers=4)
+        second = event.claim(1000, prefix="four")
+        drain_all(event, 2000, "--concurrency", "2", workers=4)
         assert webhook.per_key() == {key: 1 for key in second}
     assert event.tickets() == {key: 1 for key in first + second}
 
@@ -331,6 +336,14 @@ def test_db2_down_mid_drain_retries_only_the_commit(workdir, db1_dsn):
         clusters.stop()
 
 
+def running_workers(db1: str) -> int:
+    with psycopg.connect(db1) as conn:
+        [(count,)] = conn.execute(
+            "select count(*) from intake.workers where stopped_at is null"
+        ).fetchall()
+    return count
+
+
 @pytest.mark.slow
 def test_pool_filter_and_pause_leave_other_intents_queued(workdir, db1_dsn, db2_dsn, webhook):
     spec = dict(validation_webhook_url=webhook.url, retry_base_seconds=0.2)
@@ -351,7 +364,11 @@ def test_pool_filter_and_pause_leave_other_intents_queued(workdir, db1_dsn, db2_
 
     left.set(paused=True)  # pauses both pools: `set` updates every row
     with draining(left):
-        time.sleep(3)
+        # Once the worker runs (registered), six turns of its loop (0.25 s
+        # apart when idle): a worker that ignored the pause would have
+        # committed by then.
+        wait_for(lambda: running_workers(db1_dsn) == 1, 30, "the worker registered")
+        time.sleep(1.5)
         assert len(left.tickets()) == 30
         left.set(paused=False)
         wait_for(lambda: left.queue_depth() == 0, 30, "the resumed pool drained")

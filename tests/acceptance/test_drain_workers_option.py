@@ -16,7 +16,7 @@ import pytest
 from intake_cli.platform.embedded import free_port
 from intake_cli.tools.webhook_process import WebhookServer
 from tests.acceptance.drain_support import make_event, start_drain, stop, wait_for, with_dsn
-from tests.conftest import INTAKE, ROOT, run_intake
+from tests.conftest import INTAKE, ROOT, intake, run_intake
 
 
 @pytest.fixture
@@ -102,6 +102,10 @@ def test_ctrl_c_on_a_terminal_stops_the_fleet_cleanly(workdir, db1_dsn, db2_dsn,
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,  # a process group of its own, as a terminal's job
+        # SIGINT as a terminal's shell leaves it for a job: pytest may run with
+        # it ignored (an xdist worker, a run started in the background), and
+        # the fleet would inherit that until it installs its own handlers.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         if when == "starting":
@@ -162,7 +166,8 @@ def test_a_failing_fleet_exits_with_the_workers_status_and_no_traceback(
 def test_a_bad_workers_count_is_refused(workdir, db1_dsn, db2_dsn, webhook, value):
     event = make_event(workdir, db1_dsn, db2_dsn, webhook.url, 5)
     event.claim(5)
-    done = run_intake("drain", "--once", "--workers", value, config=event.config)
+    # Refused before any worker starts: the CLI in this process will do.
+    done = intake("drain", "--once", "--workers", value, config=event.config)
     assert done.returncode == 2, done.stderr
     assert "--workers" in done.stderr and "Traceback" not in done.stderr
     assert event.queue_depth() == 5 and webhook.per_key() == {}

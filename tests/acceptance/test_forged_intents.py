@@ -24,7 +24,7 @@ from intake_cli.engine.drain.worker import Worker
 from intake_cli.platform import config
 from intake_cli.tools.webhook_process import WebhookServer
 from tests.acceptance.drain_support import Event, _rows, drain_all, make_event
-from tests.conftest import run_intake
+from tests.conftest import intake
 
 
 @pytest.fixture
@@ -64,8 +64,19 @@ def forge(genuine: dict[str, Any], **changes: Any) -> dict[str, Any]:
     return {**genuine, "idempotency_key": str(uuid.uuid4()), **changes}
 
 
+def drain_batch(event: Event, read: int | None) -> dict[str, int]:
+    """One batch of `intake drain --once`, in this process: what the tests here
+    look at is what a batch does with each message, not the worker's process.
+    Every message waiting is read (`read` of them, when given; all fit in the
+    default batch of 100): the queue is left empty."""
+    stats = json.loads(intake("drain", "--once", "--json", config=event.config, check=True).stdout)
+    assert read is None or stats["read"] == read, stats
+    assert event.queue_depth() == 0
+    return stats
+
+
 def dead_letters(event: Event) -> list[dict[str, Any]]:
-    listed = run_intake("dlq", "list", "--json", config=event.config, check=True).stdout
+    listed = intake("dlq", "list", "--json", config=event.config, check=True).stdout
     return json.loads(listed)
 
 
@@ -75,7 +86,7 @@ def test_forged_messages_are_refused_and_genuine_ones_in_the_same_batch_commit(
 ):
     event = make_event(workdir, db1_dsn, db2_dsn, webhook.url, 10)
     sold = event.claim(2, prefix="early")
-    drain_all(event, 2)
+    drain_batch(event, 2)
     sold_message = _rows(
         db1_dsn, "select message from pgmq.a_intents where message ->> 'unit_no' = '1'"
     )[0][0]
@@ -103,7 +114,7 @@ def test_forged_messages_are_refused_and_genuine_ones_in_the_same_batch_commit(
     # The genuine and the forged are read in one batch.
     assert event.queue_depth() == 11
 
-    drain_all(event, 5)
+    drain_batch(event, 11)
 
     # Each genuine intent sold once; nothing forged reached the webhook or DB2.
     assert event.tickets() == {key: 1 for key in sold + genuine_keys}
@@ -146,8 +157,8 @@ def test_forged_messages_are_refused_and_genuine_ones_in_the_same_batch_commit(
     assert event.archived() == 5
 
     # Replayed, they are checked again, refused again, and still change nothing.
-    run_intake("dlq", "replay", "--all", config=event.config, check=True)
-    drain_all(event, 5)
+    intake("dlq", "replay", "--all", config=event.config, check=True)
+    drain_batch(event, None)
     assert len(dead_letters(event)) == len(forged)
     assert event.tickets() == {key: 1 for key in sold + genuine_keys}
     assert event.states() == {"committed": 5}
@@ -163,12 +174,12 @@ def test_a_copy_of_a_finished_intent_is_refused_and_its_unit_stays_as_it_is(
         event = make_event(workdir, db1_dsn, db2_dsn, webhook.url, 3)
         [declined] = event.claim(1, prefix="declined")
         message = queued_messages(event)[1]
-        drain_all(event, 1)
+        drain_batch(event, 1)
         assert event.states() == {"rejected": 1}
         webhook.script(decline_share=0.0)
         webhook.reset()
         send(event, [message])
-        drain_all(event, 1)
+        drain_batch(event, 1)
         assert webhook.per_key() == {}
     assert event.tickets() == {}
     assert event.states() == {"rejected": 1}

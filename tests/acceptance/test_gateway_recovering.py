@@ -14,7 +14,7 @@ import yaml
 
 from tests.acceptance.crash_support import CrashEvent, crash_event
 from tests.acceptance.gateway_support import running_gateway, token
-from tests.conftest import run_intake
+from tests.conftest import intake
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -79,7 +79,7 @@ def test_claims_over_http_answer_recovering_after_a_db1_crash_and_the_gateway_re
             between = (_held(event), _queued(event))
             late_after = _claim(gw.claim_url(), late)
             after = (_held(event), _queued(event))
-            recover = run_intake("recover", "--json", config=event.config, check=True)
+            recover = intake("recover", "--json", config=event.config, check=True)
             triggers = event.rows(event.db1, "select trigger from intake.inventory_rebuilds")
 
     assert recovering.status_code == 503, recovering.text

@@ -10,7 +10,7 @@ import pytest
 from intake_cli.tools.webhook_process import WebhookServer
 from tests.acceptance.drain_support import make_event
 from tests.acceptance.serve_support import TOKEN, dead_letter, serving
-from tests.conftest import pool_spec, run_intake, snapshot, write_config
+from tests.conftest import intake, pool_spec, run_intake, snapshot, write_config
 
 # Every route, with a body that would be accepted.
 ROUTES = [
@@ -35,7 +35,7 @@ ROUTES = [
 @pytest.fixture
 def event(workdir, db1_dsn, db2_dsn):
     cfg = write_config(workdir, db1_dsn, db2_dsn, [pool_spec("live", 10), pool_spec("other", 5)])
-    run_intake("up", config=cfg, check=True)
+    intake("up", config=cfg, check=True)
     return cfg, db1_dsn
 
 

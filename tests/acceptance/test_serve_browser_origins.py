@@ -22,7 +22,7 @@ import pytest
 
 from tests.acceptance.browser_support import chromium
 from tests.acceptance.serve_support import dead_letter, serving
-from tests.conftest import pool_spec, run_intake, snapshot, write_config
+from tests.conftest import intake, pool_spec, snapshot, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -133,7 +133,7 @@ def attacker_site(serve_url: str) -> Iterator[str]:
 
 def test_a_page_on_another_origin_cannot_drive_or_read_serve(workdir, db1_dsn, db2_dsn):
     cfg = write_config(workdir, db1_dsn, db2_dsn, [pool_spec("live", 10)])
-    run_intake("up", config=cfg, check=True)
+    intake("up", config=cfg, check=True)
     dead_letter(
         db1_dsn, {"idempotency_key": "00000000-0000-0000-0000-00000000000b", "user_id": BUYER}
     )

@@ -19,7 +19,7 @@ import pytest
 
 from intake_cli.faces.serve.auth import TICK_TOKEN_ENV
 from tests.acceptance.serve_support import TOKEN, dead_letter, serving
-from tests.conftest import pool_spec, run_intake, snapshot, write_config
+from tests.conftest import intake, pool_spec, snapshot, write_config
 
 TICK_TOKEN = "serve-test-tick-token-9d2b7e4c1a6f3e8b0d5a"
 BUYER = "buyer-7a1c"
@@ -48,7 +48,7 @@ READS = [
 @pytest.fixture
 def event(workdir, db1_dsn, db2_dsn):
     cfg = write_config(workdir, db1_dsn, db2_dsn, [pool_spec("live", 10)])
-    run_intake("up", config=cfg, check=True)
+    intake("up", config=cfg, check=True)
     dead_letter(
         db1_dsn, {"idempotency_key": "00000000-0000-0000-0000-00000000000a", "user_id": BUYER}
     )

@@ -181,6 +181,10 @@ def test_collection_never_reads_the_inventory(workdir, db1_dsn, db2_dsn):
 
 @pytest.mark.slow
 @pytest.mark.serial
+# scripts/test.sh runs it in a pytest of its own beside the serial pass: it
+# waits for pg_cron's next minute, idle but for a collection every 5 s and a
+# query a second, and that wait need not add to the serial tests' time.
+@pytest.mark.real_minute
 def test_pg_cron_14_fallback_collects_every_five_seconds_across_minutes(workdir):
     """The real pg_cron of this machine (1.4: minute schedules) through `intake up`."""
     # Not a skip: the suite's machine must have pg_cron, or this path goes untested.

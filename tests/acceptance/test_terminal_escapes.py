@@ -21,7 +21,7 @@ from psycopg.types.json import Jsonb
 
 from intake_cli.tools.webhook_process import WebhookServer
 from tests.acceptance.drain_support import make_event
-from tests.conftest import pool_spec, run_intake, write_config
+from tests.conftest import intake, pool_spec, write_config
 
 # Retitles the terminal, clears it, styles the rest red (rich), reverses it
 # (bidi), opens a C1 CSI, and overwrites the line (CR, backspace).
@@ -36,7 +36,7 @@ WIDE = {"COLUMNS": "1000"}
 
 
 def _intake(*args: str, config, expect: int = 0) -> str:
-    proc = run_intake(*args, config=config, env=WIDE)
+    proc = intake(*args, config=config, env=WIDE)
     assert proc.returncode == expect, f"{args} exited {proc.returncode}: {proc.stderr[-3000:]}"
     return _checked(proc)
 
@@ -44,7 +44,7 @@ def _intake(*args: str, config, expect: int = 0) -> str:
 def _checked(proc: subprocess.CompletedProcess[str]) -> str:
     shown = proc.stdout + proc.stderr
     raw = [repr(c) for c in RAW if c in shown]
-    assert not raw, f"{proc.args[3:]} let {', '.join(raw)} through:\n{shown[-3000:]!r}"
+    assert not raw, f"{proc.args[1:]} let {', '.join(raw)} through:\n{shown[-3000:]!r}"
     return shown
 
 
@@ -133,13 +133,13 @@ def test_outside_text_is_shown_escaped_everywhere(workdir, db1_dsn, db2_dsn):
 def test_error_messages_show_outside_text_escaped(workdir, db1_dsn, db2_dsn):
     # A configuration file that names a hostile pool: exit 2, the value escaped.
     config = write_config(workdir, db1_dsn, db2_dsn, [pool_spec(HOSTILE)])
-    proc = run_intake("status", config=config, env=WIDE)
+    proc = intake("status", config=config, env=WIDE)
     assert proc.returncode == 2, proc.stderr
     _assert_shows(_checked(proc), "error:", *SHOWN[:3])
 
     # A DSN part, echoed back by the server and by intake's own message.
     dsn = psycopg.conninfo.make_conninfo(db1_dsn, dbname=HOSTILE)
     config = write_config(workdir, dsn, db2_dsn, [pool_spec()])
-    proc = run_intake("dlq", "list", config=config, env=WIDE)
+    proc = intake("dlq", "list", config=config, env=WIDE)
     assert proc.returncode == 3, proc.stderr
     _assert_shows(_checked(proc), "error:", "cannot connect to DB1", *SHOWN[:3])

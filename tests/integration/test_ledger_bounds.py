@@ -33,7 +33,7 @@ from intake_cli.platform.errors import LedgerUnavailable
 from intake_cli.tools.webhook_process import WebhookServer
 from tests.acceptance.drain_support import Event, draining, wait_for
 from tests.acceptance.test_commit_rpc import dead_letters, event_with
-from tests.conftest import new_database, pool_spec, run_intake, write_config
+from tests.conftest import intake, new_database, pool_spec, write_config
 from tests.integration.test_ledger import intent
 
 ODD_RPC = ledger.RpcName.parse("public.odd_finalize")
@@ -360,7 +360,7 @@ def test_the_drain_takes_a_hung_db2_for_unavailable_and_commits_once_it_answers(
     with frozen_db2_aside(ledger_dsn) as (proxy, proxied), WebhookServer() as webhook:
         spec = pool_spec("drop", 6, validation_webhook_url=webhook.url, retry_base_seconds=0.2)
         config_path = write_config(workdir, db1_dsn, proxied, [spec])
-        run_intake("up", config=config_path, check=True)
+        intake("up", config=config_path, check=True)
         event = Event(config_path, db1_dsn, ledger_dsn, "drop")
         with draining(event) as [proc]:
             first = event.claim(3, prefix="early")

@@ -20,7 +20,7 @@ import pytest
 
 from intake_cli.engine import opening
 from intake_cli.platform.pgconn import async_pool
-from tests.conftest import pool_spec, run_intake, write_config
+from tests.conftest import intake, pool_spec, write_config
 from tests.integration.test_claims import provision
 from tests.integration.test_end_user_claims import as_user
 
@@ -70,7 +70,7 @@ def test_every_claim_door_refuses_before_the_opening(workdir, db1_dsn, db2_dsn):
     assert answer == ("not_open",)
     assert outcome == "waiting" and receipt is not None
     config = write_config(workdir, db1_dsn, db2_dsn, [pool_spec("race", 10)])
-    cli = run_intake("claim", "race", buyer, "--json", config=config)
+    cli = intake("claim", "race", buyer, "--json", config=config)
     assert cli.returncode == 75, cli.stderr
     assert json.loads(cli.stdout)["outcome"] == "not_open"
     _nothing_sold(db1_dsn)
@@ -201,15 +201,15 @@ def test_verify_says_no_when_the_record_does_not_replay(workdir, db1_dsn, db2_ds
     with psycopg.connect(db1_dsn, autocommit=True) as conn:
         for n in range(20):
             _join(conn, "race", f"buyer-{n}")
-    before = run_intake("opening", "verify", "race", "--json", config=config)
+    before = intake("opening", "verify", "race", "--json", config=config)
     assert before.returncode == 1
     assert json.loads(before.stdout)["problems"] == [
         "the opening has not begun: nothing to replay yet"
     ]
     _set_opens_at(db1_dsn, "race", _in(-1))
-    opened = run_intake("opening", "open", "race", config=config)
+    opened = intake("opening", "open", "race", config=config)
     assert opened.returncode == 0, opened.stderr
-    good = run_intake("opening", "verify", "race", "--json", config=config)
+    good = intake("opening", "verify", "race", "--json", config=config)
     assert good.returncode == 0, good.stderr
     assert json.loads(good.stdout)["holds"] is True
     assert json.loads(good.stdout)["waiting"] == 20
@@ -226,12 +226,12 @@ def test_verify_says_no_when_the_record_does_not_replay(workdir, db1_dsn, db2_ds
             "update intake.allocations set locked_by = 'outsider', status = 'locked',"
             " locked_at = '2000-01-01' where pool_id = 'race' and unit_no = 100"
         )
-    bad = run_intake("opening", "verify", "race", "--json", config=config)
+    bad = intake("opening", "verify", "race", "--json", config=config)
     assert bad.returncode == 1
     assert json.loads(bad.stdout)["problems"] == [
         "1 receipts were handed out after the room closed",
         "2 admitted buyers are not where the stored seed places them",
         "1 units are held by buyers outside the room, taken before the admission was complete",
     ]
-    unknown = run_intake("opening", "verify", "nope", config=config)
+    unknown = intake("opening", "verify", "nope", config=config)
     assert unknown.returncode == 2 and "Traceback" not in unknown.stderr

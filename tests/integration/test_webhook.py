@@ -26,8 +26,10 @@ def shared() -> Iterator[WebhookServer]:
 
 @pytest.fixture
 def webhook(shared: WebhookServer) -> WebhookServer:
-    """The module's server with its default behaviour and no calls recorded."""
-    shared.script(decline_share=0.0, fail_first=0, fail_status=503, delay_ms=0)
+    """The module's server with its default behaviour and no calls recorded
+    (the rate limit too: a test that failed before lifting it would throttle
+    every test after it)."""
+    shared.script(decline_share=0.0, fail_first=0, fail_status=503, delay_ms=0, rate_limit=0)
     shared.reset()
     return shared
 

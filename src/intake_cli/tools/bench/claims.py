@@ -61,8 +61,8 @@ DEFAULT_BATCH_SIZES = "10,50,100"
 # Enough that no throughput run sells out: even the SELECT 1 ceiling of a
 # fast machine would not get through it in the default 15 s.
 FULL_INVENTORY = 2_000_000
-# Batched claims run at 30,000-70,000/s: a quick run's 2 s must not sell out.
-QUICK_INVENTORY = 300_000
+# Batched claims run at 30,000-70,000/s: a quick run's 1 s must not sell out.
+QUICK_INVENTORY = 150_000
 # A sell-out sized to last this long at the measured claim rate: long enough
 # for the pool's indexes and the queue to grow, short enough to repeat.
 SELLOUT_SECONDS = 6
@@ -72,7 +72,7 @@ SELLOUT_WARMUP_SECONDS = 2.0
 QUICK_WARMUP_SECONDS = 0.5
 CONNECT_TIMEOUT_S = 60
 QUICK_CLIENTS = 16
-QUICK_DURATION = 2
+QUICK_DURATION = 1
 QUICK_BATCH_SIZES = (10,)
 
 # The bar, judged at BAR_CLIENTS (or the largest client count of a run

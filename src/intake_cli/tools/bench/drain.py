@@ -602,7 +602,8 @@ def drain_command(
     )
     if quick:
         scenarios = [Scenario(1, 0, bare=True), Scenario(1, 0)] if bare else [Scenario(1, 0)]
-        plan = Plan(1000, concurrency, batch_size, plan.webhook_processes, 0.5, 2)
+        # One load process per ceiling: each is a spawned interpreter.
+        plan = Plan(1000, concurrency, batch_size, plan.webhook_processes, 0.5, 1)
     with (
         events.workdir("drain") as workdir,
         events.durable_clusters(workdir) as (_, running),
