@@ -18,6 +18,7 @@ from intake_cli.engine import opening
 from intake_cli.platform.embedded import Cluster
 from tests.acceptance.gateway_support import provision, running_gateway, token
 from tests.conftest import drop_database, intake, new_database
+from tests.unit.test_opening_order import spearman
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 
@@ -46,14 +47,6 @@ async def _post_all(url: str, buyers: list[str], connections: int) -> list[tuple
 
 def _instant(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).isoformat()
-
-
-def _spearman(xs: list[int], ys: list[int]) -> float:
-    n = len(xs)
-    rank_x = {v: i for i, v in enumerate(sorted(xs))}
-    rank_y = {v: i for i, v in enumerate(sorted(ys))}
-    d2 = sum((rank_x[x] - rank_y[y]) ** 2 for x, y in zip(xs, ys, strict=True))
-    return 1 - 6 * d2 / (n * (n * n - 1))
 
 
 def test_fair_opening_shuffles_the_early_crowd_ahead_of_later_arrivals(
@@ -118,7 +111,7 @@ def test_fair_opening_shuffles_the_early_crowd_ahead_of_later_arrivals(
     assert sorted(admitted) == list(range(EARLY))
     # Four standard deviations of rho for a room this size (0.09): arrival
     # order, or anything near it, is far outside.
-    assert abs(_spearman(arrival, admitted)) < 4 / (EARLY - 1) ** 0.5
+    assert abs(spearman(arrival, admitted)) < 4 / (EARLY - 1) ** 0.5
     # Units were taken in admission order, every early buyer's before any late one's.
     by_admission = sorted(rows, key=lambda r: r[2])
     units = [r[4] for r in by_admission]
@@ -225,4 +218,4 @@ def test_every_receipt_given_across_the_opening_instant_is_admitted(
     # Shuffled, not served in arrival order: four standard deviations of rho
     # for a room this size (the unit test of opening.order bounds it tightly).
     arrival = [r[2] for r in room]
-    assert abs(_spearman(arrival, [r[3] for r in room])) < 4 / (len(room) - 1) ** 0.5
+    assert abs(spearman(arrival, [r[3] for r in room])) < 4 / (len(room) - 1) ** 0.5

@@ -68,6 +68,16 @@ def _windows(conn: psycopg.Connection, ok_prev: int, ok_now: int, into_s: float)
     )
 
 
+def _paused(conn: psycopg.Connection, began_s_ago: float, ended_s_ago: float) -> None:
+    """A Retry-After pause that began and ended so many seconds ago."""
+    conn.execute(
+        "update intake.webhook_governors"
+        " set paused_at = clock_timestamp() - make_interval(secs => %s),"
+        " paused_until = clock_timestamp() - make_interval(secs => %s)",
+        (began_s_ago, ended_s_ago),
+    )
+
+
 def test_no_limit_grants_every_call_and_a_set_rate_meters_the_fleet(db1):
     assert _take(db1, 500, "free") == (500, 0, False)
     db1.execute("update intake.engine_config set webhook_rate_per_sec = 200 where pool_id = 'pay'")
@@ -140,11 +150,7 @@ def test_a_pause_in_the_windows_is_not_read_as_nothing_accepted(db1):
     _learned(db1, 250, ago_s=40)
     _windows(db1, 100, 100, into_s=0.5)
     # 0.3 s of the 1.5 s were paused: 200 answers over 1.2 s.
-    db1.execute(
-        "update intake.webhook_governors"
-        " set paused_at = clock_timestamp() - '1.2 s'::interval,"
-        " paused_until = clock_timestamp() - '0.9 s'::interval"
-    )
+    _paused(db1, began_s_ago=1.2, ended_s_ago=0.9)
     learned, paused = _report(db1, 0, 10, 0, 1)[2:4]
     assert learned == pytest.approx(0.95 * 200 / 1.2, rel=0.03)
     # With Retry-After the learned rate holds 30 s.
@@ -154,11 +160,7 @@ def test_a_pause_in_the_windows_is_not_read_as_nothing_accepted(db1):
     # Under a second left outside the pause: the windows cannot tell, 5 % down.
     _learned(db1, 200, ago_s=5)
     _windows(db1, 100, 100, into_s=0.5)
-    db1.execute(
-        "update intake.webhook_governors"
-        " set paused_at = clock_timestamp() - '1.4 s'::interval,"
-        " paused_until = clock_timestamp() - '0.3 s'::interval"
-    )
+    _paused(db1, began_s_ago=1.4, ended_s_ago=0.3)
     assert _report(db1, 0, 10, 0, 1)[2] == pytest.approx(190, rel=0.01)
 
 
