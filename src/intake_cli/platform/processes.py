@@ -35,25 +35,39 @@ def run_processes(target: Callable[..., Any], args: tuple[Any, ...], count: int)
     # the child starts into a KeyboardInterrupt traceback; the job's own
     # handlers (the worker's, aiohttp's) take over once installed.
     previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    for child in children:
-        child.start()
+    stopping = False
 
     def stop(signum: int, _: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
         for child in children:
             if child.is_alive() and child.pid is not None:
                 child.terminate()
 
+    # The other stop signals are handled before the first child starts: one
+    # that arrives while they start stops those started and starts no more
+    # (handled only after, it killed the parent and left the children on).
     for sig in STOP_SIGNALS:
-        signal.signal(sig, stop)
+        signal.signal(sig, signal.SIG_IGN if sig == signal.SIGINT else stop)
+    started = []
+    for child in children:
+        if stopping:
+            break
+        child.start()
+        started.append(child)
+    if signal.SIGINT in STOP_SIGNALS:
+        signal.signal(signal.SIGINT, stop)
+    if stopping:
+        stop(signal.SIGTERM, None)
     try:
-        for child in children:
+        for child in started:
             child.join()
     finally:
         for sig, handler in previous.items():
             # None: a handler not set from Python, which cannot be put back.
             if handler is not None:
                 signal.signal(sig, handler)
+    children = started
     for child in children:
         code = child.exitcode
         if code not in (0, -signal.SIGTERM):
