@@ -67,8 +67,7 @@ def run_processes(target: Callable[..., Any], args: tuple[Any, ...], count: int)
             # None: a handler not set from Python, which cannot be put back.
             if handler is not None:
                 signal.signal(sig, handler)
-    children = started
-    for child in children:
+    for child in started:
         code = child.exitcode
         if code not in (0, -signal.SIGTERM):
             return code if code is not None and code > 0 else 1
