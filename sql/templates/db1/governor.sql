@@ -188,10 +188,10 @@ begin
     g.throttled_total := g.throttled_total + throttled;
 
     if throttled > 0 then
-        rate := intake.governed_rate(configured, g.learned_rate, g.learned_at,
-                                     g.ramp_started_at, g.ramp_from,
-                                     g.learned_hold_s, now_ts);
         if g.learned_at is null or now_ts - g.learned_at >= interval '1 second' then
+            rate := intake.governed_rate(configured, g.learned_rate, g.learned_at,
+                                         g.ramp_started_at, g.ramp_from,
+                                         g.learned_hold_s, now_ts);
             -- The seconds the windows span, less the pause in force in them.
             -- (least and greatest skip nulls: no pause yet, no overlap.)
             span := 1 + least(elapsed, 1);
