@@ -5,20 +5,23 @@
 --
 -- Policy, in one place:
 --   * a Retry-After pauses every call until then;
---   * the first 429 starts a ramp: from half a first guess (20 calls a
---     second at least), doubling each second, until the next 429;
---   * every later 429 (at most one a second) teaches a rate: 95 % of what
---     the provider accepted a second over the last one to two seconds,
---     less any pause in them, and never below half the rate refused nor
---     above 95 % of it. When under a second of calls is left outside a
---     pause, or the windows read the very rate refused (a fixed-window
---     provider lets a burst through at twice its rate across a window's
---     edge), the rate goes down 15 % from a ramp, 5 % from a learned rate;
---   * a learned rate holds (30 s when the provider sends Retry-After: each
---     of its 429s pauses the fleet; 3 s when it does not: a 429 costs one
---     call), then rises as a cube (+4 % 5 s later, +30 % after 10 s,
---     doubled after 15 s): a plateau just under the limit, and a quick
---     climb when the limit itself has risen;
+--   * the first 429 starts a ramp: from a quarter of a first guess (20
+--     calls a second at least; a burst across a provider's window edge can
+--     read twice its limit), doubling each second, until the next 429;
+--   * every later 429 (at most one a second) teaches a rate. When the rate
+--     in force held steady (under 10 % higher than 1-2 s ago) and calls went
+--     through at it for 2 s since the last pause or lesson, the windows read
+--     the limit: 97 % of what the provider accepted a second (97 % of the
+--     rate refused when they read that very rate; half of it at least),
+--     held 30 s when the provider sends Retry-After (each of its 429s
+--     pauses the fleet), 3 s when it does not (a 429 costs one call).
+--     Otherwise (a ramp doubling, calls just restarted after a pause) they
+--     read a mix of slower seconds and a window's edge: 95 % of the
+--     reading, between half and three quarters of the rate refused, held
+--     for no time;
+--   * after the hold the rate rises as a cube (+4 % 5 s later, +30 % after
+--     10 s, doubled after 15 s): it crosses the limit slowly, so the next
+--     429 is read steady, and climbs quickly when the limit itself rose;
 --   * the bucket holds a fiftieth of a second of calls, so that no
 --     provider's one-second window gets more than the rate and a little;
 --   * webhook_rate_per_sec, when set, is a ceiling on top;
@@ -152,6 +155,8 @@ declare
     rate       double precision;
     was        text;
     answered   boolean;
+    rate_then  double precision;
+    reading    double precision;
 begin
     select c.validation_webhook_url, c.webhook_rate_per_sec into url, configured
       from intake.engine_config c where c.pool_id = report_webhook_calls.pool_id;
@@ -208,11 +213,11 @@ begin
                 -- workers alive, are a first guess, no more (0 when all of
                 -- this worker's calls came after the window filled, twice
                 -- the limit when a burst straddled a window's edge): the
-                -- fleet ramps up from half of it, 20 at least, doubling
+                -- fleet ramps up from a quarter of it, 20 at least, doubling
                 -- each second, until the next 429, which the windows,
                 -- reported from now on, can read.
-                g.ramp_from := greatest(20, 0.5 * greatest(
-                    (g.ok_prev + g.ok_now) / span,
+                g.ramp_from := greatest(20, 0.25 * greatest(
+                    (g.ok_prev + g.ok_now) / greatest(span, 0.5),
                     own_ok_per_s * (
                         select greatest(1, count(*)) from intake.workers w
                          where w.stopped_at is null
@@ -220,26 +225,42 @@ begin
                 -- From the end of the pause this 429 brings, if any.
                 g.ramp_started_at := now_ts + case when retry_after_s is null then interval '0'
                     else make_interval(secs => least(retry_after_s, 3600)) end;
-            elsif span >= 1 and (rate is null or g.ok_prev + g.ok_now < rate * span) then
-                -- What the provider accepted a second over the windows' span
-                -- (a second at least: a fixed-window provider lets a burst
-                -- through at twice its rate across a window's edge), never
-                -- below half the rate refused (idle workers leave the
-                -- windows empty).
-                g.learned_rate := greatest(1, 0.95 * (g.ok_prev + g.ok_now) / span,
-                                           0.5 * rate);
-                g.ramp_started_at := null;
             elsif rate is not null then
-                -- The windows cannot tell: too little of them outside a
-                -- pause, or they read the very rate refused (a window's edge
-                -- after each pause lets a burst through). Down 15 % from a
-                -- ramp, which doubles past the limit; 5 % from a learned
-                -- rate, which rises past it slowly.
-                g.learned_rate := rate * case when g.ramp_started_at is not null
-                                              then 0.85 else 0.95 end;
+                -- The windows read what the provider accepts only when the
+                -- rate in force held steady over them: then a fixed-window
+                -- provider's windows, however they fall across ours, accept
+                -- its limit a second and no more. While the rate climbs fast
+                -- (a ramp doubling, the cube's far end) or restarts after a
+                -- pause, they read a mix of the slower rate before and a
+                -- window's edge (up to twice the limit).
+                rate_then := intake.governed_rate(
+                    configured, g.learned_rate, g.learned_at, g.ramp_started_at,
+                    g.ramp_from, g.learned_hold_s,
+                    now_ts - make_interval(secs => greatest(span, 0)));
+                reading := (g.ok_prev + g.ok_now) / greatest(span, 0.5);
+                if span >= 1 and rate_then >= 0.9 * rate
+                   and now_ts - greatest(g.paused_until, g.learned_at) >= interval '2 seconds' then
+                    -- Steady, and calls went through at it for two seconds:
+                    -- 97 % of what the provider accepted (never below half
+                    -- the rate refused: idle workers leave the windows
+                    -- empty), or, when they read the very rate refused (it
+                    -- just crossed the limit), 97 % of that rate.
+                    g.learned_rate := case when reading < rate
+                                           then greatest(1, 0.97 * reading, 0.5 * rate)
+                                           else 0.97 * rate end;
+                    g.learned_hold_s := case when retry_after_s is not null then 30 else 3 end;
+                else
+                    -- Not steady: the reading, but no more than three
+                    -- quarters of the rate refused (which the report's delay
+                    -- lets overshoot the limit by a third) nor below half of
+                    -- it; and no hold: the cube rises at once, slowly past
+                    -- the limit, so the next 429 is read steady.
+                    g.learned_rate := greatest(1, 0.5 * rate,
+                                               least(0.95 * reading, 0.75 * rate));
+                    g.learned_hold_s := 0;
+                end if;
                 g.ramp_started_at := null;
             end if;
-            g.learned_hold_s := case when retry_after_s is not null then 30 else 3 end;
             g.learned_at := now_ts;
             g.tokens := least(g.tokens, 0);
         end if;
