@@ -29,7 +29,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +158,8 @@ class Outcome:
     by_status: dict[str, int]
     outage: dict[str, float] | None  # when it began and how long it lasted, if it did
     governor: dict[str, Any] | None
+    # The governor's lessons as they happened: where a run lost its time.
+    lessons: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def all_committed(self) -> bool:
@@ -231,6 +233,7 @@ class Outcome:
             "gave_up_after_s": rounded(self.gave_up_after_s, 1),
             "outage": self.outage,
             "governor": self.governor,
+            "lessons": self.lessons,
         }
 
 
@@ -321,7 +324,8 @@ def run_scenario(
             wait_registered(conn, workers, logs)
             started = time.perf_counter()
             claim_every_unit(conn, plan.units)
-            gave_up, outage = follow(conn, hook, workers, logs, scenario, plan, started)
+            lessons: list[dict[str, Any]] = []
+            gave_up, outage = follow(conn, hook, workers, logs, scenario, plan, started, lessons)
             figures = pool_figures(conn)
             governors = telemetry.webhook_governors(conn)
         calls, by_status = webhook_counts(hook)
@@ -349,6 +353,7 @@ def run_scenario(
         by_status=by_status,
         outage=outage,
         governor=governors[POOL].as_json() if POOL in governors else None,
+        lessons=lessons,
     )
 
 
@@ -360,9 +365,11 @@ def follow(
     scenario: Scenario,
     plan: Plan,
     started: float,
+    lessons: list[dict[str, Any]],
 ) -> tuple[float | None, dict[str, float] | None]:
     """Watch the drain until every intent has ended (committed, rejected or dead), taking
-    the provider down and up again on the way where the scenario says so.
+    the provider down and up again on the way where the scenario says so; each
+    change of the governor's learned rate, pause or breaker goes into `lessons`.
 
     Returns the seconds after which it gave up (None if it did not) and, if the
     outage happened, when it began and how long it lasted.
@@ -381,6 +388,7 @@ def follow(
                 hook.script(outage=None)
                 came_up = time.perf_counter()
                 say(f"{scenario.name}: provider back at {came_up - started:.1f} s")
+            note_lesson(conn, lessons, now - started)
             figures = pool_figures(conn)
             ended = sum(int(figures[k]) for k in ("consumed", "rejected", "dead_lettered"))
             if ended >= plan.units:
@@ -394,6 +402,29 @@ def follow(
         if went_down is not None and came_up is None:
             # Everything ended (or the run gave up) while the provider was down.
             hook.script(outage=None)
+
+
+def note_lesson(conn: psycopg.Connection, lessons: list[dict[str, Any]], at_s: float) -> None:
+    governor = telemetry.webhook_governors(conn).get(POOL)
+    if governor is None:
+        return
+    lesson = {
+        "learned_rate": None if governor.learned_rate is None else round(governor.learned_rate),
+        "paused": governor.retry_after_until is not None,
+        "breaker": governor.breaker,
+    }
+    if not lessons or any(lessons[-1][k] != v for k, v in lesson.items()):
+        lessons.append(
+            {
+                "at_s": round(at_s, 1),
+                **lesson,
+                "governed_rate": None
+                if governor.governed_rate is None
+                else round(governor.governed_rate),
+                "calls": governor.calls_total,
+                "calls_429": governor.throttled_total,
+            }
+        )
 
 
 def _outage(
