@@ -60,12 +60,18 @@ def _learned(conn: psycopg.Connection, rate: float, ago_s: float, hold_s: float 
 
 def _windows(conn: psycopg.Connection, ok_prev: int, ok_now: int, into_s: float) -> None:
     """The answers reported: `ok_prev` in the last full second, `ok_now` in the
-    `into_s` seconds of the current one."""
+    `into_s` seconds of the current one; no 429 or failure in them."""
     conn.execute(
         "update intake.webhook_governors set ok_prev = %s, ok_now = %s,"
+        " throttled_prev = 0, throttled_now = 0, failed_prev = 0, failed_now = 0,"
         " window_start = clock_timestamp() - make_interval(secs => %s)",
         (ok_prev, ok_now, into_s),
     )
+
+
+def _busy(conn: psycopg.Connection, per_s: int) -> None:
+    """The fleet has called `per_s` a second over the windows: a rate it uses."""
+    _windows(conn, per_s, per_s // 2, into_s=0.5)
 
 
 def _paused(conn: psycopg.Connection, began_s_ago: float, ended_s_ago: float) -> None:
@@ -129,9 +135,10 @@ def test_a_later_429_learns_what_the_provider_accepted_and_one_decrease_a_second
     assert learned == pytest.approx(0.97 * 285 / 1.5, rel=0.03)
     # The same wave of 429s: no second decrease.
     assert _report(db1, 0, 10, 0, None)[2] == learned
-    # No Retry-After: it holds 3 s, then rises.
+    # No Retry-After: it holds 3 s, then rises, while the fleet uses it.
     assert _state(db1)["governed_rate"] == pytest.approx(learned, rel=0.01)
     db1.execute("update intake.webhook_governors set learned_at = learned_at - '13 s'::interval")
+    _busy(db1, 300)
     assert _state(db1)["governed_rate"] == pytest.approx(learned * 1.3, rel=0.05)
 
 
@@ -149,7 +156,7 @@ def test_a_learned_rate_never_falls_below_half_nor_stays_above_97_percent(db1):
 
 def test_a_429_soon_after_a_pause_reads_only_the_time_outside_it_and_holds_nothing(db1):
     _report(db1, 0, 1, 0, None)
-    _learned(db1, 200, ago_s=40)  # held 30 s, then the cube: 259 a second now
+    _learned(db1, 250, ago_s=40)  # held 30 s, then the cube; the fleet used 133/s
     _windows(db1, 100, 100, into_s=0.5)
     # 0.3 s of the 1.5 s were paused: 200 answers over 1.2 s. Calls restarted
     # 0.9 s ago, so the windows read no steady rate: 95 % of the reading, no
@@ -159,13 +166,22 @@ def test_a_429_soon_after_a_pause_reads_only_the_time_outside_it_and_holds_nothi
     assert learned == pytest.approx(0.95 * 200 / 1.2, rel=0.03)
     assert paused is not None
     db1.execute("update intake.webhook_governors set learned_at = learned_at - '10 s'::interval")
+    _busy(db1, 300)
     assert _state(db1)["governed_rate"] == pytest.approx(learned * 1.3, rel=0.05)
     # Under a second left outside the pause: the windows cannot tell (a
-    # window's edge lets twice the limit through), three quarters of the rate.
-    _learned(db1, 200, ago_s=5)
+    # window's edge lets twice the limit through), three quarters of the rate
+    # refused when it came from a ramp or the cube (held for no time)...
+    _learned(db1, 200, ago_s=5, hold_s=0)
     _windows(db1, 100, 100, into_s=0.5)
     _paused(db1, began_s_ago=1.4, ended_s_ago=0.3)
     assert _report(db1, 0, 10, 0, 1)[2] == pytest.approx(150, rel=0.01)
+    # ... but 5 % down from a rate read steady and still in its hold: calls
+    # held back by the pause met a window's edge.
+    _learned(db1, 200, ago_s=5, hold_s=30)
+    _windows(db1, 100, 100, into_s=0.5)
+    _paused(db1, began_s_ago=1.4, ended_s_ago=0.3)
+    assert _report(db1, 0, 10, 0, 1)[2] == pytest.approx(190, rel=0.01)
+    assert _state(db1)["learned_rate"] == pytest.approx(190, rel=0.01)
 
 
 def test_a_429_on_a_steady_rate_with_retry_after_learns_97_percent_and_holds_30_s(db1):
@@ -191,7 +207,29 @@ def test_a_ramp_refused_reads_no_steady_rate_and_the_cube_climbs_at_once(db1):
     assert learned == pytest.approx(0.95 * 160 / 1.5, rel=0.03)
     assert _state(db1)["governed_rate"] == pytest.approx(learned, rel=0.01)
     db1.execute("update intake.webhook_governors set learned_at = learned_at - '10 s'::interval")
+    _busy(db1, 200)
     assert _state(db1)["governed_rate"] == pytest.approx(learned * 1.3, rel=0.05)
+
+
+def test_a_learned_rate_rises_only_as_far_as_the_fleet_uses_it(db1):
+    """Workers short of CPU (or an empty queue) leave the rate unused: the cube
+    may not grow it past 5 % above what the fleet calls, or the calls, when
+    they come back, meet the provider all at once."""
+    _report(db1, 0, 1, 0, None)
+    _learned(db1, 100, ago_s=18, hold_s=3)  # the cube: doubled by now
+    _windows(db1, 0, 0, into_s=0.5)
+    assert _state(db1)["governed_rate"] == pytest.approx(100, rel=0.01)
+    assert 80 <= _granted_over(db1, 1.0) <= 110
+    _busy(db1, 120)
+    assert _state(db1)["governed_rate"] == pytest.approx(1.05 * 120, rel=0.02)
+    _learned(db1, 100, ago_s=18, hold_s=3)
+    _busy(db1, 400)
+    assert _state(db1)["governed_rate"] == pytest.approx(200, rel=0.05)
+    # Nobody reported for 3 s: nothing used.
+    db1.execute(
+        "update intake.webhook_governors set window_start = clock_timestamp() - '3 s'::interval"
+    )
+    assert _state(db1)["governed_rate"] == pytest.approx(100, rel=0.01)
 
 
 def test_the_breaker_opens_after_failures_probes_and_ramps_up_after_an_answer(db1):

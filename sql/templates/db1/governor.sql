@@ -18,10 +18,11 @@
 --     Otherwise (a ramp doubling, calls just restarted after a pause) they
 --     read a mix of slower seconds and a window's edge: 95 % of the
 --     reading, between half and three quarters of the rate refused, held
---     for no time;
+--     for no time; a rate read steady and still in its hold goes down 5 %;
 --   * after the hold the rate rises as a cube (+4 % 5 s later, +30 % after
 --     10 s, doubled after 15 s): it crosses the limit slowly, so the next
---     429 is read steady, and climbs quickly when the limit itself rose;
+--     429 is read steady, and climbs quickly when the limit itself rose,
+--     but never above 5 % more than the fleet called a second lately;
 --   * the bucket holds a fiftieth of a second of calls, so that no
 --     provider's one-second window gets more than the rate and a little;
 --   * webhook_rate_per_sec, when set, is a ceiling on top;
@@ -33,13 +34,36 @@
 --     batch of intents that fail for their own reasons must not look like
 --     an outage while the provider answers the others.
 
+-- The calls a second the fleet made over the governor's windows (what its
+-- workers reported), or 0 when nobody reported for 3 s.
+create or replace function intake.fleet_calls_per_s(g intake.webhook_governors, at timestamptz)
+returns double precision
+language sql
+immutable
+set search_path = pg_catalog, pg_temp
+as $used$
+    select case when at - g.window_start < interval '3 seconds'
+                then (g.ok_prev + g.throttled_prev + g.failed_prev
+                      + g.ok_now + g.throttled_now + g.failed_now)::double precision
+                     / (1 + greatest(0, extract(epoch from at - g.window_start)))
+                else 0 end;
+$used$;
+
 -- The calls per second in force for one webhook, or null for no limit.
+-- `used_per_s`: what the fleet called a second lately (null: unknown). A
+-- learned rate rises above it by 5 % at most: a fleet that cannot use its
+-- rate (its workers short of CPU, an empty queue) learns nothing about the
+-- provider, and a rate grown unused would meet the provider all at once
+-- when the calls come back.
 drop function if exists intake.governed_rate(integer, double precision, timestamptz,
                                              timestamptz, timestamptz);
+drop function if exists intake.governed_rate(integer, double precision, timestamptz,
+                                             timestamptz, double precision, double precision,
+                                             timestamptz);
 create or replace function intake.governed_rate(
     configured integer, learned_rate double precision, learned_at timestamptz,
     ramp_started_at timestamptz, ramp_from double precision, hold_s double precision,
-    at timestamptz)
+    at timestamptz, used_per_s double precision default null)
 returns double precision
 language sql
 immutable
@@ -47,7 +71,10 @@ set search_path = pg_catalog, pg_temp
 as $rate$
     select nullif(least(
         case when configured > 0 then configured::double precision end,
-        learned_rate * (1 + power(greatest(0, extract(epoch from at - learned_at) - hold_s) / 15, 3)),
+        case when learned_rate is not null
+             then least(learned_rate * (1 + power(greatest(0,
+                            extract(epoch from at - learned_at) - hold_s) / 15, 3)),
+                        greatest(learned_rate, coalesce(1.05 * used_per_s, 'infinity'))) end,
         case when ramp_started_at is not null
              then ramp_from * power(2, least(40, greatest(0,
                       extract(epoch from at - ramp_started_at)))) end,
@@ -100,7 +127,8 @@ begin
     end if;
     rate := intake.governed_rate(configured, g.learned_rate, g.learned_at,
                                  g.ramp_started_at, g.ramp_from,
-                                 g.learned_hold_s, now_ts);
+                                 g.learned_hold_s, now_ts,
+                                 intake.fleet_calls_per_s(g, now_ts));
     if rate is null then
         return query select wanted, 0::double precision, false;
         return;
@@ -196,7 +224,8 @@ begin
         if g.learned_at is null or now_ts - g.learned_at >= interval '1 second' then
             rate := intake.governed_rate(configured, g.learned_rate, g.learned_at,
                                          g.ramp_started_at, g.ramp_from,
-                                         g.learned_hold_s, now_ts);
+                                         g.learned_hold_s, now_ts,
+                                         intake.fleet_calls_per_s(g, now_ts));
             -- The seconds the windows span, less the pause in force in them.
             -- (least and greatest skip nulls: no pause yet, no overlap.)
             span := 1 + least(elapsed, 1);
@@ -236,7 +265,8 @@ begin
                 rate_then := intake.governed_rate(
                     configured, g.learned_rate, g.learned_at, g.ramp_started_at,
                     g.ramp_from, g.learned_hold_s,
-                    now_ts - make_interval(secs => greatest(span, 0)));
+                    now_ts - make_interval(secs => greatest(span, 0)),
+                    intake.fleet_calls_per_s(g, now_ts));
                 reading := (g.ok_prev + g.ok_now) / greatest(span, 0.5);
                 if span >= 1 and rate_then >= 0.9 * rate
                    and now_ts - greatest(g.paused_until, g.learned_at) >= interval '2 seconds' then
@@ -249,6 +279,13 @@ begin
                                            then greatest(1, 0.97 * reading, 0.5 * rate)
                                            else 0.97 * rate end;
                     g.learned_hold_s := case when retry_after_s is not null then 30 else 3 end;
+                elsif g.learned_rate is not null and g.learned_hold_s > 0
+                      and now_ts - g.learned_at
+                          < make_interval(secs => g.learned_hold_s) then
+                    -- A rate read steady, still in its hold, refused as calls
+                    -- restart after a pause (calls held back meet a window's
+                    -- edge): 5 % down, held as long again.
+                    g.learned_rate := 0.95 * g.learned_rate;
                 else
                     -- Not steady: the reading, but no more than three
                     -- quarters of the rate refused (which the report's delay
@@ -339,7 +376,8 @@ as $state$
            case when g.breaker = 'open' then 0
                 else intake.governed_rate(c.webhook_rate_per_sec, g.learned_rate, g.learned_at,
                                           g.ramp_started_at, g.ramp_from,
-                                          g.learned_hold_s, clock_timestamp()) end,
+                                          g.learned_hold_s, clock_timestamp(),
+                                          intake.fleet_calls_per_s(g, clock_timestamp())) end,
            g.learned_rate,
            case when g.paused_until > clock_timestamp() then g.paused_until end,
            coalesce(g.breaker, 'closed'),
