@@ -317,3 +317,53 @@ def test_the_snapshot_watches_configured_pools_only() -> None:
     assert not snapshot.watch("drop", buyer)
     assert snapshot.watch("drop", buyer)
     assert snapshot.watched == 1
+
+
+def test_the_secret_is_vetted_once_and_every_token_still_checked_in_full() -> None:
+    """The gateway's decoder keeps its vetting of the HS256 secret: a token
+    signed with another secret, for another audience or without `sub` is
+    still refused on every try, and the module-wide jwt.decode is untouched."""
+    secret = secrets.token_urlsafe(32)
+    verifier = Verifier("authenticated", secret, None)
+    claims = {"aud": "authenticated", "exp": time.time() + 60}
+    for _ in range(2):
+        sub = str(uuid.uuid4())
+        good = jwt.encode({"sub": sub, **claims}, secret)
+        assert asyncio.run(verifier.buyer(f"Bearer {good}")) == sub
+        other = jwt.encode({"sub": sub, **claims}, secrets.token_urlsafe(32))
+        with pytest.raises(TokenRefused, match="bad signature"):
+            asyncio.run(verifier.buyer(f"Bearer {other}"))
+        elsewhere = jwt.encode({"sub": sub, **claims, "aud": "other"}, secret)
+        with pytest.raises(TokenRefused, match="wrong audience"):
+            asyncio.run(verifier.buyer(f"Bearer {elsewhere}"))
+        nobody = jwt.encode(claims, secret)
+        with pytest.raises(TokenRefused, match="lacks the sub claim"):
+            asyncio.run(verifier.buyer(f"Bearer {nobody}"))
+    pem = "-----BEGIN PUBLIC KEY-----\nMFkw\n-----END PUBLIC KEY-----\n"
+    with pytest.raises(jwt.InvalidKeyError):
+        jwt.decode(good, pem, algorithms=["HS256"], audience="authenticated")
+
+
+def test_a_view_is_rendered_once_per_refresh_that_changed_it() -> None:
+    """Lookups are answered from bytes written once per view: a buyer who
+    polls gets the same bytes until a refresh brings a new view or velocity."""
+    snapshot = Snapshot(None, "intents", ("drop",))  # type: ignore[arg-type]
+    rendered: list[ClaimView] = []
+
+    def render(view: ClaimView, velocity: float | None) -> bytes:
+        rendered.append(view)
+        return json.dumps([view.ahead, velocity]).encode()
+
+    first = ClaimView("queued", 1, None, None, 40)
+    snapshot._views[("drop", "a")] = first
+    snapshot._velocity["drop"] = 10.0
+    assert snapshot.rendered("drop", "a", first, render) == b"[40, 10.0]"
+    assert snapshot.rendered("drop", "a", first, render) == b"[40, 10.0]"
+    assert rendered == [first]
+    snapshot._velocity["drop"] = 20.0
+    assert snapshot.rendered("drop", "a", first, render) == b"[40, 20.0]"
+    # A refresh makes a new view even when nothing changed: rendered again.
+    second = ClaimView("queued", 1, None, None, 30)
+    snapshot._views[("drop", "a")] = second
+    assert snapshot.rendered("drop", "a", second, render) == b"[30, 20.0]"
+    assert rendered == [first, first, second]

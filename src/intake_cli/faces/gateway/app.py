@@ -25,16 +25,18 @@ watched, and a little memory for ever. Any other id is answered from memory.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import orjson
 import psycopg
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from psycopg_pool import AsyncConnectionPool
 
 from intake_cli.engine import claims, opening
@@ -108,13 +110,20 @@ class Gateway:
 GATEWAY = web.AppKey("gateway", Gateway)
 
 
-def _json(data: dict[str, Any], status: int = 200, **headers: str) -> web.Response:
+# What aiohttp's text= answers said; set directly, since its text and
+# content_type arguments cost ~4 µs a response to arrive at the same header.
+JSON_CONTENT_TYPE = "application/json; charset=utf-8"
+
+
+def _body(body: bytes, status: int = 200, **headers: str) -> web.Response:
     return web.Response(
-        text=json.dumps(data, separators=(",", ":")),
-        status=status,
-        content_type="application/json",
-        headers=headers,
+        body=body, status=status, headers={"Content-Type": JSON_CONTENT_TYPE, **headers}
     )
+
+
+def _json(data: dict[str, Any], status: int = 200, **headers: str) -> web.Response:
+    # orjson: ~0.3 µs a body against ~4 µs for json.dumps with separators.
+    return _body(orjson.dumps(data), status, **headers)
 
 
 def _error(status: int, error: str, detail: str, **headers: str) -> web.Response:
@@ -142,12 +151,13 @@ async def _buyer(request: web.Request, gateway: Gateway) -> str | web.Response:
     return buyer
 
 
-async def _buyer_and_pool(request: web.Request, gateway: Gateway) -> tuple[str, str] | web.Response:
+async def _buyer_and_pool(
+    request: web.Request, gateway: Gateway, pool_id: str
+) -> tuple[str, str] | web.Response:
     """The verified buyer and the pool a request names, or the response refusing it."""
     buyer = await _buyer(request, gateway)
     if isinstance(buyer, web.Response):
         return buyer
-    pool_id = request.match_info["pool"]
     if pool_id not in gateway.pools:
         # The answer DB1 gives for a pool it does not have, without asking it.
         body = {"outcome": "unknown_pool", "error": "unknown_pool", "detail": "no such pool"}
@@ -155,9 +165,9 @@ async def _buyer_and_pool(request: web.Request, gateway: Gateway) -> tuple[str, 
     return buyer, pool_id
 
 
-async def post_claim(request: web.Request) -> web.Response:
+async def post_claim(request: web.Request, pool_id: str) -> web.Response:
     gateway = request.app[GATEWAY]
-    asked = await _buyer_and_pool(request, gateway)
+    asked = await _buyer_and_pool(request, gateway, pool_id)
     if isinstance(asked, web.Response):
         return asked
     buyer, pool_id = asked
@@ -243,6 +253,10 @@ MIN_REFRESH_S, MAX_REFRESH_S, UNMEASURED_REFRESH_S = 1, 30, 5
 HEARTBEAT_S = 15.0
 
 
+# A buyer the snapshot has no claim for, said the same way to everyone.
+NO_CLAIM = orjson.dumps({"state": "none", "refresh_after_seconds": None})
+
+
 def _view_body(view: ClaimView, velocity: float | None) -> dict[str, Any]:
     body = view.as_json()
     eta = view.ahead / velocity if view.ahead is not None and velocity else None
@@ -254,6 +268,10 @@ def _view_body(view: ClaimView, velocity: float | None) -> dict[str, Any]:
     else:
         body["refresh_after_seconds"] = int(min(MAX_REFRESH_S, max(MIN_REFRESH_S, eta / 2)))
     return body
+
+
+def _view_bytes(view: ClaimView, velocity: float | None) -> bytes:
+    return orjson.dumps(_view_body(view, velocity))
 
 
 async def _watched_view(gateway: Gateway, pool_id: str, buyer: str) -> ClaimView | None:
@@ -269,10 +287,10 @@ async def _watched_view(gateway: Gateway, pool_id: str, buyer: str) -> ClaimView
     return snapshot.view(pool_id, buyer)
 
 
-async def get_claim(request: web.Request) -> web.Response:
+async def get_claim(request: web.Request, pool_id: str) -> web.Response:
     """The buyer's own claim, from this process's snapshot (no DB1 query of its own)."""
     gateway = request.app[GATEWAY]
-    asked = await _buyer_and_pool(request, gateway)
+    asked = await _buyer_and_pool(request, gateway, pool_id)
     if isinstance(asked, web.Response):
         return asked
     buyer, pool_id = asked
@@ -283,9 +301,11 @@ async def get_claim(request: web.Request) -> web.Response:
         in_room = await _in_waiting_room(gateway, pool_id, buyer)
         if in_room is not None:
             return _json(in_room, 200, **headers)
-        return _json({"state": "none", "refresh_after_seconds": None}, 404, **headers)
+        return _body(NO_CLAIM, 404, **headers)
     assert gateway.snapshot is not None
-    return _json(_view_body(view, gateway.snapshot.velocity(pool_id)), 200, **headers)
+    # Written once per refresh that changed it, however often the buyer asks.
+    body = gateway.snapshot.rendered(pool_id, buyer, view, _view_bytes)
+    return _body(body, 200, **headers)
 
 
 async def _in_waiting_room(gateway: Gateway, pool_id: str, buyer: str) -> dict[str, Any] | None:
@@ -319,10 +339,10 @@ async def _in_waiting_room(gateway: Gateway, pool_id: str, buyer: str) -> dict[s
 FINAL_ROOM_OUTCOMES = frozenset({"sold_out", "invalid_user", "unknown_pool"})
 
 
-async def claim_events(request: web.Request) -> web.StreamResponse:
+async def claim_events(request: web.Request, pool_id: str) -> web.StreamResponse:
     """Server-sent events: each change of the buyer's claim; ends with its final state."""
     gateway = request.app[GATEWAY]
-    asked = await _buyer_and_pool(request, gateway)
+    asked = await _buyer_and_pool(request, gateway, pool_id)
     if isinstance(asked, web.Response):
         return asked
     buyer, pool_id = asked
@@ -346,10 +366,10 @@ async def claim_events(request: web.Request) -> web.StreamResponse:
             now = asyncio.get_running_loop().time()
             if view is not None and (view.state, view.ahead) != sent:
                 number += 1
-                body = json.dumps(_view_body(view, snapshot.velocity(pool_id)))
-                frame = f"id: {number}\nevent: claim\ndata: {body}\n\n"
+                body = snapshot.rendered(pool_id, buyer, view, _view_bytes)
+                frame = b"id: %d\nevent: claim\ndata: %s\n\n" % (number, body)
                 # A reader too slow to take a few hundred bytes is let go.
-                await asyncio.wait_for(stream.write(frame.encode()), timeout)
+                await asyncio.wait_for(stream.write(frame), timeout)
                 sent, quiet_since = (view.state, view.ahead), now
                 if view.state in FINAL_STATES:
                     break
@@ -437,6 +457,30 @@ async def _close(app: web.Application) -> None:
         await gateway.db1.close()
 
 
+PoolHandler = Callable[[web.Request, str], Awaitable[web.StreamResponse]]
+
+
+def _for_pool(handler: PoolHandler, pool_id: str | None) -> Handler:
+    """`handler` as aiohttp calls it: for `pool_id`, or (None) the pool in the path."""
+    if pool_id is None:
+
+        async def from_path(request: web.Request) -> web.StreamResponse:
+            return await handler(request, request.match_info["pool"])
+
+        return from_path
+
+    async def named(request: web.Request) -> web.StreamResponse:
+        return await handler(request, pool_id)
+
+    return named
+
+
+def _add_routes(app: web.Application, prefix: str, pool_id: str | None) -> None:
+    app.router.add_post(f"{prefix}/claim", _for_pool(post_claim, pool_id))
+    app.router.add_get(f"{prefix}/claim", _for_pool(get_claim, pool_id))
+    app.router.add_get(f"{prefix}/claim/events", _for_pool(claim_events, pool_id))
+
+
 def build(
     settings: GatewaySettings,
     queue_name: str,
@@ -458,9 +502,13 @@ def build(
         pools=frozenset(p.pool_id for p in pools),
         openings=openings,
     )
-    app.router.add_post("/v1/pools/{pool}/claim", post_claim)
-    app.router.add_get("/v1/pools/{pool}/claim", get_claim)
-    app.router.add_get("/v1/pools/{pool}/claim/events", claim_events)
+    # Each configured pool's paths are plain ones, which aiohttp finds with a
+    # dict lookup; the {pool} pattern costs a regular expression and an
+    # unquote per request (a few µs of each claim and lookup). The pattern
+    # stays for every other id, answered unknown_pool as before.
+    for pool_id in sorted(app[GATEWAY].pools):
+        _add_routes(app, f"/v1/pools/{pool_id}", pool_id)
+    _add_routes(app, "/v1/pools/{pool}", None)
     app.router.add_get("/healthz", healthz)
     app.on_startup.append(_open)
     app.on_cleanup.append(_close)

@@ -29,8 +29,11 @@ import os
 import re
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import jwt
+import orjson
+from jwt.algorithms import HMACAlgorithm
 
 from intake_cli.platform import secrets
 from intake_cli.platform.config import check_jwks_url
@@ -52,6 +55,9 @@ JWKS_CACHE_S = 300.0
 VERIFIED_CACHE_S = 60.0
 VERIFIED_CACHE_MAX = 100_000
 
+# Claims a token must carry: PyJWT refuses one without them.
+REQUIRED_CLAIMS = ["exp", "sub"]
+
 BUYER_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
 
 
@@ -61,6 +67,57 @@ class TokenRefused(Exception):
 
 class NoVerifier(UsageError):
     """Neither INTAKE_JWT_SECRET nor gateway.jwks_url is set: the gateway cannot verify buyers."""
+
+
+class _SecretHMAC(HMACAlgorithm):
+    """HS256 that vets the operator's secret once, not on every token.
+
+    PyJWT makes sure an HMAC key is not an asymmetric key in disguise (PEM,
+    SSH, DER, a JWK) each time it verifies: ~11 µs of a ~30 µs check, for a
+    secret that never changes. The first vetting of that secret is kept; any
+    other key is vetted every time, as PyJWT does.
+    """
+
+    def __init__(self, secret: str) -> None:
+        super().__init__(HMACAlgorithm.SHA256)
+        self._secret = secret
+        self._vetted: bytes | None = None
+
+    def prepare_key(self, key: str | bytes) -> bytes:
+        if self._vetted is not None and key == self._secret:
+            return self._vetted
+        prepared = super().prepare_key(key)
+        if key == self._secret:
+            self._vetted = prepared
+        return prepared
+
+
+class _Decoder(jwt.PyJWT):
+    """PyJWT reading the (already verified) payload with orjson: ~3 µs less
+    per token than the standard library's json, through the hook PyJWT
+    keeps for subclasses."""
+
+    def _decode_payload(self, decoded: dict[str, Any]) -> dict[str, Any]:
+        try:
+            payload = orjson.loads(decoded["payload"])
+        except orjson.JSONDecodeError as exc:
+            raise jwt.DecodeError(f"Invalid payload string: {exc}") from exc
+        if not isinstance(payload, dict):
+            raise jwt.DecodeError("Invalid payload string: must be a json object")
+        return payload
+
+
+def _decoder(secret: str | None) -> jwt.PyJWT:
+    """A PyJWT of the gateway's own: `exp` and `sub` required, and the HS256
+    secret vetted once. The algorithm is swapped with PyJWS's register_algorithm
+    on this decoder's own signer (PyJWT gives no other way to reach it), so
+    the module-wide jwt.decode keeps PyJWT's HS256 untouched."""
+    decoder = _Decoder(options={"require": REQUIRED_CLAIMS})
+    if secret is not None:
+        signer = decoder._jws
+        signer.unregister_algorithm("HS256")
+        signer.register_algorithm("HS256", _SecretHMAC(secret))
+    return decoder
 
 
 @dataclass
@@ -80,6 +137,7 @@ class Verifier:
             raise NoVerifier()
         self._audience = audience
         self._secret = secret or None
+        self._decoder = _decoder(self._secret)
         self._jwks = jwt.PyJWKClient(jwks_url, cache_keys=True, timeout=5) if jwks_url else None
         self._keys: dict[str, _CachedKey] = {}
         # token -> (buyer, epoch seconds after which it must be checked again)
@@ -113,12 +171,11 @@ class Verifier:
                 cached = await self._signing_key(header.get("kid"))
                 key, algorithms = cached.key, [cached.algorithm]
         try:
-            claims = jwt.decode(
+            claims = self._decoder.decode(
                 token,
                 key,  # type: ignore[arg-type]
                 algorithms=algorithms,
                 audience=self._audience,
-                options={"require": ["exp", "sub"]},
             )
         except jwt.PyJWTError as exc:
             raise TokenRefused(_reason(exc)) from None

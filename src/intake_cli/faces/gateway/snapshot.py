@@ -33,7 +33,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
@@ -63,6 +63,8 @@ class Snapshot:
         # Fixed keys: the configured pools, each read only while it has buyers.
         self._watched: dict[str, dict[str, float]] = {pool_id: {} for pool_id in pools}
         self._views: dict[tuple[str, str], ClaimView] = {}
+        # A view as last rendered for a reader, with what it was rendered from.
+        self._rendered: dict[tuple[str, str], tuple[ClaimView, float | None, bytes]] = {}
         self._velocity: dict[str, float | None] = {}
         # Positions last read, and when each pool's are due again (monotonic):
         # on schedule, and sooner for buyers with none yet.
@@ -103,6 +105,28 @@ class Snapshot:
     def velocity(self, pool_id: str) -> float | None:
         return self._velocity.get(pool_id)
 
+    def rendered(
+        self,
+        pool_id: str,
+        buyer: str,
+        view: ClaimView,
+        render: Callable[[ClaimView, float | None], bytes],
+    ) -> bytes:
+        """`render(view, velocity)`, worked out once per view and velocity.
+
+        A buyer who polls gets the same bytes until a refresh brings a new
+        view: each refresh makes new view objects, so one that is still the
+        same object (and the same velocity) renders the same.
+        """
+        key = (pool_id, buyer)
+        velocity = self._velocity.get(pool_id)
+        done = self._rendered.get(key)
+        if done is not None and done[0] is view and done[1] == velocity:
+            return done[2]
+        body = render(view, velocity)
+        self._rendered[key] = (view, velocity, body)
+        return body
+
     async def next_refresh(self, timeout: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._refreshed.wait(), timeout)
@@ -127,6 +151,7 @@ class Snapshot:
                 del watched[buyer]
                 self._views.pop((pool_id, buyer), None)
                 self._ahead.pop((pool_id, buyer), None)
+                self._rendered.pop((pool_id, buyer), None)
             if not watched:
                 self._positions_due.pop(pool_id, None)
                 continue
@@ -148,6 +173,7 @@ class Snapshot:
                 if found is None:
                     self._views.pop((pool_id, buyer), None)
                     self._ahead.pop((pool_id, buyer), None)
+                    self._rendered.pop((pool_id, buyer), None)
                     continue
                 if with_positions or found.state in FINAL_STATES:
                     self._ahead[(pool_id, buyer)] = found.ahead

@@ -533,9 +533,11 @@ def lookups(
     reads = beside["gateway"]["reads"]
     snapshot_reads = beside["gateway"]["snapshot_queries"]
     drop = 1 - beside["claims_per_s"] / alone["claims_per_s"] if alone["claims_per_s"] else None
+    per_lookup = _gateway_cpu_us_per_lookup(alone, beside, reads)
     say(
         f"      {beside['claims_per_s']:,.0f} claims/s, p99 {beside['p99_ms']} ms; "
-        f"{reads / seconds:,.0f} lookups/s, {snapshot_reads} snapshot reads"
+        f"{reads / seconds:,.0f} lookups/s, {snapshot_reads} snapshot reads; gateway CPU "
+        f"{alone['gateway_cpu_us_per_claim']} µs/claim (alone), {per_lookup} µs/lookup"
     )
     return {
         "workers": workers,
@@ -556,8 +558,21 @@ def lookups(
         # window's first second.
         "snapshot_reads_allowed": workers * math.ceil(seconds + 1),
         "db1_statements_per_lookup": round(snapshot_reads / reads, 6) if reads else None,
+        "gateway_cpu_us_per_lookup": per_lookup,
         "claim_rate_drop": round(drop, 4) if drop is not None else None,
     }
+
+
+def _gateway_cpu_us_per_lookup(
+    alone: dict[str, Any], beside: dict[str, Any], lookups: int
+) -> float | None:
+    """The gateway's CPU beside the lookups, less what its claims cost when
+    alone (per claim, the same gateway), over the lookups answered."""
+    if not lookups or not alone["claims"]:
+        return None
+    per_claim_s = alone["cpu_s"]["gateway"] / alone["claims"]
+    spent = beside["cpu_s"]["gateway"] - beside["claims"] * per_claim_s
+    return round(spent * 1e6 / lookups, 1)
 
 
 def _warm_up(gateway: Gateway, tokens: Path, plan: Plan) -> None:
@@ -791,7 +806,10 @@ def markdown(document: dict[str, Any]) -> str:
             f"{phase['snapshot_reads_during_herd']} snapshot reads for "
             f"{phase['lookups_during_herd']:,} lookups, {beside['db1_transactions']:,} "
             f"transactions (herd alone: {alone['db1_transactions']:,}). CPU s gateway / DB1 / "
-            f"wrk: {_cpu_shown(beside)} (herd alone: {_cpu_shown(alone)}).",
+            f"wrk: {_cpu_shown(beside)} (herd alone: {_cpu_shown(alone)}). Gateway CPU: "
+            f"{alone['gateway_cpu_us_per_claim']} µs per claim (herd alone), "
+            f"{phase.get('gateway_cpu_us_per_lookup')} µs per lookup (the rest of its CPU "
+            "beside the lookups).",
         ]
     lines += ["", targets_markdown(document["targets"])]
     return "\n".join(lines)
