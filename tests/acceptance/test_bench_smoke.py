@@ -27,6 +27,8 @@ WORKLOADS = {
     "hot_row",
     "hot_row_one_statement",
     "skip_locked",
+    "intent_insert",
+    "number_unit_intent",
     "claim",
     "claim_batch_10",
     "select1_pooler",
@@ -79,6 +81,9 @@ def test_batched_claims_are_real_claims(quick_run):
     assert batch["intents"] >= batch["transactions"] * 10
     single = next(run for run in quick_run["runs"] if run["workload"] == "claim")
     assert single["intents"] >= single["transactions"]
+    # The claim's bare shape takes a real unit of the bench pool for each intent.
+    shape = next(run for run in quick_run["runs"] if run["workload"] == "number_unit_intent")
+    assert shape["intents"] >= shape["transactions"] > 0
     # Through the pooler too: each claim is a real intent in the queue.
     pooled = next(run for run in quick_run["runs"] if run["workload"] == "claim_pooler")
     assert pooled["intents"] >= pooled["transactions"] > 0
@@ -91,6 +96,7 @@ def test_ratios_targets_and_sellout_come_from_the_same_run(quick_run):
     assert claim_ratio["vs_hot_row"] == pytest.approx(rate["claim"] / rate["hot_row"])
     assert claim_ratio["vs_skip_locked"] == pytest.approx(rate["claim"] / rate["skip_locked"])
     assert claim_ratio["vs_select1"] == pytest.approx(rate["claim"] / rate["select1"])
+    assert claim_ratio["vs_intent_insert"] == pytest.approx(rate["claim"] / rate["intent_insert"])
     batch_ratio = next(r for r in quick_run["ratios"] if r["workload"] == "claim_batch_10")
     assert batch_ratio["vs_hot_row"] == pytest.approx(rate["claim_batch_10"] / rate["hot_row"])
     # A pooled claim is held to SELECT 1 through the same pooler.
@@ -105,7 +111,10 @@ def test_ratios_targets_and_sellout_come_from_the_same_run(quick_run):
     assert all(rate > 0 for rate in sellout["tenths_per_s"])
 
     targets = quick_run["targets"]
-    assert len(targets) == 7
+    assert len(targets) == 8
+    # The claim against its own floor, the durable intent insert, in the same run.
+    floor = next(t for t in targets if "durable intent insert" in t["what"])
+    assert floor["measured"] == pytest.approx(rate["claim"] / rate["intent_insert"], abs=1e-4)
     # The pooler's target, then the standby's (test_claims_quick_with_a_synchronous_standby).
     pooled_target = targets[-2]
     assert pooled_target["what"].startswith("claim via PgBouncer")
