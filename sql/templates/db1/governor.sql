@@ -11,14 +11,14 @@
 --   * every later 429 (at most one a second) teaches a rate. When the rate
 --     in force held steady (under 10 % higher than 1-2 s ago) and calls went
 --     through at it for 2 s since the last pause or lesson, the windows read
---     the limit: 97 % of what the provider accepted a second (97 % of the
---     rate refused when they read that very rate; half of it at least),
---     held 30 s when the provider sends Retry-After (each of its 429s
+--     the limit: 97 % of what the provider accepted a second, or of the
+--     rate in force as they began if lower (half the rate refused at
+--     least), held 60 s when the provider sends Retry-After (each of its 429s
 --     pauses the fleet), 3 s when it does not (a 429 costs one call).
 --     Otherwise (a ramp doubling, calls just restarted after a pause) they
 --     read a mix of slower seconds and a window's edge: 95 % of the
 --     reading, between half and three quarters of the rate refused, held
---     for no time; a rate read steady and still in its hold goes down 5 %;
+--     for no time; a rate read steady and still in its hold goes down 3 %;
 --   * after the hold the rate rises as a cube (+4 % 5 s later, +30 % after
 --     10 s, doubled after 15 s): it crosses the limit slowly, so the next
 --     429 is read steady, and climbs quickly when the limit itself rose,
@@ -271,21 +271,23 @@ begin
                 if span >= 1 and rate_then >= 0.9 * rate
                    and now_ts - greatest(g.paused_until, g.learned_at) >= interval '2 seconds' then
                     -- Steady, and calls went through at it for two seconds:
-                    -- 97 % of what the provider accepted (never below half
-                    -- the rate refused: idle workers leave the windows
-                    -- empty), or, when they read the very rate refused (it
-                    -- just crossed the limit), 97 % of that rate.
-                    g.learned_rate := case when reading < rate
-                                           then greatest(1, 0.97 * reading, 0.5 * rate)
-                                           else 0.97 * rate end;
-                    g.learned_hold_s := case when retry_after_s is not null then 30 else 3 end;
+                    -- 97 % of what the provider accepted a second, or of the
+                    -- rate in force as the windows began if lower (the rate
+                    -- rose past the limit within them: 97 % of the rate
+                    -- refused was refused again within seconds), never below
+                    -- half the rate refused (idle workers leave the windows
+                    -- empty). Held 60 s with Retry-After: each crossing of
+                    -- the limit costs the fleet a pause.
+                    g.learned_rate := greatest(1, 0.5 * rate,
+                                               0.97 * least(reading, rate_then));
+                    g.learned_hold_s := case when retry_after_s is not null then 60 else 3 end;
                 elsif g.learned_rate is not null and g.learned_hold_s > 0
                       and now_ts - g.learned_at
                           < make_interval(secs => g.learned_hold_s) then
                     -- A rate read steady, still in its hold, refused as calls
                     -- restart after a pause (calls held back meet a window's
-                    -- edge): 5 % down, held as long again.
-                    g.learned_rate := 0.95 * g.learned_rate;
+                    -- edge): 3 % down, held as long again.
+                    g.learned_rate := 0.97 * g.learned_rate;
                 else
                     -- Not steady: the reading, but no more than three
                     -- quarters of the rate refused (which the report's delay
