@@ -22,6 +22,7 @@ from typing import Any, NamedTuple, Protocol, TypedDict, cast
 
 import psycopg
 from psycopg.rows import dict_row
+from psycopg.types.array import ListBinaryDumper
 from psycopg.types.json import Jsonb
 from psycopg.types.string import TextLoader
 from psycopg_pool import AsyncConnectionPool
@@ -219,6 +220,18 @@ def columns(batch: Sequence[Intent], **extra: Any) -> dict[str, Any]:
     }
 
 
+def binary_arrays(cur: psycopg.AsyncCursor[Any]) -> psycopg.AsyncCursor[Any]:
+    """`cur`, sending lists as binary arrays: for the statements every batch runs.
+
+    As text, psycopg quotes each element in Python: about 3 us per intent
+    per statement, where binary copies it as it is (a third of that). Every
+    such parameter is cast in its query (`::uuid[]`, `::bigint[]`), so the
+    element type psycopg picks for the binary array does not matter.
+    """
+    cur.adapters.register_dumper(list, ListBinaryDumper)
+    return cur
+
+
 def as_jsonb(message: Any) -> Jsonb:
     """A message to write back to DB1: a RawJson goes as its own text, unchanged."""
     if isinstance(message, RawJson):
@@ -291,7 +304,7 @@ class PgStore:
             "resource_ids": [i.resource_id for i in intents],
         }
         async with self.db1.connection() as conn:
-            cur = conn.cursor(row_factory=dict_row)
+            cur = binary_arrays(conn.cursor(row_factory=dict_row))
             rows = await (await cur.execute(drain_query("intent_states"), params)).fetchall()
         return cast(list[UnitCheck], rows)
 
@@ -321,7 +334,9 @@ class PgStore:
             both = conn.transaction() if validated and rejected else contextlib.nullcontext()
             async with both:
                 if validated:
-                    await conn.execute(drain_query("mark_validated"), columns(validated))
+                    await binary_arrays(conn.cursor()).execute(
+                        drain_query("mark_validated"), columns(validated)
+                    )
                 if rejected:
                     await conn.execute(
                         drain_query("finish_rejected"), columns(rejected, queue=self.queue)
@@ -401,7 +416,9 @@ class PgStore:
             together = conn.transaction() if steps > 1 else contextlib.nullcontext()
             async with together:
                 if committed:
-                    await conn.execute(drain_query("finish_committed"), columns(committed, queue=q))
+                    await binary_arrays(conn.cursor()).execute(
+                        drain_query("finish_committed"), columns(committed, queue=q)
+                    )
                 if archived:
                     await conn.execute(drain_query("archive_many"), columns(archived, queue=q))
                 if retries:
