@@ -14,6 +14,7 @@ from __future__ import annotations
 import multiprocessing
 import signal
 from collections.abc import Callable
+from multiprocessing import resource_tracker
 from types import FrameType
 from typing import Any
 
@@ -33,7 +34,11 @@ def run_processes(target: Callable[..., Any], args: tuple[Any, ...], count: int)
     # passes it on as SIGTERM. A SIGINT ignored here stays ignored in a
     # child through its exec, so Python does not turn one that arrives while
     # the child starts into a KeyboardInterrupt traceback; the job's own
-    # handlers (the worker's, aiohttp's) take over once installed.
+    # handlers (the worker's, aiohttp's) take over once installed. The parent
+    # also blocks SIGINT meanwhile: Linux keeps a blocked signal pending even
+    # while it is ignored, so the parent takes a Ctrl-C given as the fleet
+    # starts once its handler is in (ignored alone, it was lost: the fleet
+    # drained on). Spawned children do not inherit the mask.
     previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
     stopping = False
 
@@ -47,16 +52,25 @@ def run_processes(target: Callable[..., Any], args: tuple[Any, ...], count: int)
     # The other stop signals are handled before the first child starts: one
     # that arrives while they start stops those started and starts no more
     # (handled only after, it killed the parent and left the children on).
+    # multiprocessing starts its resource tracker with the first child and
+    # then unblocks SIGINT whatever the mask was: started first, it leaves
+    # the mask alone.
+    resource_tracker.ensure_running()
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN if sig == signal.SIGINT else stop)
     started = []
-    for child in children:
-        if stopping:
-            break
-        child.start()
-        started.append(child)
-    if signal.SIGINT in STOP_SIGNALS:
-        signal.signal(signal.SIGINT, stop)
+    try:
+        for child in children:
+            if stopping:
+                break
+            child.start()
+            started.append(child)
+    finally:
+        if signal.SIGINT in STOP_SIGNALS:
+            signal.signal(signal.SIGINT, stop)
+        # A Ctrl-C held pending while they started is taken here, by `stop`.
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     if stopping:
         stop(signal.SIGTERM, None)
     try:
