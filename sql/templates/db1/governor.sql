@@ -17,7 +17,7 @@
 --     pauses the fleet), 3 s when it does not (a 429 costs one call).
 --     Otherwise (a ramp doubling, calls just restarted after a pause) they
 --     read a mix of slower seconds and a window's edge: 95 % of the
---     reading, between half and three quarters of the rate refused, held
+--     reading, between half and 70 % of the rate refused, held
 --     for no time; a rate read steady and still in its hold goes down 3 %;
 --   * after the hold the rate rises as a cube (+4 % 5 s later, +30 % after
 --     10 s, doubled after 15 s): it crosses the limit slowly, so the next
@@ -289,13 +289,14 @@ begin
                     -- edge): 3 % down, held as long again.
                     g.learned_rate := 0.97 * g.learned_rate;
                 else
-                    -- Not steady: the reading, but no more than three
-                    -- quarters of the rate refused (which the report's delay
-                    -- lets overshoot the limit by a third) nor below half of
-                    -- it; and no hold: the cube rises at once, slowly past
-                    -- the limit, so the next 429 is read steady.
+                    -- Not steady: the reading, but no more than 70 % of the
+                    -- rate refused (which the report's delay lets a ramp
+                    -- overshoot the limit by a third or more; at 75 % the
+                    -- rate learned was refused again as the pause ended) nor
+                    -- below half of it; and no hold: the cube rises at once,
+                    -- slowly past the limit, so the next 429 is read steady.
                     g.learned_rate := greatest(1, 0.5 * rate,
-                                               least(0.95 * reading, 0.75 * rate));
+                                               least(0.95 * reading, 0.7 * rate));
                     g.learned_hold_s := 0;
                 end if;
                 g.ramp_started_at := null;
