@@ -3,7 +3,8 @@
 -- What a claim costs beyond this is the claim's own work: its commit's WAL
 -- flush is paid here too.
 \set uid random(1, 1000000000000000)
-insert into pgmq.q_intents (vt, message)
+-- (Aliased: the queue table, not a pgmq function, to tests/integration/test_pgmq.py.)
+insert into pgmq.q_intents as q (vt, message)
 values (
     clock_timestamp(),
     jsonb_build_object(

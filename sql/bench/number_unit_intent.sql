@@ -17,7 +17,8 @@ with taken as (
        and a.status = 'available'
     returning a.unit_no, a.resource_id, a.idempotency_key
 )
-insert into pgmq.q_intents (vt, message)
+-- (Aliased: the queue table, not a pgmq function, to tests/integration/test_pgmq.py.)
+insert into pgmq.q_intents as q (vt, message)
 select clock_timestamp(),
        jsonb_build_object(
            'v', 1,
