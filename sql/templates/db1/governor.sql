@@ -11,9 +11,9 @@
 --   * every later 429 (at most one a second) teaches a rate. When the rate
 --     in force held steady (under 10 % higher than 1-2 s ago) and calls went
 --     through at it for 2 s since the last pause or lesson, the windows read
---     the limit: 97 % of what the provider accepted a second, or of the
---     rate in force as they began if lower (half the rate refused at
---     least), held 60 s when the provider sends Retry-After (each of its 429s
+--     the limit: 97 % of the rate in force as they began, when the
+--     provider accepted 90 % of it or more, else of what it accepted (half
+--     the rate refused at least), held 60 s when the provider sends Retry-After (each of its 429s
 --     pauses the fleet), 3 s when it does not (a 429 costs one call).
 --     Otherwise (a ramp doubling, calls just restarted after a pause) they
 --     read a mix of slower seconds and a window's edge: 95 % of the
@@ -271,15 +271,19 @@ begin
                 if span >= 1 and rate_then >= 0.9 * rate
                    and now_ts - greatest(g.paused_until, g.learned_at) >= interval '2 seconds' then
                     -- Steady, and calls went through at it for two seconds:
-                    -- 97 % of what the provider accepted a second, or of the
-                    -- rate in force as the windows began if lower (the rate
-                    -- rose past the limit within them: 97 % of the rate
-                    -- refused was refused again within seconds), never below
+                    -- the rate crossed the limit within the windows. 97 % of
+                    -- the rate in force as they began, when the provider
+                    -- accepted 90 % of it or more (the windows read what the
+                    -- fleet's calls reached, a little under the rate, and
+                    -- learning from them settled 5 % under the limit; 97 %
+                    -- of the rate refused was refused again within
+                    -- seconds); else 97 % of what it accepted; never below
                     -- half the rate refused (idle workers leave the windows
                     -- empty). Held 60 s with Retry-After: each crossing of
                     -- the limit costs the fleet a pause.
                     g.learned_rate := greatest(1, 0.5 * rate,
-                                               0.97 * least(reading, rate_then));
+                                               0.97 * case when reading >= 0.9 * rate_then
+                                                           then rate_then else reading end);
                     g.learned_hold_s := case when retry_after_s is not null then 60 else 3 end;
                 elsif g.learned_rate is not null and g.learned_hold_s > 0
                       and now_ts - g.learned_at
