@@ -185,6 +185,7 @@ declare
     answered   boolean;
     rate_then  double precision;
     reading    double precision;
+    used       double precision;
 begin
     select c.validation_webhook_url, c.webhook_rate_per_sec into url, configured
       from intake.engine_config c where c.pool_id = report_webhook_calls.pool_id;
@@ -222,10 +223,10 @@ begin
 
     if throttled > 0 then
         if g.learned_at is null or now_ts - g.learned_at >= interval '1 second' then
+            used := intake.fleet_calls_per_s(g, now_ts);
             rate := intake.governed_rate(configured, g.learned_rate, g.learned_at,
                                          g.ramp_started_at, g.ramp_from,
-                                         g.learned_hold_s, now_ts,
-                                         intake.fleet_calls_per_s(g, now_ts));
+                                         g.learned_hold_s, now_ts, used);
             -- The seconds the windows span, less the pause in force in them.
             -- (least and greatest skip nulls: no pause yet, no overlap.)
             span := 1 + least(elapsed, 1);
@@ -265,8 +266,7 @@ begin
                 rate_then := intake.governed_rate(
                     configured, g.learned_rate, g.learned_at, g.ramp_started_at,
                     g.ramp_from, g.learned_hold_s,
-                    now_ts - make_interval(secs => greatest(span, 0)),
-                    intake.fleet_calls_per_s(g, now_ts));
+                    now_ts - make_interval(secs => greatest(span, 0)), used);
                 reading := (g.ok_prev + g.ok_now) / greatest(span, 0.5);
                 if span >= 1 and rate_then >= 0.9 * rate
                    and now_ts - greatest(g.paused_until, g.learned_at) >= interval '2 seconds' then

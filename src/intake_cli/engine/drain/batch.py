@@ -309,6 +309,9 @@ class Batch:
         self.unfinished.discard(intent.msg_id)
 
     def _log(self, intent: Intent, name: str, level: int = logging.INFO, **fields: Any) -> None:
+        # Called per intent: nothing more is gathered when the level is off.
+        if not self.ctx.log.isEnabledFor(level):
+            return
         event(
             self.ctx.log,
             level,
@@ -518,16 +521,14 @@ class Batch:
         result = await self.ctx.webhook.validate(pool.webhook_url, payload, intent.key, pool.secret)
         intent.webhook_calls += 1
         intent.webhook_ms = round(result.elapsed_s * 1000, 1)
-        # Per intent: the fields are not even gathered when the level is off.
-        if self.ctx.log.isEnabledFor(logging.DEBUG):
-            self._log(
-                intent,
-                "webhook",
-                level=logging.DEBUG,
-                status=result.status,
-                verdict=result.verdict.value,
-                duration_ms=intent.webhook_ms,
-            )
+        self._log(
+            intent,
+            "webhook",
+            level=logging.DEBUG,
+            status=result.status,
+            verdict=result.verdict.value,
+            duration_ms=intent.webhook_ms,
+        )
         if result.verdict is Verdict.VALIDATED:
             intent.state = "validated"
             self.validated_now.append(intent)
@@ -589,26 +590,23 @@ class Batch:
             # Recorded with the validation: a later failure of the commit
             # must not count this call again.
             intent.webhook_calls = 0
+            self._log(
+                intent,
+                "transition",
+                from_state="queued",
+                to_state="validated",
+                duration_ms=intent.webhook_ms,
+            )
         for intent in rejected:
+            self._log(
+                intent,
+                "transition",
+                from_state="queued",
+                to_state="rejected",
+                reason=intent.error,
+                duration_ms=intent.webhook_ms,
+            )
             self.unfinished.discard(intent.msg_id)
-        if self.ctx.log.isEnabledFor(logging.INFO):
-            for intent in validated:
-                self._log(
-                    intent,
-                    "transition",
-                    from_state="queued",
-                    to_state="validated",
-                    duration_ms=intent.webhook_ms,
-                )
-            for intent in rejected:
-                self._log(
-                    intent,
-                    "transition",
-                    from_state="queued",
-                    to_state="rejected",
-                    reason=intent.error,
-                    duration_ms=intent.webhook_ms,
-                )
         self.counts["validated"] += len(validated)
         self.counts["rejected"] += len(rejected)
 
@@ -693,18 +691,16 @@ class Batch:
             return
         self.ctx.phases.add("db2_commit", time.perf_counter() - started)
         elapsed_ms = round((time.perf_counter() - started) * 1000, 1)
-        said = self.ctx.log.isEnabledFor(logging.INFO)
         for intent, outcome in zip(chunk, outcomes, strict=True):
             if outcome.ok:
                 self.committed.append(intent)
-                if said:
-                    self._log(
-                        intent,
-                        "transition",
-                        from_state="validated",
-                        to_state="committed",
-                        duration_ms=elapsed_ms,
-                    )
+                self._log(
+                    intent,
+                    "transition",
+                    from_state="validated",
+                    to_state="committed",
+                    duration_ms=elapsed_ms,
+                )
             else:
                 intent.error = f"commit RPC: {outcome.error}"
                 self.failed.append(intent)
