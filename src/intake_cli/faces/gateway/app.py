@@ -1,4 +1,4 @@
-"""The buyers' HTTP API (aiohttp): claim, and later read, one's own claim.
+"""The buyers' HTTP API: claim, and later read, one's own claim.
 
 Every answer is JSON. What each claim outcome becomes (docs/gateway.md):
 
@@ -14,7 +14,8 @@ Every answer is JSON. What each claim outcome becomes (docs/gateway.md):
 
 and before DB1 is asked: 401 (no valid token), 404 (a pool not in this
 gateway's configuration), 413 (body too large), 429 with Retry-After (rate),
-503 (DB1 unreachable).
+503 (DB1 unreachable). The wire itself (keep-alive, limits, timeouts) is
+http1.py's.
 
 Only the pools in intake.yaml are ever claimed from, watched or held in
 memory here: a pool id is text a buyer writes in the URL, and each one the
@@ -32,17 +33,17 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from urllib.parse import unquote
 
 import orjson
 import psycopg
-from aiohttp import web
-from aiohttp.typedefs import Handler
 from psycopg_pool import AsyncConnectionPool
 
 from intake_cli.engine import claims, opening
 from intake_cli.engine.claim_views import FINAL_STATES, ClaimView
 from intake_cli.faces.gateway.auth import TokenRefused, Verifier
 from intake_cli.faces.gateway.batcher import ClaimBatcher
+from intake_cli.faces.gateway.http1 import STREAMED, Request, Response
 from intake_cli.faces.gateway.limits import TokenBuckets, retry_after
 from intake_cli.faces.gateway.snapshot import FIRST_READ_WAIT_S, REFRESH_S, Snapshot
 from intake_cli.platform.config import GatewaySettings, PoolSettings
@@ -107,41 +108,31 @@ class Gateway:
         self.per_buyer = TokenBuckets(self.settings.per_buyer_rate, self.settings.per_buyer_burst)
 
 
-GATEWAY = web.AppKey("gateway", Gateway)
+def _body(body: bytes, status: int = 200, **headers: str) -> Response:
+    return Response(status, body, headers or None)
 
 
-# What aiohttp's text= answers said; set directly, since its text and
-# content_type arguments cost ~4 µs a response to arrive at the same header.
-JSON_CONTENT_TYPE = "application/json; charset=utf-8"
-
-
-def _body(body: bytes, status: int = 200, **headers: str) -> web.Response:
-    return web.Response(
-        body=body, status=status, headers={"Content-Type": JSON_CONTENT_TYPE, **headers}
-    )
-
-
-def _json(data: dict[str, Any], status: int = 200, **headers: str) -> web.Response:
+def _json(data: dict[str, Any], status: int = 200, **headers: str) -> Response:
     # orjson: ~0.3 µs a body against ~4 µs for json.dumps with separators.
     return _body(orjson.dumps(data), status, **headers)
 
 
-def _error(status: int, error: str, detail: str, **headers: str) -> web.Response:
+def _error(status: int, error: str, detail: str, **headers: str) -> Response:
     return _json({"error": error, "detail": detail}, status, **headers)
 
 
-def _too_many(wait: float) -> web.Response:
+def _too_many(wait: float) -> Response:
     return _error(429, "rate_limited", "too many requests", **{"Retry-After": retry_after(wait)})
 
 
-async def _buyer(request: web.Request, gateway: Gateway) -> str | web.Response:
+async def _buyer(request: Request, gateway: Gateway) -> str | Response:
     """The verified buyer of a request, or the response refusing it."""
     assert gateway.per_ip is not None and gateway.per_buyer is not None
     # Before any signature is checked: a flood costs one dict lookup each.
-    if wait := gateway.per_ip.take(request.remote or "?"):
+    if wait := gateway.per_ip.take(request.remote):
         return _too_many(wait)
     try:
-        buyer = await gateway.verifier.buyer(request.headers.get("Authorization"))
+        buyer = await gateway.verifier.buyer(request.authorization)
     except TokenRefused as exc:
         return _error(
             401, "unauthorized", str(exc), **{"WWW-Authenticate": 'Bearer error="invalid_token"'}
@@ -152,11 +143,11 @@ async def _buyer(request: web.Request, gateway: Gateway) -> str | web.Response:
 
 
 async def _buyer_and_pool(
-    request: web.Request, gateway: Gateway, pool_id: str
-) -> tuple[str, str] | web.Response:
+    request: Request, gateway: Gateway, pool_id: str
+) -> tuple[str, str] | Response:
     """The verified buyer and the pool a request names, or the response refusing it."""
     buyer = await _buyer(request, gateway)
-    if isinstance(buyer, web.Response):
+    if isinstance(buyer, Response):
         return buyer
     if pool_id not in gateway.pools:
         # The answer DB1 gives for a pool it does not have, without asking it.
@@ -165,22 +156,13 @@ async def _buyer_and_pool(
     return buyer, pool_id
 
 
-async def post_claim(request: web.Request, pool_id: str) -> web.Response:
-    gateway = request.app[GATEWAY]
+async def post_claim(gateway: Gateway, request: Request, pool_id: str) -> Response:
+    # The body carries nothing the claim needs: http1 has read it (bounded:
+    # 413 above max_body_bytes, 408 when too slow) and dropped it.
     asked = await _buyer_and_pool(request, gateway, pool_id)
-    if isinstance(asked, web.Response):
+    if isinstance(asked, Response):
         return asked
     buyer, pool_id = asked
-    # The body carries nothing the claim needs; one that was sent is read
-    # (bounded) and dropped so a keep-alive connection stays in step. Most
-    # claims have none, and skip the timer task a bounded read costs.
-    if request.can_read_body:
-        try:
-            await asyncio.wait_for(request.read(), gateway.settings.client_timeout_s)
-        except web.HTTPRequestEntityTooLarge:
-            return _error(413, "too_large", f"body above {gateway.settings.max_body_bytes} bytes")
-        except TimeoutError:
-            return _error(408, "timeout", "request body too slow")
     held = await _opening(gateway, pool_id, buyer)
     if held is not None:
         return held
@@ -192,7 +174,7 @@ async def post_claim(request: web.Request, pool_id: str) -> web.Response:
     return _answer(answer)
 
 
-async def _opening(gateway: Gateway, pool_id: str, buyer: str) -> web.Response | None:
+async def _opening(gateway: Gateway, pool_id: str, buyer: str) -> Response | None:
     """Before the opening: a receipt (202). During it: wait. After it (or none): None.
 
     DB1 decides whether the room is still open (its clock, and the lock the
@@ -240,7 +222,7 @@ async def _run_opening(gateway: Gateway, pool_id: str, found: Opening) -> None:
     found.done.set()
 
 
-def _answer(answer: claims.Claim) -> web.Response:
+def _answer(answer: claims.Claim) -> Response:
     body = answer.as_json()
     body.pop("msg_id", None)
     headers = {"Retry-After": RETRY_AFTER[answer.outcome]} if answer.outcome in RETRY_AFTER else {}
@@ -287,11 +269,10 @@ async def _watched_view(gateway: Gateway, pool_id: str, buyer: str) -> ClaimView
     return snapshot.view(pool_id, buyer)
 
 
-async def get_claim(request: web.Request, pool_id: str) -> web.Response:
+async def get_claim(gateway: Gateway, request: Request, pool_id: str) -> Response:
     """The buyer's own claim, from this process's snapshot (no DB1 query of its own)."""
-    gateway = request.app[GATEWAY]
     asked = await _buyer_and_pool(request, gateway, pool_id)
-    if isinstance(asked, web.Response):
+    if isinstance(asked, Response):
         return asked
     buyer, pool_id = asked
     view = await _watched_view(gateway, pool_id, buyer)
@@ -339,23 +320,22 @@ async def _in_waiting_room(gateway: Gateway, pool_id: str, buyer: str) -> dict[s
 FINAL_ROOM_OUTCOMES = frozenset({"sold_out", "invalid_user", "unknown_pool"})
 
 
-async def claim_events(request: web.Request, pool_id: str) -> web.StreamResponse:
+async def claim_events(gateway: Gateway, request: Request, pool_id: str) -> Response | None:
     """Server-sent events: each change of the buyer's claim; ends with its final state."""
-    gateway = request.app[GATEWAY]
     asked = await _buyer_and_pool(request, gateway, pool_id)
-    if isinstance(asked, web.Response):
+    if isinstance(asked, Response):
         return asked
     buyer, pool_id = asked
     snapshot = gateway.snapshot
     assert snapshot is not None
-    stream = web.StreamResponse(
-        headers={
+    stream = request.connection.start_stream(
+        request,
+        {
             "Content-Type": "text/event-stream",
             "Cache-Control": "no-store",
             "X-Accel-Buffering": "no",
-        }
+        },
     )
-    await stream.prepare(request)
     timeout = gateway.settings.client_timeout_s
     sent: tuple[str, int | None] | None = None
     number = 0
@@ -379,16 +359,17 @@ async def claim_events(request: web.Request, pool_id: str) -> web.StreamResponse
             await snapshot.next_refresh(2 * REFRESH_S)
             snapshot.watch(pool_id, buyer)
             view = snapshot.view(pool_id, buyer)
-        await stream.write_eof()
+        await asyncio.wait_for(stream.end(), timeout)
     except (ConnectionResetError, TimeoutError):
-        pass  # the buyer went away; nothing to clean up but the watch, which expires
-    return stream
+        # The buyer went away; nothing to clean up but the watch, which
+        # expires. The connection cannot carry another answer after a part of one.
+        request.connection.abort()
+    return STREAMED
 
 
-async def healthz(request: web.Request) -> web.Response:
+async def healthz(gateway: Gateway, request: Request, _: str) -> Response:
     """Liveness, and this process's DB1 statement counts (benchmarks read them;
     with --workers each answer is one process's, told apart by its pid)."""
-    gateway = request.app[GATEWAY]
     batcher, snapshot = gateway.batcher, gateway.snapshot
     return _json(
         {
@@ -403,8 +384,8 @@ async def healthz(request: web.Request) -> web.Response:
     )
 
 
-async def _open(app: web.Application) -> None:
-    gateway = app[GATEWAY]
+async def start(gateway: Gateway) -> None:
+    """DB1's pool, the batcher, the snapshot and the openings: before the port is bound."""
     pool = async_pool(gateway.dsn, min_size=1, max_size=DB1_CONNECTIONS, open=False)
     await pool.open()
     gateway.db1 = pool
@@ -444,8 +425,7 @@ async def _follow_db1_openings(gateway: Gateway, pool: AsyncConnectionPool) -> N
     gateway.openings = openings
 
 
-async def _close(app: web.Application) -> None:
-    gateway = app[GATEWAY]
+async def stop(gateway: Gateway) -> None:
     if gateway.snapshot is not None:
         await gateway.snapshot.stop()
     for found in (gateway.openings or {}).values():
@@ -457,28 +437,51 @@ async def _close(app: web.Application) -> None:
         await gateway.db1.close()
 
 
-PoolHandler = Callable[[web.Request, str], Awaitable[web.StreamResponse]]
+Handler = Callable[[Gateway, Request, str], Awaitable[Response | None]]
+# The answers each path has, by method; HEAD is GET without the body.
+CLAIM: dict[str, Handler] = {"POST": post_claim, "GET": get_claim, "HEAD": get_claim}
+EVENTS: dict[str, Handler] = {"GET": claim_events}
+HEALTH: dict[str, Handler] = {"GET": healthz, "HEAD": healthz}
+POOLS_PREFIX = "/v1/pools/"
+NOT_FOUND = Response(404, b'{"error":"not_found","detail":"no such path"}')
 
 
-def _for_pool(handler: PoolHandler, pool_id: str | None) -> Handler:
-    """`handler` as aiohttp calls it: for `pool_id`, or (None) the pool in the path."""
-    if pool_id is None:
+def _pool_path(path: str) -> tuple[dict[str, Handler], str] | None:
+    """`/v1/pools/{pool}/claim[/events]` for any id: the id percent-decoded,
+    one path segment, as the pattern router the gateway had matched it."""
+    if not path.startswith(POOLS_PREFIX):
+        return None
+    rest = path[len(POOLS_PREFIX) :]
+    for suffix, handlers in (("/claim/events", EVENTS), ("/claim", CLAIM)):
+        if rest.endswith(suffix):
+            segment = rest[: -len(suffix)]
+            if segment and "/" not in segment:
+                return handlers, unquote(segment, errors="replace")
+    return None
 
-        async def from_path(request: web.Request) -> web.StreamResponse:
-            return await handler(request, request.match_info["pool"])
 
-        return from_path
+def dispatcher(gateway: Gateway) -> Callable[[Request], Awaitable[Response | None]]:
+    """The gateway's routes, for http1. Each configured pool's paths are found
+    with one dict lookup; any other id goes through `_pool_path` and is
+    answered unknown_pool without DB1."""
+    exact: dict[str, tuple[dict[str, Handler], str]] = {"/healthz": (HEALTH, "")}
+    for pool_id in gateway.pools:
+        exact[f"{POOLS_PREFIX}{pool_id}/claim"] = (CLAIM, pool_id)
+        exact[f"{POOLS_PREFIX}{pool_id}/claim/events"] = (EVENTS, pool_id)
 
-    async def named(request: web.Request) -> web.StreamResponse:
-        return await handler(request, pool_id)
+    async def dispatch(request: Request) -> Response | None:
+        found = exact.get(request.path) or _pool_path(request.path)
+        if found is None:
+            return NOT_FOUND
+        handlers, pool_id = found
+        handler = handlers.get(request.method)
+        if handler is None:
+            return _error(
+                405, "method_not_allowed", "method not allowed", Allow=", ".join(handlers)
+            )
+        return await handler(gateway, request, pool_id)
 
-    return named
-
-
-def _add_routes(app: web.Application, prefix: str, pool_id: str | None) -> None:
-    app.router.add_post(f"{prefix}/claim", _for_pool(post_claim, pool_id))
-    app.router.add_get(f"{prefix}/claim", _for_pool(get_claim, pool_id))
-    app.router.add_get(f"{prefix}/claim/events", _for_pool(claim_events, pool_id))
+    return dispatch
 
 
 def build(
@@ -487,14 +490,13 @@ def build(
     dsn: str,
     verifier: Verifier,
     pools: tuple[PoolSettings, ...] = (),
-) -> web.Application:
-    app = web.Application(client_max_size=settings.max_body_bytes)
+) -> Gateway:
     openings = {
         p.pool_id: Opening(p.opens_at, p.admit_per_second, asyncio.Event())
         for p in pools
         if p.opens_at is not None
     }
-    app[GATEWAY] = Gateway(
+    return Gateway(
         settings,
         queue_name,
         dsn,
@@ -502,14 +504,3 @@ def build(
         pools=frozenset(p.pool_id for p in pools),
         openings=openings,
     )
-    # Each configured pool's paths are plain ones, which aiohttp finds with a
-    # dict lookup; the {pool} pattern costs a regular expression and an
-    # unquote per request (a few µs of each claim and lookup). The pattern
-    # stays for every other id, answered unknown_pool as before.
-    for pool_id in sorted(app[GATEWAY].pools):
-        _add_routes(app, f"/v1/pools/{pool_id}", pool_id)
-    _add_routes(app, "/v1/pools/{pool}", None)
-    app.router.add_get("/healthz", healthz)
-    app.on_startup.append(_open)
-    app.on_cleanup.append(_close)
-    return app

@@ -7,15 +7,16 @@ balancer) needs no coordination.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 
-from aiohttp import web
-
 from intake_cli.faces.gateway import app as gateway_app
+from intake_cli.faces.gateway import http1
 from intake_cli.faces.gateway.auth import Verifier
 from intake_cli.platform import eventloop
 from intake_cli.platform.config import Settings
 from intake_cli.platform.processes import run_processes
+from intake_cli.platform.signals import stop_on_signals
 
 # Idle keep-alive connections are closed after this many seconds, so that
 # clients that stop talking do not pile up sockets.
@@ -34,17 +35,27 @@ def serve(settings: Settings, dsn: str, host: str, port: int, reuse_port: bool) 
     # Each --workers process reads the secret itself (spawned, it inherits
     # the environment), and is held to the same check.
     checked = verifier(settings)
-    web.run_app(
-        gateway_app.build(gateway, settings.queue_name, dsn, checked, settings.pools),
-        host=host,
-        port=port,
-        reuse_port=reuse_port,
-        print=None,
-        access_log=None,
-        keepalive_timeout=min(KEEPALIVE_S, gateway.client_timeout_s),
-        handle_signals=True,
-        loop=eventloop.new_loop(),
+    state = gateway_app.build(gateway, settings.queue_name, dsn, checked, settings.pools)
+    eventloop.run(_serve(state, host, port, reuse_port))
+
+
+async def _serve(state: gateway_app.Gateway, host: str, port: int, reuse_port: bool) -> None:
+    settings = state.settings
+    server = http1.Server(
+        gateway_app.dispatcher(state),
+        max_body_bytes=settings.max_body_bytes,
+        client_timeout_s=settings.client_timeout_s,
+        idle_s=min(KEEPALIVE_S, settings.client_timeout_s),
     )
+    stopping = asyncio.Event()
+    with stop_on_signals(asyncio.get_running_loop(), stopping.set):
+        await gateway_app.start(state)
+        try:
+            await server.listen(host, port, reuse_port)
+            await stopping.wait()
+        finally:
+            await server.close()
+            await gateway_app.stop(state)
 
 
 def run(settings: Settings, dsn: str, host: str, port: int, workers: int) -> None:
