@@ -315,8 +315,31 @@ def test_the_snapshot_watches_configured_pools_only() -> None:
         assert not snapshot.watch(f"made-up-{n}", buyer)
     assert list(snapshot._watched) == ["drop"] and snapshot.watched == 0
     assert not snapshot.watch("drop", buyer)
-    assert snapshot.watch("drop", buyer)
     assert snapshot.watched == 1
+
+
+def test_a_buyer_is_told_no_claim_only_after_a_refresh_read_them() -> None:
+    """A second request right behind a buyer's first (a poll, a retry, a
+    second tab) waits for the refresh that reads them, as the first does: a
+    faster door had answered it "no claim" (404) before any read."""
+    snapshot = Snapshot(None, "intents", ("drop",))  # type: ignore[arg-type]
+    buyer = str(uuid.uuid4())
+    assert not snapshot.watch("drop", buyer)
+    assert not snapshot.watch("drop", buyer)
+
+    async def one_refresh() -> None:
+        refreshed = asyncio.Event()
+
+        async def read_nobody() -> None:
+            refreshed.set()
+
+        snapshot._refresh = read_nobody  # type: ignore[method-assign]
+        snapshot.start()
+        await refreshed.wait()
+        await snapshot.stop()
+
+    asyncio.run(one_refresh())
+    assert snapshot.watch("drop", buyer)
 
 
 def test_the_secret_is_vetted_once_and_every_token_still_checked_in_full() -> None:

@@ -63,6 +63,9 @@ class Snapshot:
         # Fixed keys: the configured pools, each read only while it has buyers.
         self._watched: dict[str, dict[str, float]] = {pool_id: {} for pool_id in pools}
         self._views: dict[tuple[str, str], ClaimView] = {}
+        # Buyers watched since the refresh under way began, whom no refresh has
+        # read yet: until one has, their answer is not "no claim" but "wait".
+        self._unread: set[tuple[str, str]] = set()
         # A view as last rendered for a reader, with what it was rendered from.
         self._rendered: dict[tuple[str, str], tuple[ClaimView, float | None, bytes]] = {}
         self._velocity: dict[str, float | None] = {}
@@ -83,8 +86,11 @@ class Snapshot:
             await asyncio.gather(self._task, return_exceptions=True)
 
     def watch(self, pool_id: str, buyer: str) -> bool:
-        """Keep `buyer` in the picture; True when they were already in it.
+        """Keep `buyer` in the picture; True once a refresh has read them.
 
+        False for a buyer new to the picture, and for one whose first read is
+        still to come (a second request right behind the first): the caller
+        waits for the next refresh rather than answer "no claim" too soon.
         A pool the snapshot was not made with is never watched (False, always).
         """
         watched = self._watched.get(pool_id)
@@ -92,7 +98,10 @@ class Snapshot:
             return False
         known = buyer in watched
         watched[buyer] = time.monotonic()
-        return known
+        if not known:
+            self._unread.add((pool_id, buyer))
+            return False
+        return not self._unread or (pool_id, buyer) not in self._unread
 
     @property
     def watched(self) -> int:
@@ -134,11 +143,13 @@ class Snapshot:
     async def _loop(self) -> None:
         while True:
             started = time.monotonic()
+            reading, self._unread = self._unread, set()
             try:
                 await self._refresh()
             except psycopg.Error as exc:
                 # Readers keep the last picture; the next second tries again.
                 log.warning("claim snapshot refresh failed: %s", type(exc).__name__)
+                self._unread |= reading
             # Wake everyone waiting on this refresh, and start the next wait.
             done, self._refreshed = self._refreshed, asyncio.Event()
             done.set()
