@@ -390,3 +390,44 @@ def test_a_view_is_rendered_once_per_refresh_that_changed_it() -> None:
     snapshot._views[("drop", "a")] = second
     assert snapshot.rendered("drop", "a", second, render) == b"[30, 20.0]"
     assert rendered == [first, first, second]
+
+
+@pytest.mark.parametrize(
+    "segment",
+    [
+        b"",
+        b"eyJhbGciOiJIUzI1NiJ9",
+        b"eyJhbGciOiJIUzI1NiJ9=",
+        b"eyJhbGciOiJIUzI1NiJ9==",
+        b"eyJhbGciOiJIUzI1NiJ9===",
+        b"YWJj",
+        b"YWJj=",
+        b"YWI=",
+        b"YWI==",
+        b"YQ==",
+        b"YQ===",
+        b"Y",
+        b"Y=",
+        b"!!!!",
+        b"YW J",
+        b"YW+/",
+        b"YW\nJ",
+        b"=YWJ",
+        b"YW=J",
+        "YWJ\u00e9".encode(),
+    ],
+)
+def test_a_token_segment_is_read_as_pyjwt_reads_it(segment: bytes) -> None:
+    """The gateway's faster check of a segment's characters refuses and
+    decodes exactly what PyJWT's own does."""
+    from jwt.api_jws import PyJWS
+
+    from intake_cli.faces.gateway.auth import _Signer
+
+    def outcome(signer: type[PyJWS]) -> bytes | str:
+        try:
+            return signer._decode_base64url_segment(segment, "header")
+        except jwt.DecodeError as exc:
+            return f"refused: {exc}"
+
+    assert outcome(_Signer) == outcome(PyJWS)

@@ -24,6 +24,7 @@ through the gateway.
 from __future__ import annotations
 
 import asyncio
+import binascii
 import itertools
 import os
 import re
@@ -34,6 +35,8 @@ from typing import Any
 import jwt
 import orjson
 from jwt.algorithms import HMACAlgorithm
+from jwt.api_jws import PyJWS
+from jwt.utils import base64url_decode
 
 from intake_cli.platform import secrets
 from intake_cli.platform.config import check_jwks_url
@@ -92,6 +95,34 @@ class _SecretHMAC(HMACAlgorithm):
         return prepared
 
 
+# What a token's segment may hold before its '=' padding (RFC 7515 §2).
+_BASE64URL_SEGMENT = re.compile(rb"[A-Za-z0-9_-]*")
+
+
+class _Signer(PyJWS):
+    """PyJWS with its check of each segment's characters made by a regular
+    expression: PyJWT tests them one by one in Python, ~8 µs of a ~23 µs
+    check for a new token. The rules are PyJWT's (at most two '=' and only
+    where the length allows them, no length of 1 mod 4, only the URL-safe
+    alphabet); the unit tests hold the two to the same answers."""
+
+    @staticmethod
+    def _decode_base64url_segment(segment: bytes, name: str) -> bytes:
+        stripped = segment.rstrip(b"=")
+        padding = len(segment) - len(stripped)
+        if (
+            padding > 2
+            or (padding and len(segment) % 4)
+            or len(stripped) % 4 == 1
+            or not _BASE64URL_SEGMENT.fullmatch(stripped)
+        ):
+            raise jwt.DecodeError(f"Invalid {name} padding")
+        try:
+            return base64url_decode(stripped)
+        except (TypeError, binascii.Error) as exc:
+            raise jwt.DecodeError(f"Invalid {name} padding") from exc
+
+
 class _Decoder(jwt.PyJWT):
     """PyJWT reading the (already verified) payload with orjson: ~3 µs less
     per token than the standard library's json, through the hook PyJWT
@@ -113,8 +144,8 @@ def _decoder(secret: str | None) -> jwt.PyJWT:
     on this decoder's own signer (PyJWT gives no other way to reach it), so
     the module-wide jwt.decode keeps PyJWT's HS256 untouched."""
     decoder = _Decoder(options={"require": REQUIRED_CLAIMS})
+    decoder._jws = signer = _Signer(options=decoder._get_sig_options())
     if secret is not None:
-        signer = decoder._jws
         signer.unregister_algorithm("HS256")
         signer.register_algorithm("HS256", _SecretHMAC(secret))
     return decoder
