@@ -431,3 +431,21 @@ def test_a_token_segment_is_read_as_pyjwt_reads_it(segment: bytes) -> None:
             return f"refused: {exc}"
 
     assert outcome(_Signer) == outcome(PyJWS)
+
+
+def test_a_claim_answer_is_the_claim_as_json_without_its_message() -> None:
+    """The gateway writes the claim's fields itself (orjson takes the UUIDs as
+    they are): the body must stay what Claim.as_json says, less msg_id."""
+    import orjson
+
+    from intake_cli.engine.claims import Claim
+    from intake_cli.faces.gateway.app import _answer
+
+    for claim in (
+        Claim("claimed", "drop", "u1", uuid.uuid4(), 17, uuid.uuid4(), 5),
+        Claim("sold_out", "drop", "u2"),
+        Claim("paused", "drop", None),
+    ):
+        expected = claim.as_json()
+        del expected["msg_id"]
+        assert orjson.loads(_answer(claim).body) == expected

@@ -64,8 +64,9 @@ class ClaimBatcher:
             self._send(pool_id)
         elif waiting.timer is None:
             waiting.timer = loop.call_later(self._max_wait_s, self._send, pool_id)
-        # A buyer who hangs up does not cancel the batch others are in.
-        return await asyncio.shield(answer)
+        # Cancelling this wait (a shutdown) cancels `answer` alone: the batch
+        # is its own task and skips answers already done, so no shield is needed.
+        return await answer
 
     def _send(self, pool_id: str) -> None:
         waiting = self._waiting.pop(pool_id, None)
