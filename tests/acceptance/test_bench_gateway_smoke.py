@@ -50,6 +50,10 @@ def test_bench_gateway_quick_claims_through_the_gateway_into_db1():
     # The reads came from the snapshot, not from a DB1 query each.
     assert lookups["snapshot_reads_during_herd"] < lookups["lookups_during_herd"]
     assert alone["gateway"]["reads"] == 0
+    # Lookups alone: the gateway's own CPU per lookup, read directly.
+    by_themselves = lookups["lookups_alone"]
+    assert by_themselves["lookups"] > 0 and by_themselves["non_2xx"] == 0
+    assert by_themselves["gateway_cpu_us_per_lookup"] > 0
 
     names = [t["what"] for t in result["targets"]]
     # Lookups were answered beside claims (asserted above): both CPU bars judged.
