@@ -449,3 +449,37 @@ def test_a_claim_answer_is_the_claim_as_json_without_its_message() -> None:
         expected = claim.as_json()
         del expected["msg_id"]
         assert orjson.loads(_answer(claim).body) == expected
+
+
+@pytest.mark.parametrize(
+    "aud",
+    [
+        "authenticated",
+        "anon",
+        "",
+        None,
+        ["authenticated"],
+        ["anon", "authenticated"],
+        ["anon"],
+        [],
+        [1],
+        7,
+        {"a": 1},
+    ],
+)
+@pytest.mark.parametrize("strict", [False, True])
+def test_a_token_audience_is_judged_as_pyjwt_judges_it(aud: object, strict: bool) -> None:
+    """The gateway's direct comparison of one audience with one named gives
+    PyJWT's answer, and every other shape is PyJWT's own."""
+    from intake_cli.faces.gateway.auth import _Decoder
+
+    payload = {} if aud is None else {"aud": aud}
+
+    def outcome(decoder: jwt.PyJWT) -> str:
+        try:
+            decoder._validate_aud(payload, "authenticated", strict=strict)
+        except jwt.PyJWTError as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return "accepted"
+
+    assert outcome(_Decoder()) == outcome(jwt.PyJWT())
