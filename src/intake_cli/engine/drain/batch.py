@@ -254,24 +254,33 @@ class _Recorder:
     def __init__(self, write: Callable[[list[Intent]], Awaitable[None]]) -> None:
         self._write = write
         self._waiting: list[Intent] = []
-        self._lock = asyncio.Lock()
+        self._writing = False
         # The first failed write. The batch raises it once every webhook call
         # has returned, as when all answers were written together at the end.
         self.error: Exception | None = None
 
     async def record(self, intent: Intent) -> None:
-        """Return once the answer is written (or a write failed: see `error`)."""
+        """Have the answer written: at once when no write is under way, else by
+        the caller whose write is (it writes until none is left waiting).
+
+        The batch waits for every call, and with them for the last write, so
+        only that caller waits here: not one lock wait per answer.
+        """
         self._waiting.append(intent)
-        async with self._lock:
-            if not self._waiting or self.error is not None:
-                # Written by the caller before us, or DB1 is failing: the
-                # unwritten answers are asked for again after the lease.
-                return
-            answers, self._waiting = self._waiting, []
-            try:
-                await self._write(answers)
-            except Exception as exc:
-                self.error = exc
+        if self._writing:
+            return
+        self._writing = True
+        try:
+            # Once a write failed (DB1 is failing), the unwritten answers
+            # are asked for again after the lease.
+            while self._waiting and self.error is None:
+                answers, self._waiting = self._waiting, []
+                try:
+                    await self._write(answers)
+                except Exception as exc:
+                    self.error = exc
+        finally:
+            self._writing = False
 
 
 class Batch:

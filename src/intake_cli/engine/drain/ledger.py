@@ -34,7 +34,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from intake_cli.platform.config import check_rpc_name
 from intake_cli.platform.errors import ConnectionFailed, LedgerContractError, LedgerUnavailable
-from intake_cli.platform.jsontext import read_json
+from intake_cli.platform.jsontext import dump_ascii, read_json
 from intake_cli.platform.pgconn import async_pool
 from intake_cli.platform.sqlfiles import queries, render
 
@@ -703,7 +703,7 @@ async def _stream_batch(
     query = sql.SQL(_q("commit_batch")).format(rpc=rpc.identifier(), arg_type=sql.SQL(rpc.arg_type))
     # One JSON array: dumped in one call, where a jsonb[] literal quotes
     # every element in Python (sql/queries/db2.sql).
-    params = {"payloads": Jsonb(payloads)}
+    params = {"payloads": Jsonb(payloads, dumps=dump_ascii)}
 
     async def stream() -> None:
         async with conn.cursor(row_factory=tuple_row) as cur:

@@ -27,6 +27,7 @@ from typing import Any
 import aiohttp
 
 from intake_cli import __version__
+from intake_cli.platform.jsontext import dump_ascii
 from intake_cli.platform.signing import sign
 
 DECLINE_STATUSES = frozenset({400, 402, 409, 422})
@@ -199,9 +200,7 @@ class WebhookClient:
         session, slots = self._session, self._slots
         if session is None or slots is None:
             raise RuntimeError("WebhookClient.validate called outside `async with`")
-        body = json.dumps(
-            {**payload, "idempotency_key": idempotency_key}, separators=(",", ":")
-        ).encode("utf-8")
+        body = dump_ascii({**payload, "idempotency_key": idempotency_key})
         headers = {"Content-Type": "application/json", "Idempotency-Key": idempotency_key}
         async with slots:
             started = time.perf_counter()
