@@ -17,15 +17,7 @@ from typing import Any
 import pytest
 
 from intake_cli.platform.jsontext import MAX_JSON_DEPTH, dump_ascii, read_json
-
-INTENT = {
-    "idempotency_key": "00000000-0000-4000-8000-0000000000aa",
-    "pool_id": "drop",
-    "user_id": "buyer",
-    "resource_id": "00000000-0000-4000-8000-0000000000bb",
-    "unit_no": 3,
-    "claimed_at": "2026-01-01T00:00:00+00:00",
-}
+from tests.unit.test_dead_letter_reading import INTENT
 
 TEXTS = [
     json.dumps(INTENT),

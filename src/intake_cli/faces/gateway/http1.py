@@ -101,6 +101,8 @@ class Server:
         self.idle_s = idle_s
         self.clock = _Clock()
         self.connections: set[Connection] = set()
+        # The loop keeps only weak references to tasks: answers under way are held here.
+        self.answering: set[asyncio.Task[None]] = set()
         self._listener: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -296,7 +298,9 @@ class Connection(asyncio.Protocol):
             if self._transport is not None and not self._reading_stopped:
                 self._transport.resume_reading()
         self._serving = True
-        self._loop.create_task(self._serve(request))
+        task = self._loop.create_task(self._serve(request))
+        self._server.answering.add(task)
+        task.add_done_callback(self._server.answering.discard)
 
     async def _serve(self, request: Request) -> None:
         try:

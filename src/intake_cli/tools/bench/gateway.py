@@ -430,7 +430,7 @@ def herd(db1: Bench, gateway: Gateway, tokens: Path, plan: Plan, threads: int) -
     after = _settled(gateway)
     # The gateway's counters cover this window (wrk's run and the settling).
     window = time.monotonic() - opened
-    used = {key: round(v - cpu_before[key], 2) for key, v in _cpu(db1, gateway).items()}
+    used = _cpu_since(cpu_before, db1, gateway)
     claimed = db1.queued() - queued
     xacts = _db1_transactions(db1) - xacts
     kept = ("claims", "claim_batches", "snapshot_queries", "reads")
@@ -474,6 +474,13 @@ def _cpu(db1: Bench, gateway: Gateway | None = None) -> dict[str, float]:
         # wrk, or pgbench for the single claim.
         "wrk": reaped.ru_utime + reaped.ru_stime + running,
     }
+
+
+def _cpu_since(
+    before: dict[str, float], db1: Bench, gateway: Gateway | None = None
+) -> dict[str, float]:
+    """CPU seconds of each part since `before` (a reading of `_cpu`)."""
+    return {key: round(v - before[key], 3) for key, v in _cpu(db1, gateway).items()}
 
 
 def _cpu_per_claim(used: dict[str, float], claims: int) -> float | None:
@@ -590,7 +597,7 @@ def _lookups_alone(db1: Bench, gateway: Gateway, tokens: Path, plan: Plan) -> di
         seconds=min(LOOKUPS_ALONE_S, plan.duration),
     ).finish()
     reads = gateway.counters()["reads"] - counted["reads"]
-    used = {key: round(v - cpu_before[key], 3) for key, v in _cpu(db1, gateway).items()}
+    used = _cpu_since(cpu_before, db1, gateway)
     return {
         "connections": plan.lookup_connections,
         "wrk": asdict(result),
@@ -768,7 +775,7 @@ def measure(plan: Plan, workdir: Path) -> dict[str, Any]:
             db1.reset("claim", max(plan.buyers, SINGLE_CLAIM_CEILING_PER_S * plan.duration))
             cpu_before = _cpu(db1)
             run = db1.run(CLAIM, clients, plan.duration)
-            used = {k: round(v - cpu_before[k], 2) for k, v in _cpu(db1).items() if k != "gateway"}
+            used = {k: v for k, v in _cpu_since(cpu_before, db1).items() if k != "gateway"}
             single_run = {
                 **asdict(run),
                 # DB1's server and pgbench ("wrk" in _cpu's terms).
