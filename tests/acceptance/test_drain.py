@@ -135,7 +135,13 @@ def test_two_and_four_workers_never_process_an_intent_twice(workdir, db1_dsn, db
     assert event.tickets() == {key: 1 for key in first + second}
 
 
+# Serial: a failure is charged only when the provider answered another call
+# since the last failure reported, so the approved buyers' answers must land
+# between the failing keys' retries. On a machine loaded by the parallel pass
+# two retry waves once came back to back, the second was taken for an outage
+# (not charged) and one key was called a fourth time.
 @pytest.mark.slow
+@pytest.mark.serial
 def test_past_max_retries_goes_to_the_dlq_and_replay_commits_once(workdir, db1_dsn, db2_dsn):
     """Keys that fail every call while the provider answers the others use up
     their retries (an outage, where it answers nobody, would not)."""

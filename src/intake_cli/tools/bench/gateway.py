@@ -93,8 +93,14 @@ DEFAULT_LOOKUP_RATE = 10_000
 # their claim stands (ten times a second each at the default rate: the
 # per-buyer limit is lifted for the bench). Each process watches them all.
 DEFAULT_LOOKUP_BUYERS = 1_000
-# Enough connections to hold the lookup rate while each waits its delay.
-LOOKUP_CONNECTIONS = 100
+# Each lookup connection asks once per cycle (its wait, then the answer's
+# time), so connections / cycle is the rate. A cycle of 100 ms, of which the
+# answer is allowed 10: at 10,000/s, 1,000 connections waiting 90 ms each.
+# (With 100 connections waiting 10 ms, answers of ~10 ms beside a herd
+# halved the rate asked for.)
+LOOKUP_CYCLE_S = 0.1
+LOOKUP_ANSWER_S = 0.01
+MIN_LOOKUP_CONNECTIONS = 10
 # A buyer's first lookup in a process waits for the next snapshot refresh
 # (up to ~2 s), which is the start of a crowd, not its steady state: before
 # the measured herd, every process is made to watch every lookup buyer by
@@ -523,9 +529,10 @@ def lookups(
     units = 2 * plan.buyers + plan.lookup_buyers
     db1.reset("claim", units)
     _preclaim(db1, lookup_buyers)
-    # Each connection waits this long before each lookup: connections x
-    # 1000 / delay is the rate asked for (less whatever each request takes).
-    delay_ms = plan.lookup_connections * 1000 / plan.lookup_rate
+    # Each connection waits this long before each lookup: its cycle less the
+    # time allowed for the answer (see LOOKUP_CYCLE_S).
+    cycle_s = plan.lookup_connections / plan.lookup_rate
+    delay_ms = max(1.0, (cycle_s - LOOKUP_ANSWER_S) * 1000)
     with running_gateway(db1.workdir, db1.cluster.dsn, secret, *chosen, units) as gateway:
         say(f"    herd alone ({workers} workers, batch {max_batch}, wait {max_wait_ms:g} ms)")
         alone = herd(db1, gateway, files["herd"], plan, WRK_THREADS)
@@ -977,7 +984,7 @@ def gateway_command(
             buyers=buyers,
             lookup_rate=max(lookup_rate, 1),
             lookup_buyers=lookup_buyers,
-            lookup_connections=LOOKUP_CONNECTIONS,
+            lookup_connections=max(MIN_LOOKUP_CONNECTIONS, math.ceil(lookup_rate * LOOKUP_CYCLE_S)),
             lookups=lookup_rate > 0,
         )
     with events.workdir("gateway", keep) as workdir:
