@@ -639,3 +639,34 @@ def test_json_answers_say_json_and_their_exact_length(gw: Gateway, status: int) 
         assert int(answer.headers["retry-after"]) >= 1
     if status == 401:
         assert answer.headers["www-authenticate"].startswith("Bearer")
+
+
+# Stopping: an open event stream does not hold the gateway's exit.
+
+
+@pytest.mark.serial
+def test_a_stop_does_not_wait_on_open_event_streams(
+    workdir: Path, cluster: Cluster, template_db: str, db2_cluster: Cluster
+) -> None:
+    """SIGTERM while a buyer reads their event stream: the gateway ends at
+    once, cleanly. A stream has no end of its own; waiting for it held a stop
+    to its grace period (aiohttp: until the stream's handler ended)."""
+    db1 = new_database(cluster, template_db)
+    db2 = new_database(db2_cluster)
+    try:
+        config = write_config(workdir, db1, db2, [pool_spec("drop", 10)], gateway=SETTINGS)
+        intake("up", config=config, check=True)
+        with running_gateway(config, db1, db2) as gateway, httpx.Client(timeout=10) as client:
+            headers = {"Authorization": f"Bearer {token(_buyer())}"}
+            assert client.post(f"{gateway.url}{CLAIM}", headers=headers).status_code == 200
+            with client.stream("GET", f"{gateway.url}{CLAIM}/events", headers=headers) as stream:
+                assert next(stream.iter_lines()).startswith("id: ")
+                stopped = time.monotonic()
+                gateway.proc.terminate()
+                assert gateway.proc.wait(timeout=30) == 0
+                took = time.monotonic() - stopped
+        # Well inside the 5 s grace that requests under way are given.
+        assert took < 4.0, f"the gateway took {took:.1f} s to stop"
+    finally:
+        drop_database(cluster, db1)
+        drop_database(db2_cluster, db2)
