@@ -353,6 +353,31 @@ WITHIN = {
 }
 
 
+@pytest.mark.parametrize("refused", ["too large", "malformed"])
+def test_a_refusal_behind_pipelined_requests_comes_after_their_answers(
+    gw: Gateway, refused: str
+) -> None:
+    """Requests read before a refusal are answered first, in order; then the
+    refusal, then the close: nothing after it is read as a request."""
+    buyer = _buyer()
+    before = _claims(gw)
+    behind = (
+        request("POST", CLAIM, buyer, headers=b"Content-Length: %d\r\n" % len(BIG), body=BIG)
+        if refused == "too large"
+        else b"POST "
+        + CLAIM.encode()
+        + b" HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"
+    )
+    smuggled = request("POST", CLAIM, buyer)
+    with Wire(gw, timeout=CLIENT_TIMEOUT_S + CLOSE_MARGIN_S) as wire:
+        wire.send(request("GET", "/healthz") + request("GET", "/healthz") + behind + smuggled)
+        for _ in range(2):
+            assert _assert_json(wire.answer(), 200)["ok"] is True
+        assert "error" in _assert_json(wire.answer(), 413 if refused == "too large" else 400)
+        assert wire.closed_within(CLIENT_TIMEOUT_S + CLOSE_MARGIN_S) == b""
+    assert _held(gw, buyer) == 0 and _claims(gw) == before
+
+
 @pytest.mark.parametrize(("headers", "body"), WITHIN.values(), ids=WITHIN.keys())
 def test_a_body_within_the_limit_is_read_and_the_claim_made(
     gw: Gateway, headers: bytes, body: bytes
