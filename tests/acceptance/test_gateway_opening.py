@@ -139,6 +139,11 @@ async def _post_paced(
         return await asyncio.gather(*(one(n, b) for n, b in enumerate(buyers)))
 
 
+# Serial: the crowd must reach DB1 across the opening's instant, so a lag of
+# the gateways behind the wall clock decides the case. In the parallel pass of
+# a loaded CI run every early buyer's join once arrived after the room closed
+# (0 receipts); alone it passes.
+@pytest.mark.serial
 def test_every_receipt_given_across_the_opening_instant_is_admitted(
     workdir: Path, cluster: Cluster, template_db: str, db2_cluster: Cluster
 ) -> None:
