@@ -46,7 +46,9 @@ from intake_cli.tools.webhook_process import WebhookServer
 
 TARGET_SHARE = 0.05
 # How long a stream may take to show the last row written before it is judged.
-SETTLE_S = 5.0
+# The wait ends as soon as every page has it; 5 s was once too short for a
+# page in the parallel pass of a loaded CI run (6 rows of 7 seen).
+SETTLE_S = 15.0
 
 
 class Collector(threading.Thread):
