@@ -110,6 +110,7 @@ def test_retry_after_pauses_every_caller_and_the_first_429_starts_a_ramp(db1):
     assert state["governed_rate"] == pytest.approx(75, rel=0.1)
     time.sleep(wait_s + 0.05)
     assert 75 <= _granted_over(db1, 1.0) <= 130
+    _busy(db1, 100)  # what the fleet reports it called: the ramp may double past it
     assert _state(db1)["governed_rate"] > 140
 
 
@@ -221,6 +222,25 @@ def test_a_ramp_refused_reads_no_steady_rate_and_the_cube_climbs_at_once(db1):
     db1.execute("update intake.webhook_governors set learned_at = learned_at - '10 s'::interval")
     _busy(db1, 200)
     assert _state(db1)["governed_rate"] == pytest.approx(learned * 1.3, rel=0.05)
+
+
+def test_a_ramp_rises_only_as_far_as_the_fleet_uses_it(db1):
+    """Workers short of CPU call less than a ramp allows, so no 429 comes to
+    stop it: it may double to twice what the fleet calls, no further, or the
+    429 that comes with the calls teaches half of a runaway rate."""
+    _report(db1, 0, 50, 0, None)  # the first 429: a ramp from 20 a second
+    db1.execute(
+        "update intake.webhook_governors set ramp_started_at = ramp_started_at - '10 s'::interval,"
+        " learned_at = learned_at - '10 s'::interval"
+    )
+    _busy(db1, 100)
+    assert _state(db1)["governed_rate"] == pytest.approx(200, rel=0.02)
+    _busy(db1, 20_000)  # calls keep up: the ramp is its own bound (20 x 2^10)
+    assert _state(db1)["governed_rate"] == pytest.approx(20 * 2**10, rel=0.05)
+    # Refused now, the rate learned is at least half of 200, not of 20,480.
+    _busy(db1, 100)
+    learned = _report(db1, 0, 10, 0, None)[2]
+    assert learned < 200
 
 
 def test_a_learned_rate_rises_only_as_far_as_the_fleet_uses_it(db1):

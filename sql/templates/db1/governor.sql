@@ -54,7 +54,10 @@ $used$;
 -- learned rate rises above it by 5 % at most: a fleet that cannot use its
 -- rate (its workers short of CPU, an empty queue) learns nothing about the
 -- provider, and a rate grown unused would meet the provider all at once
--- when the calls come back.
+-- when the calls come back. A ramp doubles to twice it at most, for the
+-- same reason: a fleet short of CPU once let a ramp run ten seconds
+-- unrefused, to ~33,000 a second, and the 429 that came when the calls
+-- did taught half of that (16,669 a second against a limit of 200).
 drop function if exists intake.governed_rate(integer, double precision, timestamptz,
                                              timestamptz, timestamptz);
 drop function if exists intake.governed_rate(integer, double precision, timestamptz,
@@ -76,8 +79,9 @@ as $rate$
                             extract(epoch from at - learned_at) - hold_s) / 15, 3)),
                         greatest(learned_rate, coalesce(1.05 * used_per_s, 'infinity'))) end,
         case when ramp_started_at is not null
-             then ramp_from * power(2, least(40, greatest(0,
-                      extract(epoch from at - ramp_started_at)))) end,
+             then least(ramp_from * power(2, least(40, greatest(0,
+                            extract(epoch from at - ramp_started_at)))),
+                        greatest(ramp_from, coalesce(2 * used_per_s, 'infinity'))) end,
         'infinity'::double precision), 'infinity'::double precision);
 $rate$;
 
