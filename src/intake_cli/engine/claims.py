@@ -37,16 +37,24 @@ class Claim:
     def holds_unit(self) -> bool:
         return self.outcome in ("claimed", "already_claimed", "limit_reached")
 
-    def as_json(self) -> dict[str, Any]:
+    def answer(self) -> dict[str, Any]:
+        """What the buyer is told: every field but the queue's msg_id, the
+        UUIDs as they are (orjson writes them as str() does)."""
         return {
             "outcome": self.outcome,
             "pool_id": self.pool_id,
             "user_id": self.user_id,
-            "resource_id": str(self.resource_id) if self.resource_id else None,
+            "resource_id": self.resource_id,
             "unit_no": self.unit_no,
-            "idempotency_key": str(self.idempotency_key) if self.idempotency_key else None,
-            "msg_id": self.msg_id,
+            "idempotency_key": self.idempotency_key,
         }
+
+    def as_json(self) -> dict[str, Any]:
+        body = self.answer()
+        body["resource_id"] = str(self.resource_id) if self.resource_id else None
+        body["idempotency_key"] = str(self.idempotency_key) if self.idempotency_key else None
+        body["msg_id"] = self.msg_id
+        return body
 
 
 def _claim_sql() -> str:

@@ -223,15 +223,7 @@ async def _run_opening(gateway: Gateway, pool_id: str, found: Opening) -> None:
 
 
 def _answer(answer: claims.Claim) -> Response:
-    # Claim.as_json without msg_id; orjson writes a UUID as str() does.
-    body = {
-        "outcome": answer.outcome,
-        "pool_id": answer.pool_id,
-        "user_id": answer.user_id,
-        "resource_id": answer.resource_id,
-        "unit_no": answer.unit_no,
-        "idempotency_key": answer.idempotency_key,
-    }
+    body = answer.answer()
     headers = {"Retry-After": RETRY_AFTER[answer.outcome]} if answer.outcome in RETRY_AFTER else {}
     return _json(body, STATUS.get(answer.outcome, 500), **headers)
 

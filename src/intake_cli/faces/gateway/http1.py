@@ -54,8 +54,8 @@ class Request:
     path: str
     remote: str
     authorization: str | None
-    # The body is counted and dropped: no answer here needs it.
-    body_bytes: int
+    # No body: it is counted against max_body_bytes and dropped, as no
+    # answer here needs it.
     keep_alive: bool
     http_10: bool
     connection: Connection
@@ -274,7 +274,6 @@ class Connection(asyncio.Protocol):
                 path,
                 self._remote,
                 authorization.decode("latin-1") if authorization is not None else None,
-                self._body_bytes,
                 parser.should_keep_alive(),
                 parser.get_http_version() == "1.0",
                 self,

@@ -101,7 +101,7 @@ class Snapshot:
         if not known:
             self._unread.add((pool_id, buyer))
             return False
-        return not self._unread or (pool_id, buyer) not in self._unread
+        return (pool_id, buyer) not in self._unread
 
     @property
     def watched(self) -> int:
