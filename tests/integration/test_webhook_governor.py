@@ -25,6 +25,14 @@ def _report(
     return conn.execute(REPORT, ("pay", ok, throttled, failed, retry_after)).fetchone()
 
 
+def _seconds_until(conn: psycopg.Connection, instant: object) -> float:
+    """Seconds from DB1's clock now to `instant` (a timestamptz it returned)."""
+    (left,) = conn.execute(
+        "select extract(epoch from %s::timestamptz - clock_timestamp())::float8", (instant,)
+    ).fetchone()
+    return left
+
+
 def _state(conn: psycopg.Connection, pool: str = "pay") -> dict:
     cur = conn.execute("select * from intake.webhook_governor_state() where pool_id = %s", (pool,))
     names = [c.name for c in cur.description]
@@ -101,7 +109,8 @@ def test_retry_after_pauses_every_caller_and_the_first_429_starts_a_ramp(db1):
     # Nothing learned from one 429: a ramp from a quarter of the answers
     # reported (a first guess may read twice the limit).
     assert learned is None
-    assert paused is not None
+    # The pause runs the Retry-After from now.
+    assert 0.5 < _seconds_until(db1, paused) <= 1.5
     granted, wait_s, _ = _take(db1, 10)
     assert granted == 0 and 1.0 < wait_s <= 1.5
     state = _state(db1)
@@ -165,7 +174,7 @@ def test_a_429_soon_after_a_pause_reads_only_the_time_outside_it_and_holds_nothi
     _paused(db1, began_s_ago=1.2, ended_s_ago=0.9)
     learned, paused = _report(db1, 0, 10, 0, 1)[2:4]
     assert learned == pytest.approx(0.95 * 200 / 1.2, rel=0.03)
-    assert paused is not None
+    assert 0 < _seconds_until(db1, paused) <= 1.0
     db1.execute("update intake.webhook_governors set learned_at = learned_at - '10 s'::interval")
     _busy(db1, 300)
     assert _state(db1)["governed_rate"] == pytest.approx(learned * 1.3, rel=0.05)
