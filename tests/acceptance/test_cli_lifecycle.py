@@ -25,6 +25,7 @@ def test_up_twice_changes_nothing(workdir, empty_db_dsn, db2_dsn):
         "0008_opening_in_db1",
         "0009_webhook_governor",
         "0010_governor_pause_and_ramp",
+        "0011_drain_in_place_updates",
     ]
     assert [s["added"] for s in report["seeded"]] == [500, 20]
     before = snapshot(empty_db_dsn)
@@ -61,8 +62,9 @@ def test_up_upgrades_a_db1_left_at_an_older_schema_version(workdir, empty_db_dsn
         "0008_opening_in_db1",
         "0009_webhook_governor",
         "0010_governor_pause_and_ramp",
+        "0011_drain_in_place_updates",
     ]
-    assert report["schema_version"] == schema.latest_version() == 10
+    assert report["schema_version"] == schema.latest_version() == 11
 
 
 def test_up_applies_an_edited_config_and_grows_inventory(workdir, empty_db_dsn, db2_dsn):

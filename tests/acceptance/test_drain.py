@@ -48,6 +48,37 @@ def test_2000_claims_commit_once_each(workdir, db1_dsn, db2_dsn, webhook):
     assert webhook.per_key() == {key: 1 for key in keys}
 
 
+def _updates(dsn: str, table: str) -> tuple[int, int]:
+    """Rows of `table` updated so far, and how many of those in place (heap-only)."""
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "select n_tup_upd, n_tup_hot_upd from pg_stat_user_tables"
+            " where schemaname = 'intake' and relname = %s",
+            (table,),
+        ).fetchone()
+    assert row is not None
+    return row[0], row[1]
+
+
+@pytest.mark.slow
+def test_a_drained_intent_updates_its_state_in_place(workdir, db1_dsn, db2_dsn, webhook):
+    # Each drained intent writes its state twice (validated, then committed):
+    # the second time in place, without new index entries. The drain's
+    # workers exit before the counts are read, so their backends have
+    # reported them.
+    event = make_event(workdir, db1_dsn, db2_dsn, webhook.url, 600, batch_size=200)
+    event.claim(600)
+    drain_all(event, 600, "--concurrency", "2")
+    assert event.states() == {"committed": 600}
+
+    wait_for(
+        lambda: _updates(db1_dsn, "intent_state")[0] >= 600, 10, "the drain's table statistics"
+    )
+    updates, in_place = _updates(db1_dsn, "intent_state")
+    assert updates == 600
+    assert in_place >= 540, (updates, in_place)
+
+
 @pytest.mark.slow
 def test_declined_intents_release_their_units(workdir, db1_dsn, db2_dsn):
     with WebhookServer(decline_share=0.1) as webhook:

@@ -89,7 +89,8 @@ def test_the_render_applies_as_the_owner_and_applying_it_again_changes_nothing(
         "pgmq.sql", "schema.sql", "0001_engine.sql", "0002_drain.sql", "0003_telemetry.sql",
         "0004_crash_safety.sql", "0005_row_security.sql", "0006_fair_opening.sql",
         "0007_logged_unit_sequences.sql", "0008_opening_in_db1.sql",
-        "0009_webhook_governor.sql", "0010_governor_pause_and_ramp.sql", "functions.sql",
+        "0009_webhook_governor.sql", "0010_governor_pause_and_ramp.sql",
+        "0011_drain_in_place_updates.sql", "functions.sql",
         "cron.sql",
         "drain_tick.sql", "example_ledger.sql",
     ]  # fmt: skip
