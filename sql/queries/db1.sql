@@ -160,6 +160,7 @@ select 1 from intake.engine_config where pool_id = %(pool_id)s;
 -- claim: one claim for a trusted backend
 select (r).* from (select intake.claim_resource(%(pool_id)s, %(user_id)s) as r) as claim;
 
--- claim_batch: one claim per user, in one statement, for a trusted backend (answers in input order)
-select * from intake.claim_resources(%(pool_id)s, %(user_ids)s::text[]);
+-- claim_batch: one claim per user, in one statement, for a trusted backend (answers in input order; the columns in engine/claims.py Claim's order)
+select outcome, pool_id, user_id, resource_id, unit_no, idempotency_key, msg_id
+  from intake.claim_resources(%(pool_id)s, %(user_ids)s::text[]);
 

@@ -10,7 +10,7 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
-from psycopg.rows import dict_row
+from psycopg.rows import args_row, dict_row
 
 from intake_cli.platform.errors import UsageError
 from intake_cli.platform.pgconn import open_async
@@ -81,11 +81,10 @@ def claim_batch(conn: psycopg.Connection, pool_id: str, user_ids: list[str]) -> 
     """Claim one unit for each user in one statement; answers in the order of `user_ids`."""
     if len(user_ids) > MAX_BATCH:
         raise UsageError(f"a batch claims for at most {MAX_BATCH} users, got {len(user_ids)}")
-    with conn.cursor(row_factory=dict_row) as cur:
-        rows = cur.execute(
+    with conn.cursor(row_factory=args_row(Claim)) as cur:
+        return cur.execute(
             queries("db1")["claim_batch"], {"pool_id": pool_id, "user_ids": user_ids}
         ).fetchall()
-    return [Claim(**row) for row in rows]
 
 
 async def claim_batch_async(
@@ -94,10 +93,11 @@ async def claim_batch_async(
     """`claim_batch` on an async connection (the gateway's micro-batches)."""
     if len(user_ids) > MAX_BATCH:
         raise UsageError(f"a batch claims for at most {MAX_BATCH} users, got {len(user_ids)}")
-    async with conn.cursor(row_factory=dict_row) as cur:
+    # The answer's columns in Claim's order (sql/queries/db1.sql): each row
+    # becomes a Claim positionally, without a dict in between.
+    async with conn.cursor(row_factory=args_row(Claim)) as cur:
         await cur.execute(queries("db1")["claim_batch"], {"pool_id": pool_id, "user_ids": user_ids})
-        rows = await cur.fetchall()
-    return [Claim(**row) for row in rows]
+        return await cur.fetchall()
 
 
 @dataclass(frozen=True)

@@ -385,7 +385,16 @@ async def healthz(gateway: Gateway, request: Request, _: str) -> Response:
 
 async def start(gateway: Gateway) -> None:
     """DB1's pool, the batcher, the snapshot and the openings: before the port is bound."""
-    pool = async_pool(gateway.dsn, min_size=1, max_size=DB1_CONNECTIONS, open=False)
+    # Autocommit: a claim batch, a snapshot read, each is one statement, and
+    # as its own transaction it costs one round trip, not BEGIN and COMMIT
+    # besides (the openings' steps open their transactions themselves).
+    pool = async_pool(
+        gateway.dsn,
+        kwargs={"autocommit": True},
+        min_size=1,
+        max_size=DB1_CONNECTIONS,
+        open=False,
+    )
     await pool.open()
     gateway.db1 = pool
     gateway.batcher = ClaimBatcher(pool, gateway.settings.max_batch, gateway.settings.max_wait_ms)
