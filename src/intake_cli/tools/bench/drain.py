@@ -55,6 +55,7 @@ from intake_cli.tools.bench.common.options import (
 from intake_cli.tools.bench.common.results import (
     Target,
     machine,
+    median_of_rounds,
     publish,
     targets_json,
     targets_markdown,
@@ -156,6 +157,8 @@ class DrainResult:
     phases: dict[str, Any] = field(default_factory=dict)
     waits: dict[str, Any] = field(default_factory=dict)
     webhook_processes: int = 1
+    # Which of the run's rounds (from 1) measured it.
+    round_no: int = 1
 
     @property
     def per_sec(self) -> float:
@@ -207,6 +210,7 @@ class DrainResult:
         per = lambda seconds: round(seconds / self.intents * 1000, 3)  # noqa: E731
         return {
             "code": self.scenario.code,
+            "round": self.round_no,
             "processes": self.scenario.processes,
             "webhook_delay_ms": self.scenario.webhook_delay_ms,
             "webhook_processes": self.webhook_processes,
@@ -322,10 +326,10 @@ class Plan:
 
 
 def run_scenario(
-    workdir: Path, clusters: dict[str, Cluster], scenario: Scenario, plan: Plan
+    workdir: Path, clusters: dict[str, Cluster], scenario: Scenario, plan: Plan, round_no: int = 1
 ) -> DrainResult:
     variant = "_bare" if scenario.bare else "_b" if scenario.baseline else ""
-    tag = f"p{scenario.processes}_d{scenario.webhook_delay_ms}{variant}"
+    tag = f"p{scenario.processes}_d{scenario.webhook_delay_ms}{variant}_r{round_no}"
     intents, concurrency, batch_size = plan.intents, plan.concurrency, plan.batch_size
     db1_name, db2_name = f"bench_db1_{tag}", f"bench_db2_{tag}"
     db1 = events.fresh_database(clusters["db1"], db1_name)
@@ -432,6 +436,7 @@ def run_scenario(
         phases=report,
         waits=sampler.report(),
         webhook_processes=plan.webhook_processes,
+        round_no=round_no,
     )
 
 
@@ -442,11 +447,13 @@ def markdown(results: list[DrainResult]) -> str:
         "| drain CPU ms/intent | machine ceiling/s | limit |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
+    rounds = max(r.round_no for r in results) if results else 1
     for r in results:
         d = r.as_json()
         steady = f"{d['steady_intents_per_sec']:,}" if d["steady_intents_per_sec"] else "—"
+        code = f"{d['code']}, round {d['round']}" if rounds > 1 else d["code"]
         lines.append(
-            f"| {d['code']} | {d['processes']} | {d['webhook_delay_ms']} ms | {d['intents']:,} | "
+            f"| {code} | {d['processes']} | {d['webhook_delay_ms']} ms | {d['intents']:,} | "
             f"{d['seconds']} | {d['intents_per_sec']:,} | {steady} | "
             f"{d['intents_per_sec_per_process']:,} | "
             f"{d['webhook_ceiling_per_sec']:,} | {d['db2_ceiling_per_sec']:,} | "
@@ -585,6 +592,15 @@ def drain_command(
         "tools/bench/bare_drain.py) as one process at each webhook delay, the reference "
         "for one `intake drain` process.",
     ),
+    rounds: int = typer.Option(
+        1,
+        "--rounds",
+        min=1,
+        max=9,
+        help="Run the scenarios this many times, in turn first to last and last to first, "
+        "and judge each bar on the median round: one round's ratios move with the "
+        "machine's speed from one minute to the next.",
+    ),
     quick: bool = typer.Option(
         False, "--quick", help="A smoke run: 1,000 intents, 1 process, and the bare drain."
     ),
@@ -626,8 +642,15 @@ def drain_command(
         events.workdir("drain") as workdir,
         events.durable_clusters(workdir) as (_, running),
     ):
-        results = [run_scenario(workdir, running, s, plan) for s in scenarios]
-    found = targets_json(targets(results))
+        by_round = [
+            [
+                run_scenario(workdir, running, s, plan, n)
+                for s in (scenarios if n % 2 else scenarios[::-1])
+            ]
+            for n in range(1, rounds + 1)
+        ]
+    results = [r for one_round in by_round for r in one_round]
+    found = targets_json(median_of_rounds([targets(one_round) for one_round in by_round]))
     report = {
         "machine": machine(synchronous_commit="on"),
         "settings": {
@@ -639,6 +662,7 @@ def drain_command(
             "ceiling_clients": plan.ceiling_clients,
             "ceiling_seconds": plan.ceiling_seconds,
             "steady_state": list(STEADY),
+            "rounds": rounds,
         },
         "results": [r.as_json() for r in results],
         "targets": found,

@@ -73,6 +73,40 @@ class Target:
         return document
 
 
+def median_of_rounds(rounds: Sequence[Sequence[Target]]) -> list[Target]:
+    """Each bar judged on the median of the rounds that measured it.
+
+    A machine whose speed drifts by a fifth between minutes moves one
+    round's ratio as much as a change of code does; the middle round (the
+    higher of the two middle ones for an even count) is kept whole, its
+    verdict and detail with it, and every round's figure is shown beside it.
+    Bars are matched by name, in the order the first round gave them.
+    """
+    if len(rounds) == 1:
+        return list(rounds[0])
+    by_name: dict[str, list[Target]] = {}
+    for round_targets in rounds:
+        for target in round_targets:
+            by_name.setdefault(target.what, []).append(target)
+    merged = []
+    for same in by_name.values():
+        measured = [t for t in same if t.measured is not None]
+        if not measured:
+            merged.append(same[0])
+            continue
+        ordered = sorted(measured, key=lambda t: t.measured or 0.0)
+        middle = ordered[len(ordered) // 2]
+        merged.append(
+            replace(
+                middle,
+                shown=f"{middle.shown}; median of {len(same)} rounds: "
+                + ", ".join(t.shown.split(" ", 1)[0] for t in same),
+                detail={**middle.detail, "rounds": [t.measured for t in same]},
+            )
+        )
+    return merged
+
+
 def _share(value: float | None) -> float | None:
     return round(value, 4) if value is not None and value > 0 else None
 
