@@ -69,6 +69,7 @@ from intake_cli.tools.bench.common.pgbench import (
 )
 from intake_cli.tools.bench.common.results import (
     Target,
+    median_of_rounds,
     publish,
     say,
     targets_json,
@@ -894,8 +895,23 @@ def markdown(document: dict[str, Any]) -> str:
             f"{phase.get('gateway_cpu_us_per_lookup')} µs per lookup beside the herd (the rest "
             "of its CPU beside the lookups).",
         ]
+    earlier = document.get("earlier_rounds") or []
+    if earlier:
+        lines += [
+            "",
+            f"Each bar is judged on the median of {len(earlier) + 1} rounds; the tables "
+            "above are the last round's.",
+        ]
     lines += ["", targets_markdown(document["targets"])]
     return "\n".join(lines)
+
+
+def judged_on_median(documents: list[dict[str, Any]]) -> dict[str, Any]:
+    """The last round's document, its bars judged on the median round of all of them."""
+    if len(documents) == 1:
+        return documents[0]
+    found = median_of_rounds([targets(document) for document in documents])
+    return {**documents[-1], "targets": targets_json(found), "earlier_rounds": documents[:-1]}
 
 
 def _cpu_shown(run: dict[str, Any]) -> str:
@@ -940,6 +956,14 @@ def gateway_command(
         "--quick",
         help=f"Smoke test: one worker, {QUICK_CONNECTIONS} connections, {QUICK_DURATION} s runs, "
         f"{QUICK_BUYERS:,} buyers.",
+    ),
+    rounds: int = typer.Option(
+        1,
+        "--rounds",
+        min=1,
+        max=9,
+        help="Measure everything this many times and judge each bar on its median round: "
+        "one round's figures move with the machine's speed from one minute to the next.",
     ),
     as_json: bool = json_option(),
     keep: bool = typer.Option(False, "--keep", help="Keep the temp dir (wrk and gateway logs)."),
@@ -988,7 +1012,14 @@ def gateway_command(
             lookups=lookup_rate > 0,
         )
     with events.workdir("gateway", keep) as workdir:
-        document = measure(plan, workdir)
+        documents = []
+        for n in range(1, rounds + 1):
+            if rounds > 1:
+                say(f"round {n} of {rounds}")
+            where = workdir / f"round-{n}" if rounds > 1 else workdir
+            where.mkdir(mode=0o755, exist_ok=True)
+            documents.append(measure(plan, where))
+        document = judged_on_median(documents)
     saved = publish(document, "gateway", output, as_json, lambda: markdown(document))
     if chart is not None:
         path = bench_chart.chart_path(chart, saved, "gateway", document["machine"]["cores"])

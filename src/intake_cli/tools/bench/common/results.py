@@ -100,7 +100,7 @@ def median_of_rounds(rounds: Sequence[Sequence[Target]]) -> list[Target]:
             replace(
                 middle,
                 shown=f"{middle.shown}; median of {len(same)} rounds: "
-                + ", ".join(t.shown.split(" ", 1)[0] for t in same),
+                + ", ".join(t.shown.split(" ", 1)[0].rstrip(",;") for t in same),
                 detail={**middle.detail, "rounds": [t.measured for t in same]},
             )
         )
