@@ -1,7 +1,8 @@
-"""`intake bench gateway --rounds`: each bar is judged on its median round."""
+"""`intake bench gateway --rounds` (and claims'): each bar is judged on its median round."""
 
 from __future__ import annotations
 
+from intake_cli.tools.bench.common.results import measured_in_rounds
 from intake_cli.tools.bench.gateway import judged_on_median, markdown
 
 
@@ -49,3 +50,16 @@ def test_the_markdown_says_the_tables_are_the_last_rounds():
     )
     text = markdown(judged)
     assert "median of 2 rounds; the tables above are the last round's" in text
+
+
+def test_each_round_is_measured_in_a_directory_of_its_own(tmp_path):
+    seen = []
+
+    def measure(where):
+        seen.append(where)
+        (where / "cluster").mkdir()  # a second round in the same place would fail here
+        return where.name
+
+    assert measured_in_rounds(tmp_path, 3, measure) == ["round-1", "round-2", "round-3"]
+    assert [p.parent for p in seen] == [tmp_path] * 3
+    assert measured_in_rounds(tmp_path / "one", 1, measure) == ["one"]

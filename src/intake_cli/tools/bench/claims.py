@@ -50,6 +50,8 @@ from intake_cli.tools.bench.common.pgbench import (
 )
 from intake_cli.tools.bench.common.results import (
     Target,
+    measured_in_rounds,
+    median_of_rounds,
     publish,
     say,
     share,
@@ -491,7 +493,8 @@ def _change(slowdown: float) -> str:
     return f"{abs(slowdown):.1%} " + ("slower" if slowdown > 0 else "faster")
 
 
-def markdown(report: Report) -> str:
+def markdown(report: Report, judged: list[Target] | None = None) -> str:
+    """The report as tables; its bars as `judged` (of several rounds) when given."""
     m, s = report.machine, report.settings
     sync = "on" if s["synchronous_commit"] else "off"
     lines = [
@@ -542,7 +545,13 @@ def markdown(report: Report) -> str:
         ]
     if report.standby:
         lines += bench_standby.markdown(report.standby, titles)
-    lines += ["", targets_markdown(targets_json(report.targets()), columns=("clients",))]
+    if judged is not None:
+        lines += [
+            "",
+            "Each bar is judged on its median round; the tables above are the last round's.",
+        ]
+    found = report.targets() if judged is None else judged
+    lines += ["", targets_markdown(targets_json(found), columns=("clients",))]
     return "\n".join(lines)
 
 
@@ -570,6 +579,14 @@ def claims_command(
     as_json: bool = json_option(),
     keep: bool = typer.Option(
         False, "--keep", help="Keep the temp dir (pgbench logs, server log)."
+    ),
+    rounds: int = typer.Option(
+        1,
+        "--rounds",
+        min=1,
+        max=9,
+        help="Measure everything this many times and judge each bar on its median round: "
+        "one round's ratios move with the machine's speed from one minute to the next.",
     ),
     output: Path | None = output_option(),
     chart: Path | None = typer.Option(
@@ -653,9 +670,15 @@ def claims_command(
         )
     )
     with events.workdir("claims", keep) as workdir:
-        report = measure(plan, workdir)
+        reports = measured_in_rounds(workdir, rounds, lambda where: measure(plan, where))
+    report = reports[-1]
     document = report.as_json()
-    saved = publish(document, "claims", output, as_json, lambda: markdown(report))
+    judged = None
+    if rounds > 1:
+        judged = median_of_rounds([r.targets() for r in reports])
+        document["targets"] = targets_json(judged)
+        document["earlier_rounds"] = [r.as_json() for r in reports[:-1]]
+    saved = publish(document, "claims", output, as_json, lambda: markdown(report, judged))
     if chart is not None:
         path = bench_chart.chart_path(chart, saved, "claims", report.machine["cores"])
         say(f"drew {bench_chart.draw_claims(document, path)}")

@@ -69,6 +69,7 @@ from intake_cli.tools.bench.common.pgbench import (
 )
 from intake_cli.tools.bench.common.results import (
     Target,
+    measured_in_rounds,
     median_of_rounds,
     publish,
     say,
@@ -1012,13 +1013,7 @@ def gateway_command(
             lookups=lookup_rate > 0,
         )
     with events.workdir("gateway", keep) as workdir:
-        documents = []
-        for n in range(1, rounds + 1):
-            if rounds > 1:
-                say(f"round {n} of {rounds}")
-            where = workdir / f"round-{n}" if rounds > 1 else workdir
-            where.mkdir(mode=0o755, exist_ok=True)
-            documents.append(measure(plan, where))
+        documents = measured_in_rounds(workdir, rounds, lambda where: measure(plan, where))
         document = judged_on_median(documents)
     saved = publish(document, "gateway", output, as_json, lambda: markdown(document))
     if chart is not None:

@@ -11,10 +11,12 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 import typer
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,19 @@ class Target:
         if isinstance(self.measured, float):
             document["measured"] = round(self.measured, 4)
         return document
+
+
+def measured_in_rounds(workdir: Path, rounds: int, measure: Callable[[Path], T]) -> list[T]:
+    """`measure` run `rounds` times, each round in a directory of its own under
+    `workdir` (a single round in `workdir` itself, as before rounds existed)."""
+    found = []
+    for n in range(1, rounds + 1):
+        if rounds > 1:
+            say(f"round {n} of {rounds}")
+        where = workdir / f"round-{n}" if rounds > 1 else workdir
+        where.mkdir(mode=0o755, exist_ok=True)
+        found.append(measure(where))
+    return found
 
 
 def median_of_rounds(rounds: Sequence[Sequence[Target]]) -> list[Target]:
