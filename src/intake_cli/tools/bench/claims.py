@@ -50,8 +50,8 @@ from intake_cli.tools.bench.common.pgbench import (
 )
 from intake_cli.tools.bench.common.results import (
     Target,
+    judged_on_median_round,
     measured_in_rounds,
-    median_of_rounds,
     publish,
     say,
     share,
@@ -493,8 +493,8 @@ def _change(slowdown: float) -> str:
     return f"{abs(slowdown):.1%} " + ("slower" if slowdown > 0 else "faster")
 
 
-def markdown(report: Report, judged: list[Target] | None = None) -> str:
-    """The report as tables; its bars as `judged` (of several rounds) when given."""
+def markdown(report: Report, judged: list[dict[str, Any]] | None = None) -> str:
+    """The report as tables; its bars as `judged` (saved targets of several rounds) when given."""
     m, s = report.machine, report.settings
     sync = "on" if s["synchronous_commit"] else "off"
     lines = [
@@ -550,8 +550,8 @@ def markdown(report: Report, judged: list[Target] | None = None) -> str:
             "",
             "Each bar is judged on its median round; the tables above are the last round's.",
         ]
-    found = report.targets() if judged is None else judged
-    lines += ["", targets_markdown(targets_json(found), columns=("clients",))]
+    found = targets_json(report.targets()) if judged is None else judged
+    lines += ["", targets_markdown(found, columns=("clients",))]
     return "\n".join(lines)
 
 
@@ -672,12 +672,10 @@ def claims_command(
     with events.workdir("claims", keep) as workdir:
         reports = measured_in_rounds(workdir, rounds, lambda where: measure(plan, where))
     report = reports[-1]
-    document = report.as_json()
-    judged = None
-    if rounds > 1:
-        judged = median_of_rounds([r.targets() for r in reports])
-        document["targets"] = targets_json(judged)
-        document["earlier_rounds"] = [r.as_json() for r in reports[:-1]]
+    document = judged_on_median_round(
+        [r.as_json() for r in reports], [r.targets() for r in reports]
+    )
+    judged = document["targets"] if rounds > 1 else None
     saved = publish(document, "claims", output, as_json, lambda: markdown(report, judged))
     if chart is not None:
         path = bench_chart.chart_path(chart, saved, "claims", report.machine["cores"])

@@ -69,8 +69,8 @@ from intake_cli.tools.bench.common.pgbench import (
 )
 from intake_cli.tools.bench.common.results import (
     Target,
+    judged_on_median_round,
     measured_in_rounds,
-    median_of_rounds,
     publish,
     say,
     targets_json,
@@ -909,10 +909,7 @@ def markdown(document: dict[str, Any]) -> str:
 
 def judged_on_median(documents: list[dict[str, Any]]) -> dict[str, Any]:
     """The last round's document, its bars judged on the median round of all of them."""
-    if len(documents) == 1:
-        return documents[0]
-    found = median_of_rounds([targets(document) for document in documents])
-    return {**documents[-1], "targets": targets_json(found), "earlier_rounds": documents[:-1]}
+    return judged_on_median_round(documents, [targets(document) for document in documents])
 
 
 def _cpu_shown(run: dict[str, Any]) -> str:

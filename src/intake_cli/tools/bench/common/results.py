@@ -122,6 +122,20 @@ def median_of_rounds(rounds: Sequence[Sequence[Target]]) -> list[Target]:
     return merged
 
 
+def judged_on_median_round(
+    documents: Sequence[dict[str, Any]], rounds: Sequence[Sequence[Target]]
+) -> dict[str, Any]:
+    """The last round's document, each bar judged on its median round (`rounds`:
+    each document's bars), the earlier rounds kept beside it as they were."""
+    if len(documents) == 1:
+        return documents[0]
+    return {
+        **documents[-1],
+        "targets": targets_json(median_of_rounds(rounds)),
+        "earlier_rounds": list(documents[:-1]),
+    }
+
+
 def _share(value: float | None) -> float | None:
     return round(value, 4) if value is not None and value > 0 else None
 
