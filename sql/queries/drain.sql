@@ -88,4 +88,5 @@ select granted, wait_s, probe from intake.take_webhook_calls(%(pool_id)s, %(want
 select breaker, changed, learned_rate, paused_until, answering
   from intake.report_webhook_calls(%(pool_id)s, %(ok)s::integer, %(throttled)s::integer,
                                    %(failed)s::integer, %(retry_after_s)s::double precision,
-                                   %(own_ok_per_s)s::double precision);
+                                   %(own_ok_per_s)s::double precision,
+                                   %(asked_s_ago)s::double precision);

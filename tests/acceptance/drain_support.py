@@ -46,6 +46,24 @@ class Event:
         )
         return [key for (key,) in rows]
 
+    def stagger_visibility(self, prefix: str, every_ms: int) -> None:
+        """Hide the queued intents of buyers `prefix`-n so that one becomes visible
+        every `every_ms` from now, in claim order (0: all of them now)."""
+        with psycopg.connect(self.db1, autocommit=True) as conn:
+            conn.execute(
+                """
+                update pgmq.q_intents q
+                   set vt = clock_timestamp() + make_interval(secs => staggered.n * %s / 1000.0)
+                  from (select q.msg_id, row_number() over (order by q.msg_id) - 1 as n
+                          from pgmq.q_intents q
+                          join intake.allocations a
+                            on a.idempotency_key::text = q.message ->> 'idempotency_key'
+                         where a.pool_id = %s and a.locked_by like %s) as staggered
+                 where q.msg_id = staggered.msg_id
+                """,
+                (every_ms, self.pool_id, f"{prefix}-%"),
+            )
+
     def queue_depth(self, queue: str = "intents") -> int:
         return _rows(self.db1, "select queue_length from pgmq.metrics(%s)", (queue,))[0][0]
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import random
 import signal
-import threading
 import time
 
 import psycopg
@@ -166,11 +165,14 @@ def test_two_and_four_workers_never_process_an_intent_twice(workdir, db1_dsn, db
     assert event.tickets() == {key: 1 for key in first + second}
 
 
-# Serial: a failure is charged only when the provider answered another call
-# since the last failure reported, so the approved buyers' answers must land
-# between the failing keys' retries. On a machine loaded by the parallel pass
-# two retry waves once came back to back, the second was taken for an outage
-# (not charged) and one key was called a fourth time.
+# A failure is charged only when the provider answered another call since the
+# last failure reported, so approved buyers' answers must land between the
+# failing keys' retry waves (about a second apart). A thread that claimed an
+# approved buyer every 0.2 s once fell behind on a loaded machine: two waves
+# came back to back, the second was taken for an outage and one key was called
+# a fourth time. So the approved buyers are claimed up front and DB1 itself
+# makes one visible every 40 ms: however slow this process or the drain, every
+# read after a wave finds some waiting.
 @pytest.mark.slow
 @pytest.mark.serial
 def test_past_max_retries_goes_to_the_dlq_and_replay_commits_once(workdir, db1_dsn, db2_dsn):
@@ -180,23 +182,11 @@ def test_past_max_retries_goes_to_the_dlq_and_replay_commits_once(workdir, db1_d
         event = make_event(workdir, db1_dsn, db2_dsn, webhook.url, 400, max_retries=2)
         keys = event.claim(20)
         webhook.script(fail_keys=keys)
-        stop = threading.Event()
-
-        def answered_traffic() -> None:
-            # Buyers the provider approves, every 0.2 s: it answers others.
-            n = 0
-            while not stop.wait(0.2) and n < 350:
-                event.claim(1, prefix=f"ok{n}-")
-                n += 1
-
-        feeder = threading.Thread(target=answered_traffic)
+        event.claim(350, prefix="ok")
+        event.stagger_visibility("ok", every_ms=40)
         with draining(event):
-            feeder.start()
-            try:
-                wait_for(lambda: event.queue_depth("intents_dlq") == 20, 90, "20 dead letters")
-            finally:
-                stop.set()
-                feeder.join()
+            wait_for(lambda: event.queue_depth("intents_dlq") == 20, 90, "20 dead letters")
+            event.stagger_visibility("ok", every_ms=0)
             wait_for(lambda: event.queue_depth() == 0, 30, "the approved buyers drained")
         assert {k: n for k, n in webhook.per_key().items() if k in keys} == {k: 3 for k in keys}
 

@@ -305,3 +305,45 @@ def test_an_answer_between_failures_keeps_the_breaker_closed(db1):
         )
         assert _report(db1, 1, 0, 0, None)[0] == "closed"
     assert _report(db1, 0, 0, 30, None)[0] == "closed"
+
+
+def _answering(conn: psycopg.Connection, ok: int, failed: int, asked_s_ago: float) -> bool:
+    """Whether the governor charges these failures to their intents (else: an outage)."""
+    (answering,) = conn.execute(
+        "select answering from intake.report_webhook_calls(%s, %s, 0, %s, null, 0, %s)",
+        ("pay", ok, failed, asked_s_ago),
+    ).fetchone()
+    return answering
+
+
+def _run_of_failures(conn: psycopg.Connection, began_s_ago: float, last_s_ago: float) -> None:
+    """Failures with no answer between them since `began_s_ago`, the last `last_s_ago`."""
+    conn.execute(
+        "update intake.webhook_governors"
+        " set failing_since = clock_timestamp() - make_interval(secs => %s),"
+        " last_failure_at = clock_timestamp() - make_interval(secs => %s),"
+        " last_ok_at = null, failures_in_row = 1",
+        (began_s_ago, last_s_ago),
+    )
+
+
+def test_failures_with_no_answer_since_the_last_are_an_outage_until_an_answer(db1):
+    assert _answering(db1, 0, 20, 0.05)  # the first of a run: the intents' own
+    assert not _answering(db1, 0, 20, 0.0)  # asked after it, nobody answered since
+    assert _answering(db1, 1, 3, 0.0)  # an answer beside them
+    assert _answering(db1, 0, 20, 0.0)  # answered since the last failure
+
+
+def test_a_failure_in_flight_with_the_runs_first_is_judged_as_it_was(db1):
+    # One wave of retries read by two batches at once: the first batch's
+    # report began the run; the second's calls were made before it.
+    _run_of_failures(db1, began_s_ago=0.2, last_s_ago=0.2)
+    assert _answering(db1, 0, 10, asked_s_ago=0.5)
+    # Calls made after the run began, with no answer since: an outage, and so
+    # for calls in flight with any later report of the run.
+    _run_of_failures(db1, began_s_ago=1.5, last_s_ago=0.2)
+    assert not _answering(db1, 0, 10, asked_s_ago=0.5)
+    assert not _answering(db1, 0, 10, asked_s_ago=1.0)
+    # Failures 2 s after the last begin a new run, charged however long ago asked.
+    _run_of_failures(db1, began_s_ago=5.0, last_s_ago=2.5)
+    assert _answering(db1, 0, 10, asked_s_ago=0.0)

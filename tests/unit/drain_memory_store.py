@@ -340,6 +340,7 @@ class MemoryStore:
         failed: int,
         retry_after_s: float | None,
         own_ok_per_s: float = 0.0,
+        asked_s_ago: float = 0.0,
     ) -> GovernorReport:
         self._enter("report_webhook_calls", (pool_id, ok, throttled, failed, retry_after_s))
         if self.governor_answers:

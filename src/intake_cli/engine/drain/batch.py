@@ -494,6 +494,7 @@ class Batch:
                 )
             else:
                 now, pending = pending, []
+            asked_at = self.ctx.monotonic()
             results = await asyncio.gather(*(self._ask(pool, i, recorder) for i in now))
             throttled = [
                 i for i, r in zip(now, results, strict=True) if r.verdict is Verdict.THROTTLED
@@ -514,6 +515,7 @@ class Batch:
                     len(failed),
                     max(waits) if waits else None,
                     self.ctx.answer_rate(pool.pool_id),
+                    self.ctx.monotonic() - asked_at,
                 )
                 self._say_governor(pool, report)
                 governed = True

@@ -166,9 +166,11 @@ class DrainStore(Protocol):
         failed: int,
         retry_after_s: float | None,
         own_ok_per_s: float = 0.0,
+        asked_s_ago: float = 0.0,
     ) -> GovernorReport:
         """What the provider answered, for the governor to learn from (with this
-        worker's own answers a second, for its first estimate of the limit)."""
+        worker's own answers a second, for its first estimate of the limit, and
+        how long ago these calls were made, to judge failures in flight together)."""
 
     async def resolve_rpc(self, rpc: ledger.RpcName) -> ledger.RpcName:
         """The commit RPC as DB2's catalog says to call it (checked once, then remembered)."""
@@ -370,6 +372,7 @@ class PgStore:
         failed: int,
         retry_after_s: float | None,
         own_ok_per_s: float = 0.0,
+        asked_s_ago: float = 0.0,
     ) -> GovernorReport:
         async with self.db1.connection() as conn:
             cur = await conn.execute(
@@ -381,6 +384,7 @@ class PgStore:
                     "failed": failed,
                     "retry_after_s": retry_after_s,
                     "own_ok_per_s": own_ok_per_s,
+                    "asked_s_ago": asked_s_ago,
                 },
             )
             row = await cur.fetchone()
