@@ -9,9 +9,13 @@ concurrent tasks for a fixed time, to the scriptable test webhook
     (c) aiohttp.ClientSession directly
     (d) intake's WebhookClient.validate (aiohttp, plus signing-free request building
         and response classification)
+    (e) pyreqwest (Rust's reqwest under Python) and (f) rnet (Rust, its own
+        hyper stack): measured for CPU per request, not installed with intake
+        (pip install pyreqwest rnet)
 
 Run: python benchmarks/http_clients.py [--seconds 5] [--concurrency 64]
-Prints a markdown table. Client and server share the machine's cores, so the
+Prints a markdown table. Every client runs on the event loop the drain uses
+(uvloop where installed). Client and server share the machine's cores, so the
 CPU each side spent per request is shown too: it depends much less than the
 rate on what else the machine is doing, and a webhook CPU share near 100 %
 means the server, not the client, set the pace.
@@ -30,13 +34,15 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
-from intake_cli.webhook import Verdict, WebhookClient
+from intake_cli.engine.drain.webhook import Verdict, WebhookClient
+from intake_cli.platform import eventloop
 
 Send = Callable[[str], Awaitable[bool]]  # one POST for a key; True when answered 200
 
@@ -76,7 +82,7 @@ class Server:
         log = Path(self._dir.name) / "stderr"
         with log.open("wb") as stderr:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "intake_cli.testhook", "--port", "0",
+                [sys.executable, "-m", "intake_cli.tools.testhook", "--port", "0",
                  "--ready-file", str(ready)],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
             )  # fmt: skip
@@ -192,12 +198,45 @@ async def bench_webhook_client(server: Server, concurrency: int, seconds: float)
         return await measure("intake WebhookClient.validate", send, server, concurrency, seconds)
 
 
+async def bench_pyreqwest(server: Server, concurrency: int, seconds: float) -> Measurement:
+    from pyreqwest.client import ClientBuilder
+
+    builder = ClientBuilder().max_connections(concurrency).timeout(timedelta(seconds=10))
+    async with builder.follow_redirects(False).build() as client:
+
+        async def send(key: str) -> bool:
+            request = client.post(server.url).body_bytes(body_for(key))
+            for name, value in headers_for(key).items():
+                request = request.header(name, value)
+            async with request.build_streamed() as r:
+                await r.bytes()
+                return r.status == 200
+
+        return await measure("pyreqwest", send, server, concurrency, seconds)
+
+
+async def bench_rnet(server: Server, concurrency: int, seconds: float) -> Measurement:
+    import rnet
+
+    client = rnet.Client()
+
+    async def send(key: str) -> bool:
+        r = await client.post(server.url, body=body_for(key), headers=headers_for(key))
+        await r.bytes()
+        return r.status == 200
+
+    return await measure("rnet", send, server, concurrency, seconds)
+
+
 BENCHES = {
     "httpx": bench_httpx,
     "httpx-aiohttp": bench_httpx_aiohttp,
     "aiohttp": bench_aiohttp,
     "webhook": bench_webhook_client,
+    "pyreqwest": bench_pyreqwest,
+    "rnet": bench_rnet,
 }
+OPTIONAL = {"pyreqwest", "rnet"}
 
 
 def table(results: list[Measurement], concurrency: int) -> str:
@@ -220,7 +259,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="timed part of each run")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument(
-        "--clients", default=",".join(BENCHES), help=f"comma-separated subset of {list(BENCHES)}"
+        "--clients",
+        default=",".join(name for name in BENCHES if name not in OPTIONAL),
+        help=f"comma-separated subset of {list(BENCHES)} ({', '.join(sorted(OPTIONAL))}: "
+        "not installed with intake)",
     )
     args = parser.parse_args()
     chosen = [name.strip() for name in args.clients.split(",") if name.strip()]
@@ -232,7 +274,7 @@ def main() -> None:
     try:
         results = []
         for name in chosen:
-            m = asyncio.run(BENCHES[name](server, args.concurrency, args.seconds))
+            m = eventloop.run(BENCHES[name](server, args.concurrency, args.seconds))
             print(f"{m.client}: {m.rate:,.0f} req/s", file=sys.stderr, flush=True)
             results.append(m)
     finally:

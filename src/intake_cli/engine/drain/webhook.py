@@ -8,8 +8,9 @@ an intent is worse than asking twice; the idempotency key makes asking twice
 safe for the webhook.
 
 Requests are signed the way Standard Webhooks specifies when a secret is
-configured. aiohttp is used directly rather than through httpx: on two cores
-it sustains several times the request rate (see benchmarks/http_clients.py).
+configured. The calls go out through webhook_wire (llhttp's parser under a
+small connection pool), which spends half of aiohttp's CPU per call (see
+benchmarks/http_clients.py).
 """
 
 from __future__ import annotations
@@ -17,16 +18,14 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import enum
-import errno
 import json
 import time
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-import aiohttp
-
 from intake_cli import __version__
+from intake_cli.engine.drain.webhook_wire import CallFailed, WirePool, request_bytes
 from intake_cli.platform.jsontext import dump_ascii
 from intake_cli.platform.signing import sign
 
@@ -37,6 +36,7 @@ REASON_BYTES = 2048
 # A larger body is not drained: the connection is dropped instead of reused.
 DRAIN_BYTES = 64 * 1024
 REASON_CHARS = 200
+USER_AGENT = f"intake/{__version__}"
 
 
 class Verdict(enum.Enum):
@@ -134,18 +134,17 @@ def _short(text: str) -> str:
     return text if len(text) <= REASON_CHARS else text[: REASON_CHARS - 1] + "…"
 
 
-def _connection_reason(exc: aiohttp.ClientConnectorError) -> str:
-    os_error = exc.os_error
-    if isinstance(os_error, ConnectionRefusedError) or os_error.errno == errno.ECONNREFUSED:
+def _connection_reason(exc: OSError, host: str, port: int) -> str:
+    if isinstance(exc, ConnectionRefusedError):
         return "connection refused"
-    detail = os_error.strerror or str(os_error) or type(os_error).__name__
-    return _short(f"cannot connect to {exc.host}:{exc.port}: {detail}")
+    detail = exc.strerror or str(exc) or type(exc).__name__
+    return _short(f"cannot connect to {host}:{port}: {detail}")
 
 
 class WebhookClient:
-    """One shared aiohttp session for all webhook calls of a worker.
+    """One pool of kept-alive connections for all webhook calls of a worker.
 
-    The session lives between `async with` entry and exit; `validate` may be
+    The pool lives between `async with` entry and exit; `validate` may be
     called concurrently from many tasks.
     """
 
@@ -156,25 +155,13 @@ class WebhookClient:
             raise ValueError("max_connections must be at least 1")
         self.timeout_s = timeout_s
         self.max_connections = max_connections
-        self._session: aiohttp.ClientSession | None = None
+        self._pool: WirePool | None = None
         self._slots: asyncio.Semaphore | None = None
 
     async def __aenter__(self) -> WebhookClient:
-        connector = aiohttp.TCPConnector(
-            limit=self.max_connections,
-            limit_per_host=0,
-            keepalive_timeout=30,
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=self.timeout_s),
-            # No cookies: one intent's call must not carry state into another's.
-            cookie_jar=aiohttp.DummyCookieJar(),
-            headers={"User-Agent": f"intake/{__version__}"},
-            raise_for_status=False,
-        )
+        self._pool = WirePool(keep_bytes=REASON_BYTES, drain_bytes=DRAIN_BYTES)
         # The timeout is the webhook's, so a call waits for a free connection
-        # here, before its clock starts, not inside the connector.
+        # here, before its clock starts.
         self._slots = asyncio.Semaphore(self.max_connections)
         return self
 
@@ -184,9 +171,9 @@ class WebhookClient:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._session is not None:
-            await self._session.close()
-        self._session = None
+        if self._pool is not None:
+            self._pool.close()
+        self._pool = None
         self._slots = None
 
     async def validate(
@@ -197,11 +184,15 @@ class WebhookClient:
         secret: str | None = None,
     ) -> WebhookResult:
         """POST the intent to `url` and say what the answer means for it."""
-        session, slots = self._session, self._slots
-        if session is None or slots is None:
+        pool, slots = self._pool, self._slots
+        if pool is None or slots is None:
             raise RuntimeError("WebhookClient.validate called outside `async with`")
         body = dump_ascii({**payload, "idempotency_key": idempotency_key})
-        headers = {"Content-Type": "application/json", "Idempotency-Key": idempotency_key}
+        headers = {
+            "User-Agent": USER_AGENT,
+            "Content-Type": "application/json",
+            "Idempotency-Key": idempotency_key,
+        }
         async with slots:
             started = time.perf_counter()
             if secret is not None:
@@ -217,11 +208,11 @@ class WebhookClient:
                 headers["webhook-id"] = idempotency_key
                 headers["webhook-timestamp"] = str(timestamp)
                 headers["webhook-signature"] = signature
-            return await self._post(session, url, body, headers, started)
+            return await self._post(pool, url, body, headers, started)
 
     async def _post(
         self,
-        session: aiohttp.ClientSession,
+        pool: WirePool,
         url: str,
         body: bytes,
         headers: dict[str, str],
@@ -231,43 +222,24 @@ class WebhookClient:
             return WebhookResult(Verdict.RETRY, None, reason, time.perf_counter() - started)
 
         try:
-            async with session.post(url, data=body, headers=headers, allow_redirects=False) as r:
-                head = await self._read_head(r)
-                status = r.status
-                content_type = r.headers.get("Content-Type", "").lower()
-                wait_s = retry_after(r.headers.get("Retry-After")) if status >= 400 else None
+            target = pool.target(url)
+            request = request_bytes(target, headers, body)
+            async with asyncio.timeout(self.timeout_s):
+                answer = await pool.post(target, request)
         except TimeoutError:
             return retry(f"timeout after {self.timeout_s:g} s")
-        except aiohttp.ClientConnectorError as exc:
-            return retry(_connection_reason(exc))
-        except aiohttp.ServerDisconnectedError:
-            return retry("server disconnected")
-        except aiohttp.InvalidURL as exc:
-            return retry(_short(f"invalid webhook URL {exc}"))
-        except aiohttp.ClientError as exc:
-            return retry(_short(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__))
-        except (OSError, ValueError) as exc:
-            return retry(_short(f"{type(exc).__name__}: {exc}"))
+        except CallFailed as exc:
+            return retry(_short(str(exc)))
+        except OSError as exc:
+            return retry(_connection_reason(exc, target.host, target.port))
         elapsed = time.perf_counter() - started
+        status = answer.status
+        wait_s = retry_after(answer.headers.get(b"retry-after")) if status >= 400 else None
         # A yes needs no words: its body is read (so the connection is reused)
         # but not parsed, which the worker would pay for on every intent.
-        said = "" if 200 <= status < 300 else _body_reason(head, content_type)
+        if 200 <= status < 300:
+            said = ""
+        else:
+            said = _body_reason(answer.head, answer.headers.get(b"content-type", "").lower())
         reason = f"HTTP {status}: {said}" if said else f"HTTP {status}"
         return WebhookResult(classify(status, wait_s), status, reason, elapsed, wait_s)
-
-    @staticmethod
-    async def _read_head(response: aiohttp.ClientResponse) -> bytes:
-        """The first REASON_BYTES of the body, reading the rest so the connection is reused."""
-        length = response.content_length
-        if length is not None and length <= DRAIN_BYTES:
-            return (await response.read())[:REASON_BYTES]
-        head = bytearray()
-        seen = 0
-        async for chunk in response.content.iter_any():
-            if len(head) < REASON_BYTES:
-                head += chunk[: REASON_BYTES - len(head)]
-            seen += len(chunk)
-            if seen > DRAIN_BYTES:
-                # Leaving the rest unread makes aiohttp close this connection.
-                break
-        return bytes(head)
