@@ -347,3 +347,17 @@ def test_a_failure_in_flight_with_the_runs_first_is_judged_as_it_was(db1):
     # Failures 2 s after the last begin a new run, charged however long ago asked.
     _run_of_failures(db1, began_s_ago=5.0, last_s_ago=2.5)
     assert _answering(db1, 0, 10, asked_s_ago=0.0)
+
+
+def test_failures_within_a_second_of_an_answer_are_the_intents_own(db1):
+    # One wave of retries read by two batches, the second asked just after
+    # the first reported: the provider answered somebody a moment before.
+    assert _report(db1, 1, 0, 0, None)[0] == "closed"
+    assert _answering(db1, 0, 5, asked_s_ago=0.0)  # the run begins
+    assert _answering(db1, 0, 15, asked_s_ago=0.0)  # an answer within the second
+    db1.execute(
+        "update intake.webhook_governors"
+        " set last_ok_at = clock_timestamp() - '1.5 s'::interval,"
+        " failing_since = clock_timestamp() - '1 s'::interval"
+    )
+    assert not _answering(db1, 0, 15, asked_s_ago=0.0)  # nobody for a second: an outage

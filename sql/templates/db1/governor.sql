@@ -162,12 +162,13 @@ $take$;
 -- `failed` not answered (connection error, timeout, other 5xx). Returns the
 -- breaker's state after the report and whether this report changed it, so
 -- the worker that saw the change says so; and `answering`: whether the
--- provider answered any call of the fleet since the last failure reported
--- (or these failures begin a new run, or their calls were made before the
--- run's first failure was reported: in flight with it, they are judged as
--- it was). A failure then is the intent's own (charged an attempt); one
--- while it has answered nobody since the last failure is the provider's
--- outage (not charged), however fast the retries. asked_s_ago: how long ago
+-- provider answered any call of the fleet in the last second or since the
+-- last failure reported (or these failures begin a new run, or their calls
+-- were made before the run's first failure was reported: in flight with it,
+-- they are judged as it was). A failure then is the intent's own (charged
+-- an attempt); one while it has answered nobody for a second and nobody
+-- since the last failure is the provider's outage (not charged), however
+-- fast the retries: a retry comes a second or more after its failure. asked_s_ago: how long ago
 -- the reporter made these calls, by its own clock (a worker's clock need
 -- not agree with DB1's; an interval does).
 drop function if exists intake.report_webhook_calls(text, integer, integer, integer,
@@ -328,15 +329,17 @@ begin
         end if;
     end if;
 
-    -- Did the provider answer anybody since the last failure reported, or do
-    -- these failures begin a new run? Then they are the intents' own. So are
-    -- failures of calls made before the run's first failure was reported:
-    -- one wave of retries read by two batches at once reports twice, and
-    -- the second report must not take the first for an answerless past.
+    -- Did the provider answer anybody in the last second or since the last
+    -- failure reported, or do these failures begin a new run? Then they are
+    -- the intents' own. So are failures of calls made before the run's first
+    -- failure was reported. One wave of retries read by two batches reports
+    -- twice, the second a moment after the first, in flight with it or just
+    -- behind it: neither must take the other for an answerless past.
     answered := ok > 0
                 or g.failing_since is null
                 or now_ts - g.last_failure_at > interval '2 seconds'
                 or g.last_ok_at > g.last_failure_at
+                or g.last_ok_at > now_ts - interval '1 second'
                 or g.failing_since > now_ts - make_interval(secs => greatest(asked_s_ago, 0));
     if ok > 0 then
         g.failures_in_row := 0;
