@@ -153,9 +153,12 @@ def test_every_receipt_given_across_the_opening_instant_is_admitted(
     buyers = [str(uuid.uuid4()) for _ in range(CROSSING)]
     # The opening is set before the gateways start (they read it then), far
     # enough ahead for them to answer first. On a machine so loaded that they
-    # were not up 1 s before it, the crowd could not arrive across it: again,
-    # on fresh databases, with more time.
-    for lead_s in (10, 30, 60):
+    # were not up 1 s before it, or lagged so far behind the crowd that it did
+    # not reach DB1 across the instant (some buyers in the room, some after
+    # it: under a load average of 7 only 17 early joins were in time, and once
+    # beside the serial pass's neighbour none was), the case was not tried:
+    # again, on fresh databases, with more time.
+    for lead_s in (10, 15, 30):
         db1_dsn, db2_dsn = new_database(cluster, template_db), new_database(db2_cluster)
         opens_at = time.time() + lead_s
         config = provision(
@@ -167,29 +170,28 @@ def test_every_receipt_given_across_the_opening_instant_is_admitted(
             opens_at=_instant(opens_at),
             admit_per_second=1000,
         )
+        answered: list[tuple[int, dict]] = []
         with running_gateway(config, db1_dsn, db2_dsn, "--workers", "2") as gw:
             if time.time() < opens_at - 1:
                 answered = asyncio.run(
                     _post_paced(gw.claim_url(), buyers, opens_at - 0.4, opens_at + 0.4)
                 )
-                break
+        # Whatever the timing, every buyer got a receipt or a unit.
+        assert {status for status, _ in answered} <= {200, 202}
+        assert {body["outcome"] for status, body in answered if status == 200} <= {"claimed"}
+        receipts = {
+            b: body["receipt"]
+            for b, (status, body) in zip(buyers, answered, strict=False)
+            if status == 202
+        }
+        served = {b for b, (status, _) in zip(buyers, answered, strict=False) if status == 200}
+        if len(receipts) >= 5 and len(served) >= 5:
+            break
         drop_database(cluster, db1_dsn)
         drop_database(db2_cluster, db2_dsn)
     else:
-        raise AssertionError("the gateways never started 1 s ahead of the opening")
-    receipts = {
-        b: body["receipt"]
-        for b, (status, body) in zip(buyers, answered, strict=True)
-        if status == 202
-    }
-    served = {b for b, (status, body) in zip(buyers, answered, strict=True) if status == 200}
-    assert {status for status, _ in answered} <= {200, 202}
-    assert {body["outcome"] for status, body in answered if status == 200} == {"claimed"}
-    # The window straddles the opening: some buyers were early, some late. (How
-    # many joined the room depends on how far the gateways lag behind the herd:
-    # a buyer is in when their join reaches DB1 before the room closes: under
-    # a load average of 7 only 17 of the early buyers' joins did.)
-    assert len(receipts) >= 5 and len(served) >= 5
+        raise AssertionError("the crowd never reached DB1 across the opening instant")
+    assert len(answered) == len(buyers) and len(receipts) + len(served) == len(buyers)
 
     with psycopg.connect(db1_dsn) as conn:
         room = conn.execute(
