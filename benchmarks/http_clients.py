@@ -35,6 +35,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from importlib.util import find_spec
 from pathlib import Path
 
 import aiohttp
@@ -269,6 +270,9 @@ def main() -> None:
     unknown = [name for name in chosen if name not in BENCHES]
     if unknown:
         parser.error(f"unknown clients: {', '.join(unknown)}")
+    missing = [name for name in chosen if name in OPTIONAL and find_spec(name) is None]
+    if missing:
+        parser.error(f"not installed: {', '.join(missing)} (pip install {' '.join(missing)})")
 
     server = Server()
     try:
