@@ -51,20 +51,28 @@ class Scripted:
 
 
 def run_calls(
-    server: Scripted, calls: int, *, host: str = "127.0.0.1", timeout_s: float = 2.0
+    server: Scripted,
+    calls: int,
+    *,
+    host: str = "127.0.0.1",
+    timeout_s: float = 2.0,
+    keys: list[str] | None = None,
+    pause_s: float = 0.0,
 ) -> list[WebhookResult]:
-    """`calls` validations one after another through one client."""
+    """`calls` validations one after another through one client, each with its
+    key from `keys` (fresh UUIDs when not given), `pause_s` apart."""
+    chosen = keys or [str(uuid.uuid4()) for _ in range(calls)]
 
     async def main() -> list[WebhookResult]:
         listener = await asyncio.start_server(server.handle, host, 0)
         port = listener.sockets[0].getsockname()[1]
         authority = f"[{host}]" if ":" in host else host
+        url = f"http://{authority}:{port}/validate?pool=drop"
         results = []
         async with listener, WebhookClient(timeout_s=timeout_s) as client:
-            for _ in range(calls):
-                key = str(uuid.uuid4())
-                url = f"http://{authority}:{port}/validate?pool=drop"
+            for key in chosen[:calls]:
                 results.append(await client.validate(url, {"v": 1}, key))
+                await asyncio.sleep(pause_s)
         return results
 
     return asyncio.run(main())
@@ -156,20 +164,10 @@ def test_a_malformed_answer_is_a_retry_and_its_connection_is_not_reused() -> Non
 
 def test_a_connection_the_server_closed_while_idle_is_not_used_again() -> None:
     # The server closes after each answer without saying so: the next call
-    # must take a new connection, not fail on the dead one.
+    # must take a new connection, not fail on the dead one (the pause lets
+    # the close reach the client).
     server = Scripted(lambda n, r: OK, close_after=lambda n: True)
-
-    async def main() -> list[WebhookResult]:
-        listener = await asyncio.start_server(server.handle, "127.0.0.1", 0)
-        url = f"http://127.0.0.1:{listener.sockets[0].getsockname()[1]}/validate"
-        results = []
-        async with listener, WebhookClient(timeout_s=2) as client:
-            for n in range(3):
-                results.append(await client.validate(url, {"v": 1}, f"key-{n}"))
-                await asyncio.sleep(0.05)  # the close reaches the client
-        return results
-
-    results = asyncio.run(main())
+    results = run_calls(server, 3, pause_s=0.05)
     assert [r.verdict for r in results] == [Verdict.VALIDATED] * 3
     assert server.connections == 3
 
@@ -192,14 +190,7 @@ def test_an_ipv6_webhook_gets_a_bracketed_host() -> None:
 
 def test_a_header_that_would_break_the_request_never_goes_out() -> None:
     server = Scripted(lambda n, r: OK)
-
-    async def main() -> WebhookResult:
-        listener = await asyncio.start_server(server.handle, "127.0.0.1", 0)
-        url = f"http://127.0.0.1:{listener.sockets[0].getsockname()[1]}/validate"
-        async with listener, WebhookClient(timeout_s=2) as client:
-            return await client.validate(url, {"v": 1}, "key\r\nX-Injected: 1")
-
-    result = asyncio.run(main())
+    (result,) = run_calls(server, 1, keys=["key\r\nX-Injected: 1"])
     assert (result.verdict, result.status) == (Verdict.RETRY, None)
     assert result.reason == "header Idempotency-Key cannot be sent as it is"
     assert server.requests == [] and server.connections == 0

@@ -168,9 +168,9 @@ $take$;
 -- they are judged as it was). A failure then is the intent's own (charged
 -- an attempt); one while it has answered nobody for a second and nobody
 -- since the last failure is the provider's outage (not charged), however
--- fast the retries: a retry comes a second or more after its failure. asked_s_ago: how long ago
--- the reporter made these calls, by its own clock (a worker's clock need
--- not agree with DB1's; an interval does).
+-- fast the retries: a retry comes a second or more after its failure.
+-- asked_s_ago: how long ago the reporter made these calls, by its own clock
+-- (a worker's clock need not agree with DB1's; an interval does).
 drop function if exists intake.report_webhook_calls(text, integer, integer, integer,
                                                    double precision);
 drop function if exists intake.report_webhook_calls(text, integer, integer, integer,

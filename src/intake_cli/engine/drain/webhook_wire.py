@@ -43,11 +43,6 @@ class CallFailed(Exception):
     """No usable answer: the reason is the exception's text, for the log and the intent."""
 
 
-class ServerDisconnected(CallFailed):
-    def __init__(self) -> None:
-        super().__init__("server disconnected")
-
-
 @dataclass(frozen=True, slots=True)
 class Answer:
     status: int
@@ -125,12 +120,15 @@ class _Connection(asyncio.Protocol):
     def _reset(self) -> None:
         self._parser = httptools.HttpResponseParser(self)
         self._waiter: asyncio.Future[Answer] | None = None
+        self.reusable = False
+        self._new_message()
+
+    def _new_message(self) -> None:
         self._headers: dict[bytes, str] = {}
         self._head = bytearray()
         self._seen = 0
         self._framed = False  # the answer says where its body ends
         self._headers_done = False
-        self.reusable = False
 
     # -- asyncio.Protocol
 
@@ -140,16 +138,12 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._waiter is None or self._waiter.done():
             # Bytes nobody asked for: the connection cannot be trusted again.
-            self.reusable = False
             self.close()
             return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self._fail(CallFailed(f"invalid HTTP answer: {exc}"))
-
-    def eof_received(self) -> bool | None:
-        return None  # the transport closes itself; connection_lost follows
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -159,7 +153,7 @@ class _Connection(asyncio.Protocol):
             # An answer without a length ends where the connection does.
             self._answer()
         else:
-            self._fail(ServerDisconnected())
+            self._fail(CallFailed("server disconnected"))
 
     # -- httptools callbacks
 
@@ -187,11 +181,7 @@ class _Connection(asyncio.Protocol):
         status = self._parser.get_status_code()
         if 100 <= status < 200:
             # An interim answer (102, 103): the final one follows on this parser.
-            self._headers.clear()
-            self._head.clear()
-            self._seen = 0
-            self._framed = False
-            self._headers_done = False
+            self._new_message()
             return
         self.reusable = self._parser.should_keep_alive()
         self._answer()
@@ -211,7 +201,7 @@ class _Connection(asyncio.Protocol):
             )
 
     def _fail(self, exc: CallFailed) -> None:
-        self.reusable = False
+        # Closed, so never reused (done_with_call asks whether it is open).
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_exception(exc)
         self.close()
