@@ -10,12 +10,18 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from intake_cli.platform.embedded import free_port
 from intake_cli.tools.webhook_process import WebhookServer
-from tests.acceptance.drain_support import make_event, start_drain, stop, wait_for, with_dsn
+from tests.acceptance.drain_support import (
+    make_event,
+    start_drain,
+    stop,
+    wait_for,
+    with_dsn,
+    workers_seen,
+)
 from tests.conftest import INTAKE, ROOT, intake, run_intake
 
 
@@ -38,13 +44,6 @@ def spawned(pid: int) -> list[int]:
         if b"spawn_main" in cmdline:
             found.append(int(child))
     return found
-
-
-def workers_seen(db1: str) -> list[tuple[int, bool]]:
-    """(pid, stopped) of every worker that registered in DB1."""
-    with psycopg.connect(db1) as conn:
-        rows = conn.execute("select pid, stopped_at is not null from intake.workers").fetchall()
-    return [(pid, stopped) for pid, stopped in rows]
 
 
 @pytest.mark.slow
